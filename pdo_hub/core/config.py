@@ -1,0 +1,215 @@
+"""`PostDownloadOptimizationConfig`: the seed's configuration, validated, loadable from YAML, hashable.
+
+Every key of the seed's reference table keeps its name, type and default. The extra keys are what the
+real methods need (calibration, benchmarking, device). The canonical form drops what cannot change the
+stored model (where files are written) and what a switched-off feature would have used, so that the
+same semantics give the same **config hash** in any process and any key order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+CONFIG_VERSION = 1
+YAML_SECTION = "post_download_optimization"
+
+QUANTIZATION_METHODS = ("dynamic", "static", "qat", "fx")
+LOW_RANK_METHODS = ("svd", "tucker", "hlrtf")
+DEVICES = ("cpu", "cuda", "auto")
+
+# configs/ at the repository root holds the seed's three modes.
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
+PRESET_NAMES = ("conservative", "aggressive", "quality")
+
+# Keys that never change which model is stored: left out of the hash.
+_NOT_HASHED = ("save_optimized_model", "output_dir")
+
+
+@dataclasses.dataclass
+class PostDownloadOptimizationConfig:
+    """What the post-download optimizer does. Defaults are the seed's "conservative" mode.
+
+    Attributes follow the seed's reference table, plus:
+        calibration_samples: inputs used to calibrate, evaluate fidelity and drive activation-aware methods.
+        benchmark_warmup / benchmark_runs: untimed and timed forward passes per measured model.
+        benchmark_threads: torch intra-op threads while benchmarking (results depend on it).
+        device: where optimization and benchmarks run (`auto` picks CUDA when available).
+        output_dir: where the seed's artifacts go when `save_optimized_model` is on (None: nowhere).
+        seed: random seed for everything stochastic (synthesized inputs, fine-tuning).
+    """
+
+    enable_optimization: bool = True
+    enable_quantization: bool = True
+    quantization_method: str = "dynamic"
+    enable_low_rank_optimization: bool = True
+    low_rank_method: str = "svd"
+    target_compression_ratio: float = 0.7
+    enable_tensor_factorization: bool = True
+    preserve_accuracy_threshold: float = 0.02
+    enable_structured_pruning: bool = False
+    auto_select_best_method: bool = True
+    benchmark_optimizations: bool = True
+    save_optimized_model: bool = True
+    calibration_samples: int = 16
+    benchmark_warmup: int = 3
+    benchmark_runs: int = 10
+    benchmark_threads: int = 2
+    device: str = "cpu"
+    output_dir: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- validation ---------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check every field; raise `ConfigError` naming the key, the bad value and what is allowed."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            setattr(self, field.name, _check_type(field.name, value, field.type))
+        _check_choice("quantization_method", self.quantization_method, QUANTIZATION_METHODS)
+        _check_choice("low_rank_method", self.low_rank_method, LOW_RANK_METHODS)
+        _check_choice("device", self.device, DEVICES)
+        if not 0.0 < self.target_compression_ratio <= 1.0:
+            raise ConfigError(
+                f"target_compression_ratio={self.target_compression_ratio!r} is out of range: it is the optimized "
+                "size as a fraction of the original, allowed values are in (0, 1] (e.g. 0.7 for 30% smaller)."
+            )
+        if not 0.0 <= self.preserve_accuracy_threshold < 1.0:
+            raise ConfigError(
+                f"preserve_accuracy_threshold={self.preserve_accuracy_threshold!r} is out of range: it is the largest "
+                "accepted accuracy loss, allowed values are in [0, 1) (e.g. 0.02 for at most 2%)."
+            )
+        for key, low in (("calibration_samples", 1), ("benchmark_runs", 1), ("benchmark_warmup", 0), ("benchmark_threads", 1)):
+            if getattr(self, key) < low:
+                raise ConfigError(f"{key}={getattr(self, key)!r} is too small: allowed values are integers >= {low}.")
+
+    # -- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PostDownloadOptimizationConfig":
+        """Build from a mapping of keys (or one holding a `post_download_optimization:` section)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"A config must be a mapping of keys to values, got {type(data).__name__}.")
+        if YAML_SECTION in data:
+            data = data[YAML_SECTION]
+            if not isinstance(data, Mapping):
+                raise ConfigError(f"The '{YAML_SECTION}' section must be a mapping of keys to values.")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = [key for key in data if key not in known and key != "version"]
+        if unknown:
+            key = unknown[0]
+            hint = difflib.get_close_matches(str(key), known, n=1)
+            suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+            raise ConfigError(f"Unknown config key '{key}'.{suggestion} Allowed keys: {', '.join(known)}.")
+        version = data.get("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ConfigError(
+                f"version={version!r} is not supported: this pdo-hub reads config version {CONFIG_VERSION}. "
+                "Upgrade pdo-hub to read newer configs."
+            )
+        return cls(**{key: value for key, value in data.items() if key != "version"})
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "PostDownloadOptimizationConfig":
+        """Load from a YAML file with a `post_download_optimization:` section (or bare keys)."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise ConfigError(f"Cannot read config file {path}: {err}.") from err
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Config file {path} is not valid YAML: {err}") from err
+        return cls.from_dict(data or {})
+
+    @classmethod
+    def from_preset(cls, name: str) -> "PostDownloadOptimizationConfig":
+        """Load one of the seed's modes by name: `conservative`, `aggressive` or `quality`."""
+        _check_choice("preset", name, PRESET_NAMES)
+        return cls.from_yaml(PRESETS_DIR / f"{name}.yaml")
+
+    # -- canonical form -----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Every key with its value (round-trips through `from_dict`)."""
+        return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}
+
+    def canonical(self) -> dict[str, Any]:
+        """The keys that decide the optimized model, with switched-off features' keys dropped."""
+        data = self.to_dict()
+        for key in _NOT_HASHED:
+            data.pop(key)
+        if not self.enable_optimization:
+            return {"version": CONFIG_VERSION, "enable_optimization": False}
+        if not self.enable_quantization:
+            data.pop("quantization_method")
+        if not self.enable_low_rank_optimization:
+            data.pop("low_rank_method")
+            if not self.enable_structured_pruning:
+                data.pop("target_compression_ratio")
+                data.pop("enable_tensor_factorization")
+        if not self.benchmark_optimizations and not self.auto_select_best_method:
+            for key in ("benchmark_warmup", "benchmark_runs", "benchmark_threads"):
+                data.pop(key)
+        return data
+
+    def canonical_json(self) -> str:
+        return json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+
+    def config_hash(self) -> str:
+        """sha256 hex digest of the canonical JSON: equal for equal semantics, stable across processes."""
+        return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
+
+def load_config(source: "PostDownloadOptimizationConfig | Mapping[str, Any] | str | Path | None" = None) -> PostDownloadOptimizationConfig:
+    """Accept a config object, a mapping, a preset name, a YAML path, or None (defaults)."""
+    if source is None:
+        return PostDownloadOptimizationConfig()
+    if isinstance(source, PostDownloadOptimizationConfig):
+        return source
+    if isinstance(source, Mapping):
+        return PostDownloadOptimizationConfig.from_dict(source)
+    if isinstance(source, str) and source in PRESET_NAMES:
+        return PostDownloadOptimizationConfig.from_preset(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(
+                f"Config '{source}' is neither a preset ({', '.join(PRESET_NAMES)}) nor an existing YAML file."
+            )
+        return PostDownloadOptimizationConfig.from_yaml(path)
+    raise ConfigError(f"Cannot build a config from {type(source).__name__}: pass a mapping, a preset name or a YAML path.")
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    expected = str(annotation)
+    if expected == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} has the wrong type: expected true or false.")
+    elif expected == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}={value!r} has the wrong type: expected an integer.")
+    elif expected == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} has the wrong type: expected a number.")
+        return float(value)
+    elif expected == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}={value!r} has the wrong type: expected a string.")
+    elif expected == "str | None":
+        if value is not None and not isinstance(value, (str, Path)):
+            raise ConfigError(f"{key}={value!r} has the wrong type: expected a path string or null.")
+        return None if value is None else str(value)
+    return value
+
+
+def _check_choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not supported. Allowed values: {', '.join(allowed)}.")

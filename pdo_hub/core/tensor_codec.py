@@ -1,0 +1,135 @@
+"""Turn a module's state dict into plain tensors + JSON, and back, so it can live in safetensors.
+
+torch.ao quantized modules keep packed parameters in their state dict: quantized tensors, tuples and
+dtypes, which safetensors refuses. Here each quantized tensor becomes its int representation plus
+scale / zero-point tensors (the layout compressed-tensors uses: `x`, `x.scale`, `x.zero_point`), tuples
+become indexed entries, and non-tensor values become JSON. Tensors that share memory (tied weights)
+are stored once and re-pointed on decode. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from .errors import StorageError
+
+_SEP = "#"  # never appears in module paths, so encoded names cannot collide with real keys
+_QDTYPES = {"qint8": torch.qint8, "quint8": torch.quint8, "qint32": torch.qint32}
+_DTYPES = {str(dtype): dtype for dtype in (
+    torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.uint8, torch.int32,
+    torch.int64, torch.bool, torch.qint8, torch.quint8, torch.qint32,
+)}
+
+
+def encode_state_dict(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split a state dict into safetensors-ready tensors and a JSON-able spec that rebuilds it.
+
+    Returns:
+        (tensors, spec): `tensors` maps names to contiguous CPU tensors; `spec` holds, per original key,
+        how to rebuild its value, plus the state dict's `_metadata` (module versions, which torch.ao's
+        loaders read).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    seen: dict[tuple, str] = {}
+    entries = {key: _encode_value(key, value, tensors, seen) for key, value in state.items()}
+    metadata = getattr(state, "_metadata", None)
+    return tensors, {"entries": entries, "module_versions": _jsonable_metadata(metadata)}
+
+
+def decode_state_dict(tensors: dict[str, torch.Tensor], spec: dict[str, Any]) -> "OrderedDict[str, Any]":
+    """Rebuild the state dict written by `encode_state_dict` (module versions included)."""
+    state: OrderedDict[str, Any] = OrderedDict()
+    try:
+        for key, entry in spec["entries"].items():
+            state[key] = _decode_value(entry, tensors)
+    except KeyError as err:
+        raise StorageError(f"The weights file lacks tensor {err} named by its spec: the file is damaged or incomplete.") from err
+    versions = spec.get("module_versions")
+    if versions is not None:
+        state._metadata = OrderedDict((name, dict(value)) for name, value in versions.items())  # type: ignore[attr-defined]
+    return state
+
+
+def _encode_value(name: str, value: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> Any:
+    if isinstance(value, torch.Tensor):
+        if value.is_quantized:
+            return _encode_quantized(name, value, tensors, seen)
+        return {"tensor": _store(name, value, tensors, seen)}
+    if isinstance(value, (tuple, list)):
+        items = [_encode_value(f"{name}{_SEP}{i}", item, tensors, seen) for i, item in enumerate(value)]
+        return {"tuple" if isinstance(value, tuple) else "list": items}
+    if isinstance(value, torch.dtype):
+        return {"dtype": str(value)}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return {"value": value}
+    if isinstance(value, torch.Size):
+        return {"size": list(value)}
+    raise StorageError(
+        f"State entry '{name}' has type {type(value).__name__}, which pdo-hub cannot store without pickle. "
+        "Register a method whose modules keep plain tensors in their state dict."
+    )
+
+
+def _encode_quantized(name: str, value: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> dict[str, Any]:
+    record: dict[str, Any] = {"qdtype": str(value.dtype).replace("torch.", ""), "int_repr": _store(name, value.int_repr(), tensors, seen)}
+    if value.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        record.update(scheme="per_tensor", scale=float(value.q_scale()), zero_point=int(value.q_zero_point()))
+    else:
+        record.update(
+            scheme="per_channel",
+            axis=int(value.q_per_channel_axis()),
+            scales=_store(f"{name}.scale", value.q_per_channel_scales(), tensors, seen),
+            zero_points=_store(f"{name}.zero_point", value.q_per_channel_zero_points(), tensors, seen),
+        )
+    return {"quantized": record}
+
+
+def _store(name: str, tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> str:
+    """Store once per distinct memory view; a second name for the same view becomes an alias."""
+    identity = (tensor.device.type, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
+    if tensor.numel() and identity in seen:
+        return seen[identity]
+    seen[identity] = name
+    tensors[name] = tensor.detach().to("cpu").contiguous()
+    return name
+
+
+def _decode_value(entry: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Any:
+    (kind, payload), = entry.items()
+    if kind == "tensor":
+        return tensors[payload]
+    if kind == "quantized":
+        return _decode_quantized(payload, tensors)
+    if kind in ("tuple", "list"):
+        items = [_decode_value(item, tensors) for item in payload]
+        return tuple(items) if kind == "tuple" else items
+    if kind == "dtype":
+        if payload not in _DTYPES:
+            raise StorageError(f"Unknown dtype '{payload}' in the weights spec.")
+        return _DTYPES[payload]
+    if kind == "value":
+        return payload
+    if kind == "size":
+        return torch.Size(payload)
+    raise StorageError(f"Unknown entry kind '{kind}' in the weights spec: it was written by a newer pdo-hub.")
+
+
+def _decode_quantized(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    qdtype = _QDTYPES.get(record["qdtype"])
+    if qdtype is None:
+        raise StorageError(f"Unknown quantized dtype '{record['qdtype']}' in the weights spec.")
+    data = tensors[record["int_repr"]]
+    if record["scheme"] == "per_tensor":
+        return torch._make_per_tensor_quantized_tensor(data, record["scale"], record["zero_point"])
+    return torch._make_per_channel_quantized_tensor(
+        data, tensors[record["scales"]], tensors[record["zero_points"]], record["axis"]
+    )
+
+
+def _jsonable_metadata(metadata: Any) -> dict[str, dict[str, Any]] | None:
+    if metadata is None:
+        return None
+    return {name: {k: v for k, v in dict(value).items() if isinstance(v, (bool, int, float, str)) or v is None} for name, value in metadata.items()}

@@ -1,0 +1,47 @@
+"""What a method gets to work with besides the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ..core.config import PostDownloadOptimizationConfig
+from .inputs import Inputs
+
+
+@dataclasses.dataclass
+class MethodContext:
+    """Inputs and settings shared by every method of one optimization run.
+
+    Attributes:
+        config: the validated config.
+        example_inputs: one batch the model accepts (what benchmarks use).
+        calibration_inputs: batches for calibration, activation statistics and fidelity checks.
+        device: where the optimization runs.
+        original_model: the untouched source model (read-only; a teacher for recovery/distillation).
+        target_ratio: the size this method should reach, as a fraction of the model it receives.
+        eval_fn: optional task metric `eval_fn(model) -> accuracy in [0, 1]` (labelled data).
+        measure_loss: `measure_loss(model) -> accuracy loss` against the original, measured the way the
+            optimizer judges candidates (task metric if given, else output fidelity); lets a method
+            trade precision for accuracy layer by layer.
+        notes: messages a method wants in the report (why something was skipped, ...).
+    """
+
+    config: PostDownloadOptimizationConfig
+    example_inputs: Inputs
+    calibration_inputs: list[Inputs]
+    device: torch.device
+    original_model: nn.Module | None = None
+    target_ratio: float = 1.0
+    eval_fn: Callable[[nn.Module], float] | None = None
+    measure_loss: Callable[[nn.Module], float] | None = None
+    extras: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def note(self, logger: logging.Logger, message: str) -> None:
+        logger.info(message)
+        self.notes.append(message)

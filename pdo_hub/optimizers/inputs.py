@@ -1,0 +1,118 @@
+"""Calling a model on "inputs" of any common shape: a tensor, a tuple of tensors, or a dict (transformers)."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from ..core.errors import OptimizationError
+
+Inputs = Any  # torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
+
+
+def call_model(model: nn.Module, inputs: Inputs) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, (tuple, list)):
+        return model(*inputs)
+    return model(inputs)
+
+
+def output_tensor(output: Any) -> torch.Tensor:
+    """The tensor that stands for a model's output: logits / last hidden state / the first tensor."""
+    if isinstance(output, torch.Tensor):
+        return output
+    for key in ("logits", "last_hidden_state", "pooler_output"):
+        value = output.get(key) if hasattr(output, "get") else getattr(output, key, None)
+        if isinstance(value, torch.Tensor):
+            return value
+    if isinstance(output, dict):
+        output = list(output.values())
+    if isinstance(output, (tuple, list)):
+        for item in output:
+            if isinstance(item, torch.Tensor):
+                return item
+    raise OptimizationError(f"Cannot find a tensor in the model's output of type {type(output).__name__}.")
+
+
+def to_device(inputs: Inputs, device: torch.device | str) -> Inputs:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {key: to_device(value, device) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(to_device(value, device) for value in inputs)
+    return inputs
+
+
+def batch_size(inputs: Inputs) -> int:
+    for tensor in _tensors(inputs):
+        return int(tensor.shape[0]) if tensor.dim() else 1
+    return 1
+
+
+def synthesize_inputs(example: Inputs, count: int, seed: int) -> list[Inputs]:
+    """`count` inputs shaped like `example`: the example itself, then perturbed copies.
+
+    Float tensors get noise at 10% of their spread (inputs of the same distribution, not copies);
+    integer tensors (token ids) keep their mask-like columns and resample 15% of the ids from the
+    ids present, so no out-of-vocabulary id is ever invented.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    synthesized = [example]
+    for _ in range(count - 1):
+        synthesized.append(_perturb(example, generator))
+    return synthesized
+
+
+def infer_example_inputs(model: nn.Module) -> Inputs:
+    """Guess a batch-1 input when the caller gave none (transformers' dummy inputs, or the first layer)."""
+    dummy = getattr(model, "dummy_inputs", None)
+    if isinstance(dummy, dict) and dummy:
+        config = getattr(model, "config", None)
+        vocab = int(getattr(config, "vocab_size", 1000) or 1000)
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(1000 if vocab > 2000 else 1, vocab, (1, 128), generator=generator)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return torch.randn(1, module.in_channels, 224, 224)
+        if isinstance(module, nn.Conv1d):
+            return torch.randn(1, module.in_channels, 128)
+        if isinstance(module, nn.Linear):
+            return torch.randn(1, module.in_features)
+        if isinstance(module, nn.Embedding):
+            return torch.randint(0, module.num_embeddings, (1, 128))
+    raise OptimizationError(
+        f"Cannot guess an input for {type(model).__name__}: pass example_inputs= (a tensor, tuple or dict of tensors)."
+    )
+
+
+def _tensors(inputs: Inputs) -> Iterable[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        yield inputs
+    elif isinstance(inputs, dict):
+        for value in inputs.values():
+            yield from _tensors(value)
+    elif isinstance(inputs, (tuple, list)):
+        for value in inputs:
+            yield from _tensors(value)
+
+
+def _perturb(value: Inputs, generator: torch.Generator) -> Inputs:
+    if isinstance(value, dict):
+        return {key: (val if key in ("attention_mask", "token_type_ids") else _perturb(val, generator)) for key, val in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_perturb(item, generator) for item in value)
+    if not isinstance(value, torch.Tensor):
+        return value
+    if value.is_floating_point():
+        spread = value.float().std() if value.numel() > 1 else value.float().abs().mean()
+        noise = torch.randn(value.shape, generator=generator).to(value.device, value.dtype)
+        return value + noise * (0.1 * float(spread) + 1e-3)
+    pool = value.flatten().unique()
+    resample = torch.rand(value.shape, generator=generator) < 0.15
+    picks = pool[torch.randint(0, pool.numel(), value.shape, generator=generator)].to(value.device)
+    return torch.where(resample.to(value.device), picks, value)

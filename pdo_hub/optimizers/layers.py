@@ -1,0 +1,47 @@
+"""Factorized layers: a dense layer replaced by two thinner ones in sequence.
+
+They keep the attributes of the layer they replace (`in_features`, `out_features`,
+`in_channels`, ...) so code that inspects the model keeps working, and their children are plain
+`nn.Linear` / `nn.Conv2d`, so a later quantization step treats them like any other layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class LowRankLinear(nn.Module):
+    """y = up(down(x)) with down: in -> rank (no bias), up: rank -> out (the original bias)."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class LowRankConv2d(nn.Module):
+    """A kh x kw conv to `rank` channels (original stride/padding/dilation), then a 1x1 conv out."""
+
+    def __init__(self, conv: nn.Conv2d, rank: int) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels, self.rank = conv.in_channels, conv.out_channels, rank
+        self.kernel_size, self.stride, self.padding, self.dilation = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+        self.down = nn.Conv2d(
+            conv.in_channels, rank, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, bias=False, padding_mode=conv.padding_mode,
+        )
+        self.up = nn.Conv2d(rank, conv.out_channels, 1, bias=conv.bias is not None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}"

@@ -1,0 +1,198 @@
+"""The post-download optimizer: the seed's `optimize_model` API over the method registry."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn as nn
+
+from ..core.config import PostDownloadOptimizationConfig, load_config
+from .artifacts import write_seed_artifacts
+from .candidates import Candidate, accuracy_loss, build_candidate, measure_candidate
+from .context import MethodContext
+from .evaluate import benchmark, reference_outputs
+from .inputs import Inputs, infer_example_inputs, synthesize_inputs, to_device
+from .recipe import Recipe
+from .report import REPORT_VERSION, disabled_report, environment, performance_metrics, size_metrics
+from .selection import WEIGHTS, candidate_pipelines, score
+from .sizing import serialized_bytes
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        from ..core.errors import ConfigError
+
+        raise ConfigError("device='cuda' but torch sees no CUDA device. Use device: cpu or auto.")
+    return torch.device(name)
+
+
+class PostDownloadOptimizer:
+    """Optimizes a model according to a `PostDownloadOptimizationConfig` (see the seed document)."""
+
+    def __init__(self, config: PostDownloadOptimizationConfig | dict | str | None = None) -> None:
+        self.config = load_config(config)
+
+    def optimize_model(
+        self,
+        model: nn.Module,
+        model_name: str = "model",
+        example_inputs: Inputs | None = None,
+        *,
+        calibration_data: Iterable[Inputs] | None = None,
+        eval_fn: Callable[[nn.Module], float] | None = None,
+        output_dir: str | Path | None = None,
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """Optimize a copy of `model`; the input model is never modified.
+
+        Args:
+            model: the downloaded model.
+            model_name: name used in the report.
+            example_inputs: one batch the model accepts (tensor, tuple, or dict of tensors); guessed if None.
+            calibration_data: batches for calibration and fidelity checks (default: synthesized from
+                example_inputs, `config.calibration_samples` of them).
+            eval_fn: task metric `eval_fn(model) -> accuracy in [0, 1]`; when given, accuracy loss is measured
+                with it instead of output fidelity.
+            output_dir: where to write the artifacts when `save_optimized_model` is on (default
+                `config.output_dir`).
+
+        Returns:
+            (optimized_model, report). The model carries `.pdo_recipe` and `.pdo_report`.
+        """
+        config = self.config
+        start = time.perf_counter()
+        if not config.enable_optimization:
+            return model, disabled_report(model_name, config, time.perf_counter() - start)
+        device = resolve_device(config.device)
+        base = copy.deepcopy(model).to(device).eval()
+        base.pdo_recipe = Recipe()
+        if example_inputs is None:
+            example_inputs = infer_example_inputs(base)
+            logger.info("no example_inputs given; using a guessed input")
+        example_inputs = to_device(example_inputs, device)
+        calibration = list(calibration_data) if calibration_data is not None else synthesize_inputs(example_inputs, config.calibration_samples, config.seed)
+        ctx = MethodContext(
+            config=config, example_inputs=example_inputs, calibration_inputs=calibration, device=device,
+            original_model=base, target_ratio=config.target_compression_ratio, eval_fn=eval_fn,
+        )
+        original = self._measure_original(base, ctx)
+        ctx.measure_loss = lambda candidate_model: accuracy_loss(candidate_model, ctx, original)
+        notes: list[str] = []
+        candidates = [self._try(methods, base, ctx, original) for methods in candidate_pipelines(config, notes)]
+        chosen = self._choose(candidates)
+        result = chosen.model if chosen else base
+        if chosen is None:
+            notes.append("No candidate met the accuracy budget: the original model is returned unchanged.")
+        for candidate in candidates:
+            if candidate is not chosen:
+                candidate.model = None  # free memory early
+        report = self._report(model_name, config, original, chosen, candidates, notes, device, time.perf_counter() - start)
+        result.pdo_report = report
+        if not chosen:
+            result.pdo_recipe = Recipe()
+        directory = output_dir if output_dir is not None else config.output_dir
+        if config.save_optimized_model and directory is not None:
+            write_seed_artifacts(result, report, Path(directory))
+        logger.info("optimized %s: %s", model_name, report["optimizations_applied"] or "unchanged")
+        return result, report
+
+    # -- steps -------------------------------------------------------------------------------------
+    def _measure_original(self, base: nn.Module, ctx: MethodContext) -> dict[str, Any]:
+        config = ctx.config
+        original: dict[str, Any] = {
+            "size_bytes": serialized_bytes(base),
+            "references": reference_outputs(base, ctx.calibration_inputs, ctx.device),
+            "timing": None,
+            "accuracy": float(ctx.eval_fn(base)) if ctx.eval_fn else None,
+        }
+        # The untouched model scores too (no size or speed gain, no loss): a variant must beat it.
+        original["score"] = score(1.0, 1.0, 0.0, config.preserve_accuracy_threshold)
+        if config.benchmark_optimizations:
+            original["timing"] = benchmark(
+                base, ctx.example_inputs, ctx.device,
+                warmup=config.benchmark_warmup, runs=config.benchmark_runs, threads=config.benchmark_threads,
+            )
+        return original
+
+    def _try(self, methods: tuple[str, ...], base: nn.Module, ctx: MethodContext, original: dict[str, Any]) -> Candidate:
+        try:
+            candidate = build_candidate(methods, base, ctx)
+            if candidate.status != "rejected":
+                measure_candidate(candidate, ctx, original["references"], original)
+        except Exception as err:  # a method that cannot handle this model must not lose the model
+            logger.warning("candidate %s failed: %s: %s", "+".join(methods), type(err).__name__, err)
+            logger.debug("candidate failure", exc_info=True)
+            candidate = Candidate(methods, status="rejected", reason=f"{type(err).__name__}: {err}")
+        if candidate.status == "rejected":
+            candidate.model = None
+        return candidate
+
+    def _choose(self, candidates: list[Candidate]) -> Candidate | None:
+        accepted = [c for c in candidates if c.status == "accepted"]
+        if not accepted:
+            return None
+        # Auto-selection: best score. Otherwise the configured pipeline, or the longest fall-back.
+        chosen = max(accepted, key=lambda c: c.score) if self.config.auto_select_best_method else accepted[0]
+        chosen.status = "selected"
+        return chosen
+
+    def _report(self, model_name, config, original, chosen, candidates, notes, device, seconds) -> dict[str, Any]:
+        final_bytes = chosen.size_bytes if chosen else original["size_bytes"]
+        final_timing = chosen.timing if chosen else original["timing"]
+        accuracy = {
+            "metric": "task_accuracy" if original["accuracy"] is not None else "output_cosine",
+            "evaluated_on": "eval_fn" if original["accuracy"] is not None else f"{len(original['references'])} calibration inputs",
+            "preserve_accuracy_threshold": config.preserve_accuracy_threshold,
+            "accuracy_loss": chosen.accuracy_loss if chosen else 0.0,
+            "within_threshold": True,
+        }
+        if original["accuracy"] is not None:
+            accuracy["original_accuracy"] = original["accuracy"]
+            accuracy["optimized_accuracy"] = chosen.accuracy if chosen else original["accuracy"]
+        if chosen and chosen.fidelity:
+            accuracy["output_cosine"] = chosen.fidelity.cosine
+            accuracy["top1_agreement"] = chosen.fidelity.top1_agreement
+            accuracy["max_abs_error"] = chosen.fidelity.max_abs_error
+        for candidate in candidates:
+            notes.extend(f"{'+'.join(candidate.methods)}: {n}" for n in candidate.notes)
+        return {
+            "report_version": REPORT_VERSION,
+            "model_name": model_name,
+            "optimization_enabled": True,
+            "optimizations_applied": chosen.labels if chosen else [],
+            "model_size_metrics": size_metrics(original["size_bytes"], final_bytes),
+            "performance_metrics": performance_metrics(original["timing"], final_timing, config),
+            "accuracy_metrics": accuracy,
+            "optimization_time_seconds": round(seconds, 3),
+            "selection": {
+                "auto_select_best_method": config.auto_select_best_method,
+                "score_weights": WEIGHTS,
+                "selected": list(chosen.methods) if chosen else None,
+            },
+            "candidates": [c.summary(original["size_bytes"], original["timing"]) for c in candidates],
+            "recipe": (chosen.model.pdo_recipe.to_dict() if chosen else Recipe().to_dict()),
+            "notes": notes,
+            "config": config.to_dict(),
+            "config_hash": config.config_hash(),
+            "environment": environment(device, config.benchmark_threads),
+        }
+
+
+def create_post_download_optimizer(config: PostDownloadOptimizationConfig | dict | str | None = None) -> PostDownloadOptimizer:
+    """The seed's factory: `create_post_download_optimizer(config).optimize_model(...)`."""
+    return PostDownloadOptimizer(config)
+
+
+def optimize_downloaded_model(
+    model: nn.Module, model_name: str = "model", config: PostDownloadOptimizationConfig | dict | str | None = None, **kwargs: Any
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The seed's one-call form, used right after a model is loaded."""
+    return PostDownloadOptimizer(config).optimize_model(model, model_name, **kwargs)

@@ -1,0 +1,65 @@
+"""The recipe: the ordered, versioned JSON record of what was applied to a model.
+
+It is what makes an optimized model reloadable without pickle: rebuild the original architecture,
+replay each record's `restore` (structure only), then load the tensors strictly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from ..core.errors import RecipeError, UnknownMethodError
+
+RECIPE_FORMAT = "pdo-hub-recipe"
+RECIPE_VERSION = 1
+
+
+@dataclasses.dataclass
+class Recipe:
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    version: int = RECIPE_VERSION
+
+    @property
+    def methods(self) -> list[str]:
+        """Method names in the order they were first applied."""
+        return list(dict.fromkeys(record["method"] for record in self.records))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": RECIPE_FORMAT, "version": self.version, "records": self.records}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Recipe":
+        if not isinstance(data, dict) or data.get("format") != RECIPE_FORMAT:
+            raise RecipeError(f"This is not a pdo-hub recipe (expected format '{RECIPE_FORMAT}').")
+        version = data.get("version")
+        if not isinstance(version, int) or version > RECIPE_VERSION:
+            raise RecipeError(
+                f"Recipe format version {version!r} is newer than this pdo-hub understands (up to {RECIPE_VERSION}). "
+                "Upgrade pdo-hub to load this model."
+            )
+        records = data.get("records")
+        if not isinstance(records, list) or not all(isinstance(r, dict) and isinstance(r.get("method"), str) for r in records):
+            raise RecipeError("The recipe's records must be a list of objects, each with a 'method' name.")
+        return cls(records=records, version=version)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Recipe":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as err:
+            raise RecipeError(f"The recipe is not valid JSON: {err}.") from err
+
+    def check_methods(self) -> None:
+        """Fail early, naming the method, when a record names a method this install does not have."""
+        from .registry import get_method
+
+        for record in self.records:
+            try:
+                get_method(record["method"])
+            except UnknownMethodError as err:
+                raise RecipeError(f"The recipe names method '{record['method']}' which cannot be replayed: {err}") from err

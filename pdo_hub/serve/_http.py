@@ -1,0 +1,161 @@
+"""HTTP plumbing shared by the endpoints: the parsed request, the response, errors and Range parsing.
+
+Every error answer carries `X-Error-Code` and a JSON `{"error": ...}` body: without the code the
+huggingface_hub client turns a 404 from an http:// endpoint into "check your connection" instead of
+the specific RepositoryNotFound / RevisionNotFound / EntryNotFound error.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pdo_hub.core.errors import InvalidRepoIdError
+from pdo_hub.serve._records import (
+    RepoExistsError,
+    StaleParentError,
+    UnknownEntryError,
+    UnknownRepoError,
+    UnknownRevisionError,
+)
+
+if TYPE_CHECKING:
+    from pdo_hub.serve.repo_store import RepoStore
+
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass
+class Request:
+    """One parsed request, as the endpoint functions see it.
+
+    Attributes:
+        method: `GET`, `HEAD`, `POST`, ...
+        segments: The path split on `/` BEFORE percent-decoding, then each part decoded, so a revision
+            sent as `refs%2Fpr%2F1` stays one segment `refs/pr/1`.
+        query: Query parameters (last value wins).
+        headers: Request headers (case-insensitive mapping).
+        body: The request body (empty for GET/HEAD).
+        user: User name of a valid bearer token, or None.
+        base_url: `http://host:port` as the client reached the server, for URLs in answers.
+        store: The repo store being served.
+        open_writes: True when the server has no token set, so anyone may create repos and commit.
+    """
+
+    method: str
+    segments: list[str]
+    query: dict[str, str]
+    headers: Mapping[str, str]
+    body: bytes
+    user: str | None
+    base_url: str
+    store: RepoStore
+    open_writes: bool
+
+    def json(self) -> dict:
+        """The body parsed as a JSON object, or a 400 error."""
+        try:
+            data = json.loads(self.body or b"{}")
+        except ValueError as err:
+            raise HubHTTPError(400, "BadRequest", f"Request body is not valid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise HubHTTPError(400, "BadRequest", "Request body must be a JSON object.")
+        return data
+
+    def flag(self, name: str) -> bool:
+        """A boolean query parameter (`1`, `true`, `True`, ...)."""
+        return self.query.get(name, "").strip().lower() in {"1", "true", "yes"}
+
+
+@dataclass
+class Response:
+    """What to answer: a status, headers, and either an in-memory body or a byte range of a stored file."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    file: Path | None = None
+    offset: int = 0
+    length: int = 0
+
+    @property
+    def content_length(self) -> int:
+        return self.length if self.file is not None else len(self.body)
+
+
+class HubHTTPError(Exception):
+    """An error answer with the Hub's `X-Error-Code` (raise it from an endpoint)."""
+
+    def __init__(self, status: int, code: str, message: str, headers: Mapping[str, str] | None = None,
+                 extra: Mapping[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = dict(headers or {})
+        self.extra = dict(extra or {})
+
+    def to_response(self) -> Response:
+        headers = {"X-Error-Code": self.code, "X-Error-Message": _header_safe(self.message), **self.headers}
+        return json_response({"error": self.message, **self.extra}, status=self.status, headers=headers)
+
+
+def json_response(data: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    """A JSON answer."""
+    body = json.dumps(data).encode("utf-8")
+    return Response(status, {"Content-Type": "application/json; charset=utf-8", **(headers or {})}, body)
+
+
+def error_for(exc: Exception) -> HubHTTPError | None:
+    """The HTTP error matching a store or validation exception, or None when it is unexpected."""
+    if isinstance(exc, HubHTTPError):
+        return exc
+    if isinstance(exc, UnknownRepoError):
+        return HubHTTPError(404, "RepoNotFound", str(exc))
+    if isinstance(exc, UnknownRevisionError):
+        return HubHTTPError(404, "RevisionNotFound", str(exc))
+    if isinstance(exc, UnknownEntryError):
+        return HubHTTPError(404, "EntryNotFound", str(exc))
+    if isinstance(exc, RepoExistsError):
+        return HubHTTPError(409, "Conflict", str(exc))
+    if isinstance(exc, StaleParentError):
+        return HubHTTPError(412, "PreconditionFailed", str(exc))
+    if isinstance(exc, InvalidRepoIdError):
+        return HubHTTPError(400, "BadRequest", str(exc))
+    return None
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """Parse a single-range `Range` header into (offset, length).
+
+    Returns:
+        None when there is no usable header (multi-range or malformed: the whole file is sent with 200,
+        which RFC 9110 allows).
+
+    Raises:
+        HubHTTPError: 416 when the range lies outside the file.
+    """
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if not match or (not match.group(1) and not match.group(2)):
+        return None
+    first, last = match.group(1), match.group(2)
+    if first:
+        start = int(first)
+        end = min(int(last), size - 1) if last else size - 1
+        if last and int(last) < start:
+            return None  # syntactically invalid range: ignore it, as the RFC says
+    else:  # suffix range: the last N bytes
+        start, end = max(size - int(last), 0), size - 1
+    if start >= size or end < start:
+        raise HubHTTPError(416, "RangeNotSatisfiable", f"Range {header!r} is outside the file of {size} bytes.",
+                           headers={"Content-Range": f"bytes */{size}"})
+    return start, end - start + 1
+
+
+def _header_safe(text: str) -> str:
+    """Header values must be one latin-1 line."""
+    return " ".join(text.split()).encode("latin-1", "replace").decode("latin-1")[:512]
