@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from .core.version import __version__
 from .core.logs import configure_from_env as _configure_logging  # noqa: E402
 
 _configure_logging()
@@ -36,3 +35,33 @@ __all__ = [
     "CacheError",
     "OfflineCacheMissError",
 ]
+
+# --- Hub layer public API (lazy: `import pdo_hub` stays light; transformers/torchvision load on use) ---
+_LAZY = {
+    "from_pretrained": "pdo_hub.api",
+    "get_model": "pdo_hub.api",
+    "intercept": "pdo_hub.api",
+    "AutoModel": "pdo_hub.api",
+    "AutoModelForSequenceClassification": "pdo_hub.api",
+    "AutoModelForCausalLM": "pdo_hub.api",
+    "AutoModelForMaskedLM": "pdo_hub.api",
+    "AutoModelForTokenClassification": "pdo_hub.api",
+    "AutoModelForQuestionAnswering": "pdo_hub.api",
+    "AutoModelForSeq2SeqLM": "pdo_hub.api",
+    "AutoModelForImageClassification": "pdo_hub.api",
+    "AutoModelForMultipleChoice": "pdo_hub.api",
+    "get_model_manager": "pdo_hub.manager",
+    "BaseModel": "pdo_hub.manager",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pdo_hub' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+__all__ += list(_LAZY)

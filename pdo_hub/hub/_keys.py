@@ -1,0 +1,70 @@
+"""What goes into a cache key beyond the source: the variant hash, canonical loader arguments, ids.
+
+The same weights optimized for another head (`AutoModel` vs `AutoModelForSequenceClassification`),
+with other loader arguments (`num_labels=3`, `dtype`), or calibrated on other inputs are different
+models, so they must be different entries. The cache key's hash is therefore the sha256 of the config
+hash together with those facts (the "variant hash"); the config hash itself is kept in the entry's
+source record and model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Mapping
+
+from pdo_hub.core.config import PostDownloadOptimizationConfig
+from pdo_hub.core.errors import ConfigError
+
+#: Bump when the calibration inputs pdo-hub synthesizes change: the optimized weights depend on them.
+INPUTS_VERSION = "inputs-v1"
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def variant_hash(config: PostDownloadOptimizationConfig, loader: Mapping[str, Any]) -> str:
+    """sha256 of the config hash plus the loader facts that change the stored model.
+
+    Args:
+        config: The optimization config.
+        loader: JSON-able description of how the original is built (class, arguments, inputs).
+    """
+    payload = {"config_hash": config.config_hash(), "loader": dict(loader), "inputs": INPUTS_VERSION}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def canonical_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON form of loader keyword arguments, so they can be part of a key.
+
+    Raises:
+        ConfigError: for a value that has no stable JSON form (the key would not be reproducible).
+    """
+    return {name: _canonical(name, value) for name, value in sorted(kwargs.items())}
+
+
+def _canonical(name: str, value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_canonical(name, item) for item in value]
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(name, v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    type_name = type(value).__module__ + "." + type(value).__qualname__
+    if type_name == "torch.dtype":
+        return str(value)
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):  # a transformers PretrainedConfig or similar
+        return {"__type__": type(value).__name__, "value": _canonical(name, to_dict())}
+    raise ConfigError(
+        f"Argument {name}={value!r} cannot be part of a cache key (no stable JSON form). Pass plain values "
+        "(numbers, strings, dtypes, configs), or load the model yourself and call "
+        "pdo_hub.optimizers.optimize_downloaded_model."
+    )
+
+
+def safe_source_name(name: str) -> str:
+    """A cache-safe single-part id made from a file or folder name (`my model.pt` -> `my_model.pt`)."""
+    cleaned = _SAFE.sub("_", name).replace("..", "_").replace("--", "-").strip("._-")
+    return cleaned[:96] or "model"

@@ -1,0 +1,79 @@
+"""pdo_hub.get_model: torchvision weights through torchvision's own cache, keyed by the file's sha256.
+
+No download.pytorch.org here: the torch hub cache is pre-seeded with a state dict under the real file
+name (torchvision checks the hash only on download, exactly as it would after a real download).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from hub_helpers import FAST_CONFIG
+
+import pdo_hub
+from pdo_hub.core.errors import OfflineCacheMissError
+from pdo_hub.hub import torchvision_models
+
+
+@pytest.fixture(scope="session")
+def resnet18_file() -> Path:
+    """`<TORCH_HOME>/hub/checkpoints/resnet18-f37072fd.pth` holding a seeded resnet18 state dict."""
+    import torchvision
+
+    path = torchvision_models.weights_file(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+    if not path.is_file():
+        torch.manual_seed(0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path
+
+
+def _logits(model, seed: int = 1) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_get_model_keys_by_file_hash_and_reuses_offline(resnet18_file, monkeypatch):
+    model = pdo_hub.get_model("resnet18", weights="DEFAULT", config=FAST_CONFIG)
+    assert model.pdo_cache_status == "built"
+    assert model.pdo_report["optimizations_applied"] == ["quantization_dynamic"]
+    sha = hashlib.sha256(resnet18_file.read_bytes()).hexdigest()
+    assert Path(model.pdo_cache_path).name.startswith(sha)
+    assert "ResNet18_Weights.IMAGENET1K_V1" in str(model.pdo_cache_path)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the optimizer ran on a cache hit")
+
+    monkeypatch.setattr(torchvision_models, "create_post_download_optimizer", refuse)
+    monkeypatch.setenv("PDO_HUB_OFFLINE", "1")
+    again = pdo_hub.get_model("resnet18", weights="IMAGENET1K_V1", config=FAST_CONFIG)
+    assert again.pdo_cache_status == "hit"
+    assert torch.equal(_logits(model), _logits(again))
+
+    # Offline with the original file gone: the recorded file-name -> sha256 ref still finds the entry.
+    hidden = resnet18_file.with_name(resnet18_file.name + ".moved")
+    os.replace(resnet18_file, hidden)
+    try:
+        third = pdo_hub.get_model("resnet18", config=FAST_CONFIG)
+        assert third.pdo_cache_path == model.pdo_cache_path
+    finally:
+        os.replace(hidden, resnet18_file)
+
+
+def test_offline_without_weights_file_or_entry_raises_with_the_fix(resnet18_file, monkeypatch):
+    monkeypatch.setenv("PDO_HUB_OFFLINE", "1")
+    with pytest.raises(OfflineCacheMissError, match=r"pdo_hub.get_model\('resnet18'"):
+        pdo_hub.get_model("resnet18", config=FAST_CONFIG)  # file present, entry missing
+    with pytest.raises(OfflineCacheMissError, match="torch hub cache"):
+        pdo_hub.get_model("resnet34", config=FAST_CONFIG)  # neither file nor entry
+
+
+def test_weights_none_returns_the_plain_model(resnet18_file):
+    import torchvision
+
+    model = pdo_hub.get_model("resnet18", weights=None)
+    assert type(model) is torchvision.models.ResNet and not hasattr(model, "pdo_recipe")
