@@ -67,6 +67,8 @@ def _encode_value(name: str, value: Any, tensors: dict[str, torch.Tensor], seen:
         return {"value": value}
     if isinstance(value, torch.Size):
         return {"size": list(value)}
+    if isinstance(value, torch.ScriptObject):
+        return {"script_object": _encode_script_object(name, value, tensors, seen)}
     raise StorageError(
         f"State entry '{name}' has type {type(value).__name__}, which pdo-hub cannot store without pickle. "
         "Register a method whose modules keep plain tensors in their state dict."
@@ -114,6 +116,8 @@ def _decode_value(entry: dict[str, Any], tensors: dict[str, torch.Tensor]) -> An
         return payload
     if kind == "size":
         return torch.Size(payload)
+    if kind == "script_object":
+        return _decode_script_object(payload, tensors)
     raise StorageError(f"Unknown entry kind '{kind}' in the weights spec: it was written by a newer pdo-hub.")
 
 
@@ -133,3 +137,36 @@ def _jsonable_metadata(metadata: Any) -> dict[str, dict[str, Any]] | None:
     if metadata is None:
         return None
     return {name: {k: v for k, v in dict(value).items() if isinstance(v, (bool, int, float, str)) or v is None} for name, value in metadata.items()}
+
+
+# TorchScript objects that torch.ao keeps in quantized RNN state dicts. Only these allow-listed types
+# are stored, as their tensors plus a JSON description, and rebuilt through torch's own constructors.
+_LINEAR_PACKED = "__torch__.torch.classes.quantized.LinearPackedParamsBase"
+_CELL_PARAMS = "__torch__.torch.classes.rnn.CellParamsBase"
+
+
+def _encode_script_object(name: str, value: torch.ScriptObject, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> dict[str, Any]:
+    kind = value._type().qualified_name()
+    state = value.__getstate__()
+    if kind == _LINEAR_PACKED:
+        weight, bias = state[0]  # state is ((weight, bias), version)
+        return {"type": "linear_packed", "weight": _encode_value(f"{name}{_SEP}w", weight, tensors, seen), "bias": _encode_value(f"{name}{_SEP}b", bias, tensors, seen)}
+    if kind == _CELL_PARAMS and state[0][0] == "quantized_dynamic":
+        _, biases, _, longs, packed = state[0]
+        return {
+            "type": "cell_params_dynamic",
+            "reduce_range": bool(longs[0]) if longs else False,
+            "biases": [_encode_value(f"{name}{_SEP}b{i}", bias, tensors, seen) for i, bias in enumerate(biases)],
+            "packed": [_encode_script_object(f"{name}{_SEP}p{i}", item, tensors, seen) for i, item in enumerate(packed)],
+        }
+    raise StorageError(f"State entry '{name}' is a TorchScript object of type {kind}, which pdo-hub cannot store without pickle.")
+
+
+def _decode_script_object(payload: dict[str, Any], tensors: dict[str, torch.Tensor]) -> torch.ScriptObject:
+    if payload["type"] == "linear_packed":
+        return torch.ops.quantized.linear_prepack(_decode_value(payload["weight"], tensors), _decode_value(payload["bias"], tensors))
+    if payload["type"] == "cell_params_dynamic":
+        w_ih, w_hh = (_decode_script_object(item, tensors) for item in payload["packed"])
+        b_ih, b_hh = (_decode_value(item, tensors) for item in payload["biases"])
+        return torch.ops.quantized.make_quantized_cell_params_dynamic(w_ih, w_hh, b_ih, b_hh, payload["reduce_range"])
+    raise StorageError(f"Unknown TorchScript object type '{payload['type']}' in the weights spec: written by a newer pdo-hub?")

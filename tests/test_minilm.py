@@ -1,0 +1,64 @@
+"""The seed's manual example on the real all-MiniLM-L6-v2, and a fresh-process reload from safetensors + recipe."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import pdo_hub
+from pdo_hub.demo import embedding_cosine, minilm_folder, tokenized_sentences
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = minilm_folder()
+    return AutoModel.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+
+
+def test_seed_example_on_minilm_then_reload_in_a_fresh_process(minilm, tmp_path):
+    from pdo_hub.core.config import PostDownloadOptimizationConfig
+    from pdo_hub.optimizers import create_post_download_optimizer
+
+    your_model, tokenizer = minilm
+    batches = tokenized_sentences(tokenizer)
+    config = PostDownloadOptimizationConfig()
+    config.enable_quantization = True
+    config.quantization_method = "dynamic"
+    config.enable_low_rank_optimization = True
+    config.auto_select_best_method = True
+    optimizer = create_post_download_optimizer(config)
+    optimized_model, report = optimizer.optimize_model(model=your_model, model_name="my_model", example_inputs=batches[0])
+
+    assert report["optimizations_applied"], f"nothing applied: {report['candidates']}"
+    assert report["model_size_metrics"]["size_reduction_percent"] > 10
+    assert report["accuracy_metrics"]["accuracy_loss"] <= config.preserve_accuracy_threshold
+    cosine = embedding_cosine(your_model, optimized_model, batches)
+    assert cosine >= 0.98, f"sentence-embedding cosine {cosine:.4f} is too low"
+
+    pdo_hub.save_optimized(optimized_model, tmp_path / "model", report=report)
+    with torch.inference_mode():
+        expected = optimized_model(**batches[1]).last_hidden_state
+    save_file({"expected": expected, **{k: v for k, v in batches[1].items()}}, str(tmp_path / "io.safetensors"))
+    script = f"""
+import sys, torch
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel
+import pdo_hub
+from pdo_hub.demo import minilm_folder
+io = load_file({str(tmp_path / 'io.safetensors')!r})
+skeleton = AutoModel.from_config(AutoConfig.from_pretrained(minilm_folder()))
+model = pdo_hub.load_optimized({str(tmp_path / 'model')!r}, skeleton)
+with torch.inference_mode():
+    out = model(input_ids=io["input_ids"], attention_mask=io["attention_mask"], token_type_ids=io["token_type_ids"]).last_hidden_state
+sys.exit(0 if torch.equal(out, io["expected"]) else 1)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
