@@ -45,6 +45,8 @@ class PostDownloadOptimizationConfig:
         device: where optimization and benchmarks run (`auto` picks CUDA when available).
         output_dir: where the seed's artifacts go when `save_optimized_model` is on (None: nowhere).
         seed: random seed for everything stochastic (synthesized inputs, fine-tuning).
+        recovery_steps / recovery_max_seconds: bounds of the distillation that follows factorization or
+            pruning (steps on calibration batches, wall-clock seconds); 0 steps turns recovery off.
     """
 
     enable_optimization: bool = True
@@ -66,6 +68,8 @@ class PostDownloadOptimizationConfig:
     device: str = "cpu"
     output_dir: str | None = None
     seed: int = 0
+    recovery_steps: int = 100
+    recovery_max_seconds: float = 120.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -89,9 +93,13 @@ class PostDownloadOptimizationConfig:
                 f"preserve_accuracy_threshold={self.preserve_accuracy_threshold!r} is out of range: it is the largest "
                 "accepted accuracy loss, allowed values are in [0, 1) (e.g. 0.02 for at most 2%)."
             )
-        for key, low in (("calibration_samples", 1), ("benchmark_runs", 1), ("benchmark_warmup", 0), ("benchmark_threads", 1)):
+        for key, low in (
+            ("calibration_samples", 1), ("benchmark_runs", 1), ("benchmark_warmup", 0), ("benchmark_threads", 1), ("recovery_steps", 0),
+        ):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is too small: allowed values are integers >= {low}.")
+        if self.recovery_max_seconds < 0:
+            raise ConfigError(f"recovery_max_seconds={self.recovery_max_seconds!r} is negative: allowed values are numbers >= 0.")
 
     # -- construction -------------------------------------------------------------------------------
     @classmethod
@@ -155,6 +163,8 @@ class PostDownloadOptimizationConfig:
             if not self.enable_structured_pruning:
                 data.pop("target_compression_ratio")
                 data.pop("enable_tensor_factorization")
+                data.pop("recovery_steps")
+                data.pop("recovery_max_seconds")
         if not self.benchmark_optimizations and not self.auto_select_best_method:
             for key in ("benchmark_warmup", "benchmark_runs", "benchmark_threads"):
                 data.pop(key)

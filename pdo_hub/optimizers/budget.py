@@ -3,13 +3,16 @@
 Ranks are not a uniform per-layer ratio: every "one more rank in layer L" step is ranked by the share
 of L's error it removes per parameter it costs, and steps are taken best-first until the budget is
 spent. A layer whose rank reaches its break-even point stays dense (factoring it would not save
-anything).
+anything). `allocate_options` generalises this to any per-layer menu of (parameters, error) choices,
+such as Tucker's (r_out, r_in) or HLRTF's (m, r) pairs and pruning's kept channels.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
 import logging
+from typing import Any
 
 import torch
 
@@ -38,6 +41,97 @@ class LayerSpectrum:
         return (self.dense_params - 1) // self.params_per_rank
 
 
+@dataclasses.dataclass
+class LayerOptions:
+    """One compressible layer and the ways to compress it.
+
+    Attributes:
+        path: module path.
+        dense_params: parameters of the layer left as it is (the option of not compressing it).
+        options: (parameters, relative error, choice) per way to compress it; relative error is the
+            share of the layer's energy (weight, whitened weight or output) the choice loses, in [0, 1].
+            Options storing `dense_params` or more are dropped: they save nothing.
+    """
+
+    path: str
+    dense_params: int
+    options: list[tuple[int, float, Any]]
+
+
+def _frontier(layer: LayerOptions) -> list[tuple[int, float, Any]]:
+    """The options no other option beats on both size and error, cheapest first, ending with dense (error 0)."""
+    points = sorted(
+        ((int(p), float(e), c) for p, e, c in layer.options if p < layer.dense_params), key=lambda o: (o[0], o[1])
+    )
+    points.append((layer.dense_params, 0.0, None))
+    frontier: list[tuple[int, float, Any]] = []
+    for point in points:
+        if not frontier or point[1] < frontier[-1][1]:
+            frontier.append(point)
+    return frontier
+
+
+def allocate_options(layers: list[LayerOptions], budget_params: int) -> dict[str, Any]:
+    """Pick one option per layer so the total parameters fit `budget_params` with the least total error.
+
+    Every layer starts at its cheapest option. Then, over all layers, the move with the most error
+    removed per added parameter that still fits is taken, until none fits. A move may skip options of
+    its layer (a jump straight to a much better option), which keeps a layer whose error falls slowly
+    from being starved by ones whose first ranks are cheap wins. A layer whose best move is to stay
+    dense stays dense.
+
+    Returns:
+        {path: choice} for the layers to compress; layers left out stay dense. When the cheapest
+        options everywhere exceed the budget, they are returned anyway (the closest reachable size).
+    """
+    frontiers = {layer.path: _frontier(layer) for layer in layers}
+    position = {path: 0 for path in frontiers}
+    spent = sum(frontier[0][0] for frontier in frontiers.values())
+    heap: list[tuple[float, str, int]] = []
+
+    def push(path: str) -> None:
+        frontier, index = frontiers[path], position[path]
+        params, error, _ = frontier[index]
+        best = None
+        for target in range(index + 1, len(frontier)):
+            cost = frontier[target][0] - params
+            if spent + cost > budget_params:
+                break  # sorted by params: the rest cost more
+            gain = (error - frontier[target][1]) / max(cost, 1)
+            if best is None or gain > best[0]:
+                best = (gain, target)
+        if best is not None:
+            heapq.heappush(heap, (-best[0], path, best[1]))
+
+    for path in frontiers:
+        push(path)
+    while heap:
+        _, path, target = heapq.heappop(heap)
+        frontier = frontiers[path]
+        cost = frontier[target][0] - frontier[position[path]][0]
+        if spent + cost > budget_params:
+            push(path)  # the budget shrank since this move was ranked: rank the moves that still fit
+            continue
+        position[path] = target
+        spent += cost
+        push(path)
+    chosen = {}
+    for path, frontier in frontiers.items():
+        params, error, choice = frontier[position[path]]
+        logger.debug("budget: %s -> %s (%d params, relative error %.4f)", path, choice, params, error)
+        if choice is not None:
+            chosen[path] = choice
+    return chosen
+
+
+def spectrum_options(layer: LayerSpectrum) -> LayerOptions:
+    """Rank r of a matrix factorization as options: r * params_per_rank parameters, error = energy past r."""
+    total = float(layer.energies.sum()) or 1.0
+    kept = (layer.energies.double().cumsum(0) / total).tolist()
+    limit = min(layer.break_even_rank, layer.energies.numel())
+    return LayerOptions(layer.path, layer.dense_params, [(r * layer.params_per_rank, max(0.0, 1.0 - kept[r - 1]), r) for r in range(1, limit + 1)])
+
+
 def allocate_ranks(layers: list[LayerSpectrum], budget_params: int) -> dict[str, int]:
     """Ranks for the layers worth factoring so their total parameters fit `budget_params`.
 
@@ -45,27 +139,5 @@ def allocate_ranks(layers: list[LayerSpectrum], budget_params: int) -> dict[str,
         {path: rank} for the layers to factor; layers left out stay dense. When even rank 1
         everywhere exceeds the budget, every useful layer gets rank 1 (the closest reachable size).
     """
-    layers = [layer for layer in layers if layer.break_even_rank >= 1 and layer.energies.numel()]
-    if not layers:
-        return {}
-    steps: list[tuple[float, int, int]] = []  # (gain per parameter, layer index, rank it leads to)
-    for index, layer in enumerate(layers):
-        total = float(layer.energies.sum()) or 1.0
-        limit = min(layer.break_even_rank, layer.energies.numel())
-        gains = (layer.energies[1:limit] / total / layer.params_per_rank).tolist()
-        steps.extend((gain, index, rank + 2) for rank, gain in enumerate(gains))
-    ranks = [1] * len(layers)
-    spent = sum(layer.params_per_rank for layer in layers)
-    for gain, index, rank in sorted(steps, key=lambda step: -step[0]):
-        cost = layers[index].params_per_rank
-        if spent + cost > budget_params:
-            continue  # a cheaper step elsewhere may still fit
-        if rank == ranks[index] + 1:
-            ranks[index] = rank
-            spent += cost
-    chosen = {}
-    for layer, rank in zip(layers, ranks):
-        if rank * layer.params_per_rank < layer.dense_params:
-            chosen[layer.path] = rank
-        logger.debug("budget: %s rank %d of %d (dense %d params)", layer.path, rank, layer.energies.numel(), layer.dense_params)
-    return chosen
+    useful = [layer for layer in layers if layer.break_even_rank >= 1 and layer.energies.numel()]
+    return allocate_options([spectrum_options(layer) for layer in useful], budget_params)

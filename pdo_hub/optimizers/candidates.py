@@ -14,7 +14,7 @@ from .context import MethodContext
 from .evaluate import Fidelity, Timing, benchmark, fidelity
 from .recipe import Recipe
 from .registry import get_method
-from .selection import score
+from .selection import gain, score
 from .sizing import serialized_bytes
 
 logger = logging.getLogger(__name__)
@@ -122,9 +122,9 @@ def measure_candidate(candidate: Candidate, ctx: MethodContext, references, orig
             f"accuracy loss {candidate.accuracy_loss:.4f} exceeds preserve_accuracy_threshold "
             f"{config.preserve_accuracy_threshold:.4f}"
         )
-    elif config.auto_select_best_method and candidate.score <= original["score"]:
+    elif config.auto_select_best_method and gain(candidate.size_bytes / original["size_bytes"], speedup) <= 0:
         candidate.status = "rejected"
-        candidate.reason = f"score {candidate.score:.3f} does not beat keeping the original model ({original['score']:.3f})"
+        candidate.reason = "no net gain: what it saves in size does not make up for what it loses in speed"
     else:
         candidate.status = "accepted"
     logger.info(

@@ -45,3 +45,25 @@ class LowRankConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, rank={self.rank}"
+
+
+class LowRankEmbedding(nn.Module):
+    """An embedding table V x d stored as V x rank codes (`down`) times a rank -> d map (`up`)."""
+
+    def __init__(self, embedding: nn.Embedding, rank: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim, self.rank = embedding.num_embeddings, embedding.embedding_dim, rank
+        self.padding_idx = embedding.padding_idx
+        self.down = nn.Embedding(embedding.num_embeddings, rank, padding_idx=embedding.padding_idx)
+        self.up = nn.Linear(rank, embedding.embedding_dim, bias=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The reconstructed table, for code that reads `embeddings.weight` (e.g. resizing, inspection)."""
+        return self.up(self.down.weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(ids))
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"

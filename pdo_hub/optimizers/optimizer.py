@@ -19,7 +19,7 @@ from .evaluate import benchmark, reference_outputs
 from .inputs import Inputs, infer_example_inputs, synthesize_inputs, to_device
 from .recipe import Recipe
 from .report import REPORT_VERSION, disabled_report, environment, performance_metrics, size_metrics
-from .selection import WEIGHTS, candidate_pipelines, score
+from .selection import WEIGHTS, candidate_pipelines
 from .sizing import serialized_bytes
 
 logger = logging.getLogger(__name__)
@@ -113,8 +113,6 @@ class PostDownloadOptimizer:
             "timing": None,
             "accuracy": float(ctx.eval_fn(base)) if ctx.eval_fn else None,
         }
-        # The untouched model scores too (no size or speed gain, no loss): a variant must beat it.
-        original["score"] = score(1.0, 1.0, 0.0, config.preserve_accuracy_threshold)
         if config.benchmark_optimizations:
             original["timing"] = benchmark(
                 base, ctx.example_inputs, ctx.device,

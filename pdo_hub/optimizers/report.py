@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from ..core.version import __version__
 from ..core.config import PostDownloadOptimizationConfig
 from .evaluate import Timing
 from .sizing import MB

@@ -49,9 +49,15 @@ def candidate_pipelines(config: PostDownloadOptimizationConfig, notes: list[str]
     return subsets
 
 
-def score(size_ratio: float, speedup: float | None, accuracy_loss: float, threshold: float) -> float:
-    size_term = 1.0 - size_ratio
+def gain(size_ratio: float, speedup: float | None) -> float:
+    """The size and speed part of the score. Auto-selection only keeps a variant with a positive gain:
+    one that is slower than it is smaller (dynamic int8 of a CNN's single Linear head) is worse than
+    the original, however accurate."""
     speed_term = 0.0 if not speedup else max(-1.0, 1.0 - 1.0 / speedup)
+    return WEIGHTS["size"] * (1.0 - size_ratio) + WEIGHTS["speed"] * speed_term
+
+
+def score(size_ratio: float, speedup: float | None, accuracy_loss: float, threshold: float) -> float:
     accuracy_term = 1.0 - accuracy_loss / threshold if threshold > 0 else (1.0 if accuracy_loss <= 0 else 0.0)
     accuracy_term = max(-1.0, min(1.0, accuracy_term))
-    return WEIGHTS["size"] * size_term + WEIGHTS["speed"] * speed_term + WEIGHTS["accuracy"] * accuracy_term
+    return gain(size_ratio, speedup) + WEIGHTS["accuracy"] * accuracy_term

@@ -1,8 +1,15 @@
 """`dynamic`: int8 weights, activations quantized at run time; no calibration data needed.
 
-Linear layers become torch.ao dynamic-quantized Linears with per-channel int8 weights (per-tensor
-scales lose noticeably more on transformer FFNs; see environment.md). LSTM/GRU are quantized too.
-torch has no CUDA kernels for this, so on CUDA the method is skipped with a note.
+Linear layers get per-channel symmetric int8 weights and one of two high-fidelity activation schemes
+(see `_int8_linear`): `full_range` (fbgemm, 8-bit per-tensor activations, fastest) or `per_token`
+(one activation scale per token, int8 GEMM; most faithful). Each layer's sensitivity is the measured
+loss with only it on the fast scheme (the rest `per_token`); the fewest most-sensitive layers use
+`per_token` so the loss fits the budget: half of what
+earlier steps left of `preserve_accuracy_threshold`, and never more than `HIGH_FIDELITY_LOSS`, which
+keeps transformer embeddings at cosine >= 0.995 (all-MiniLM-L6-v2: torch.ao's stock x86 path 0.979).
+Without a way to measure loss every Linear uses `per_token`. LSTM/GRU use torch.ao's stock dynamic
+modules. Large untied embedding tables are stored as int8 rows (all-MiniLM-L6-v2: 90.9 MB -> ~22 MB)
+unless that alone breaks the budget. torch has no CUDA kernels for these, so on CUDA the method is skipped with a note.
 """
 
 from __future__ import annotations
@@ -15,13 +22,18 @@ import torch
 import torch.nn as nn
 
 from ...core.errors import RecipeError
+from ..modules import get_module, replace_module, shared_parameter_ids
 from ..registry import Method, register_method
-from ..modules import get_module, replace_module
+from ._int8_linear import FullRangeDynamicLinear, Int8Embedding, TokenInt8Linear
+from ._mixed_precision import keep_high_precision, split_budget
 from ._torch_ao import quiet_torch_ao
 
 logger = logging.getLogger(__name__)
 
 _FLOAT_TYPES = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU}
+HIGH_FIDELITY_LOSS = 0.004
+FAST, PRECISE = "full_range", "per_token"
+EMBEDDING_MIN_PARAMS = 1 << 20  # small tables are not worth it
 
 
 def _qconfig(module_type: str):
@@ -29,6 +41,20 @@ def _qconfig(module_type: str):
 
     # torch.ao has per-channel dynamic kernels for Linear only; RNNs keep per-tensor weights.
     return per_channel_dynamic_qconfig if module_type == "Linear" else default_dynamic_qconfig
+
+
+def _stock_dynamic(module: nn.Module, type_name: str) -> nn.Module:
+    with quiet_torch_ao():
+        from torch.ao.quantization import quantize_dynamic
+
+        # quantize_dynamic swaps children only, so the layer goes in a one-item container.
+        return quantize_dynamic(nn.Sequential(module), {type(module): _qconfig(type_name)}, dtype=torch.qint8)[0]
+
+
+def _fast_linear(linear: nn.Linear) -> nn.Module:
+    quantized = _stock_dynamic(copy.deepcopy(linear), "Linear")
+    quantized.__class__ = FullRangeDynamicLinear  # same packed weights, 8-bit activations
+    return quantized
 
 
 @register_method
@@ -47,83 +73,91 @@ class DynamicQuantization(Method):
         if not targets:
             ctx.note(logger, "dynamic: the model has no Linear/LSTM/GRU layer to quantize.")
             return model, []
-        spec = {path: _qconfig(type_name) for path, type_name in targets.items()}
-        with quiet_torch_ao():
-            from torch.ao.quantization import quantize_dynamic
+        linears = [path for path, type_name in targets.items() if type_name == "Linear"]
+        budget = split_budget(ctx, model)
+        for path, type_name in targets.items():
+            if type_name != "Linear":
+                replace_module(model, path, _stock_dynamic(model.get_submodule(path), type_name))
+        embeddings = self._quantize_embeddings(model, ctx, budget)  # first, so the Linear search accounts for it
+        floats = {path: model.get_submodule(path) for path in linears}
+        fast = {path: _fast_linear(floats[path]) for path in linears}
+        precise = {path: TokenInt8Linear.from_float(floats[path]) for path in linears}
 
-            quantized = quantize_dynamic(copy.deepcopy(model), spec, dtype=torch.qint8)
-        int8 = {path: quantized.get_submodule(path) for path in targets}
-        kept_float = self._layers_to_keep_float(model, int8, ctx)
-        for path in targets:
-            if path in kept_float:
-                logger.debug("dynamic: %s stays float (loss %.5f when quantized alone)", path, kept_float[path])
-            else:
-                logger.debug("dynamic: int8 %s %s", targets[path], path)
-                replace_module(model, path, int8[path])
-        quantized_targets = {path: name for path, name in targets.items() if path not in kept_float}
-        if not quantized_targets:
-            ctx.note(logger, "dynamic: every layer hurt accuracy beyond the budget when quantized; nothing was quantized.")
-            return model, []
-        if kept_float:
-            ctx.note(logger, f"dynamic: {len(kept_float)} of {len(targets)} layers kept in float to stay within the accuracy budget: {sorted(kept_float)}")
-        record = {"method": self.name, "modules": quantized_targets, "dtype": "qint8", "engine": torch.backends.quantized.engine}
-        if kept_float:
-            record["kept_float"] = {path: round(loss, 6) for path, loss in kept_float.items()}
+        def loss_with(fast_paths: list[str]) -> float:
+            chosen = set(fast_paths)
+            for path in linears:
+                replace_module(model, path, fast[path] if path in chosen else precise[path])
+            return ctx.measure_loss(model)
+
+        if budget is None:
+            ctx.note(logger, "dynamic: no accuracy measurement available: every Linear uses per-token activations (most faithful).")
+            kept = {path: float("nan") for path in linears}
+        else:
+            kept = keep_high_precision(linears, loss_with, min(budget, HIGH_FIDELITY_LOSS))
+        schemes = {path: PRECISE if path in kept else FAST for path in linears}
+        for path in linears:
+            logger.debug("dynamic: %s int8 (%s activations)", path, schemes[path])
+            replace_module(model, path, precise[path] if path in kept else fast[path])
+        if kept and budget is not None:
+            ctx.note(logger, f"dynamic: {len(kept)} of {len(linears)} Linear layers use per-token activations to keep the loss within {min(budget, HIGH_FIDELITY_LOSS):.4f}.")
+        record = {"method": self.name, "modules": targets, "schemes": schemes, "dtype": "qint8", "engine": torch.backends.quantized.engine}
+        if embeddings:
+            record["embeddings"] = embeddings
+        if budget is not None and kept:
+            record["sensitivity"] = {path: round(loss, 6) for path, loss in kept.items()}
         return model, [record]
 
     @staticmethod
-    def _layers_to_keep_float(model: nn.Module, int8: dict[str, nn.Module], ctx) -> dict[str, float]:
-        """Mixed precision: the fewest most-sensitive layers to keep in float so the loss fits the budget.
-
-        Half of the remaining accuracy budget is allowed here, leaving the rest to later steps.
-        Each layer's sensitivity is the loss with only that layer quantized; layers are then quantized
-        from least to most sensitive, and a binary search finds the longest prefix within the budget.
-        """
-        if ctx.measure_loss is None:
-            return {}
-        threshold = ctx.config.preserve_accuracy_threshold
-        floats = {path: model.get_submodule(path) for path in int8}
-        already = ctx.measure_loss(model)  # loss of earlier pipeline steps (e.g. factorization)
-        if already > threshold:
-            return {}  # the candidate is out of budget whatever happens here; don't spend time searching
-        budget = already + 0.5 * (threshold - already)
-
-        def loss_with(paths) -> float:
-            for path in paths:
-                replace_module(model, path, int8[path])
-            try:
-                return ctx.measure_loss(model)
-            finally:
+    def _quantize_embeddings(model: nn.Module, ctx, budget: float | None) -> list[str]:
+        """Large, untied embedding tables become int8 rows, unless that alone breaks the budget."""
+        shared = shared_parameter_ids(model)
+        paths = [
+            path for path, module in model.named_modules()
+            if type(module) is nn.Embedding and module.weight.numel() >= EMBEDDING_MIN_PARAMS
+            and module.max_norm is None and id(module.weight) not in shared
+        ]
+        if not paths:
+            return []
+        before = ctx.measure_loss(model) if budget is not None else None
+        floats = {path: model.get_submodule(path) for path in paths}
+        for path in paths:
+            replace_module(model, path, Int8Embedding.from_float(floats[path]))
+        if before is not None:
+            after = ctx.measure_loss(model)
+            if after - before > 0.25 * min(budget, HIGH_FIDELITY_LOSS):
                 for path in paths:
                     replace_module(model, path, floats[path])
-
-        if loss_with(list(int8)) <= budget:
-            return {}
-        sensitivity = {path: loss_with([path]) for path in int8}
-        order = sorted(int8, key=sensitivity.get)
-        low, high = 0, len(order) - 1  # invariant: prefix `low` fits (0 always does), prefix `high + 1` does not
-        while low < high:
-            middle = (low + high + 1) // 2
-            if loss_with(order[:middle]) <= budget:
-                low = middle
-            else:
-                high = middle - 1
-        return {path: sensitivity[path] for path in order[low:]}
+                ctx.note(logger, f"dynamic: int8 embeddings raised the loss to {after:.4f}; kept them in float.")
+                return []
+        return paths
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
+        for path in record.get("embeddings", []):
+            module = get_module(model, path)
+            if type(module) is not nn.Embedding:
+                raise RecipeError(f"dynamic: '{path}' is a {type(module).__name__}, the recipe expects an Embedding.")
+            replace_module(model, path, Int8Embedding(module.num_embeddings, module.embedding_dim))
+        schemes = record.get("schemes", {})
         with quiet_torch_ao():
             from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
-            from torch.ao.quantization import quantize_dynamic
 
             for path, type_name in record["modules"].items():
                 module = get_module(model, path)
-                if type_name == "Linear" and isinstance(module, nn.Linear):
-                    # Structure only: the int8 weights come from the safetensors load.
-                    replace_module(model, path, DynamicLinear(module.in_features, module.out_features, bias_=module.bias is not None, dtype=torch.qint8))
-                elif type_name in _FLOAT_TYPES and isinstance(module, _FLOAT_TYPES[type_name]):
-                    # quantize_dynamic swaps children only, so the RNN goes in a one-item container.
-                    holder = quantize_dynamic(nn.Sequential(module), {type(module): _qconfig(type_name)}, dtype=torch.qint8)
-                    replace_module(model, path, holder[0])
-                else:
+                if type_name not in _FLOAT_TYPES or not isinstance(module, _FLOAT_TYPES[type_name]):
                     raise RecipeError(f"dynamic: '{path}' is a {type(module).__name__}, the recipe expects a {type_name}.")
+                if type_name != "Linear":
+                    replace_module(model, path, _stock_dynamic(module, type_name))
+                    continue
+                # Structure only: the int8 weights come from the safetensors load.
+                scheme = schemes.get(path, "stock")  # records written before schemes existed used torch.ao's stock layer
+                args = (module.in_features, module.out_features)
+                if scheme == PRECISE:
+                    new = TokenInt8Linear(*args, bias=module.bias is not None)
+                elif scheme == FAST:
+                    new = FullRangeDynamicLinear(*args, bias_=module.bias is not None, dtype=torch.qint8)
+                elif scheme == "stock":
+                    new = DynamicLinear(*args, bias_=module.bias is not None, dtype=torch.qint8)
+                else:
+                    raise RecipeError(f"dynamic: unknown activation scheme '{scheme}' for '{path}': the recipe is from a newer pdo-hub.")
+                replace_module(model, path, new)
         return model

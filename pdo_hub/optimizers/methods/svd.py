@@ -1,10 +1,25 @@
-"""`svd`: truncated SVD of Linear and Conv2d weights into two thinner layers.
+"""`svd`: activation-aware truncated SVD of Linear and Conv2d weights into two thinner layers.
 
-A Linear W (out x in) becomes down = sqrt(S_r) V_r^T and up = U_r sqrt(S_r); a Conv2d kernel is read
-as an (out x in*kh*kw) matrix, giving a kh x kw conv to r channels followed by a 1x1 conv. Ranks come
-from the global budget (`budget.allocate_ranks`) so the whole model reaches `ctx.target_ratio` of its
-size; tied weights and grouped convs are left alone, as are layers where a factorization would not
-store fewer parameters.
+Plain truncated SVD keeps the directions of largest *weight* energy, which are not the ones that
+matter for the outputs the layer actually produces. Following SVD-LLM (Wang et al., 2024), the weight
+W (out x d; a Conv2d kernel read as out x in*kh*kw, against im2col patches) is whitened with the
+Cholesky factor S of its calibration inputs' second moment (S S^T = E[x x^T]): the SVD of W S has
+exactly the output error ||(W - W_r) X^T||_F^2 = sum of the dropped sigma^2, so truncating it is the
+optimal rank-r fit for those inputs. The factors are then
+    down = sqrt(Sigma_r) V_r^T S^-1   and   up = U_r sqrt(Sigma_r).
+A conv becomes a kh x kw conv to r channels (original stride/padding/dilation) followed by a 1x1 conv.
+An untied Embedding table (a lookup is a Linear on one-hot tokens) becomes V x r codes and an r -> d
+Linear, whitened by token frequency (half uniform, so tokens the calibration never saw keep their rows):
+in transformers the word embeddings are often half of the model.
+
+Ranks come from the global budget (`budget.allocate_options`): each "one more rank in layer L" step is
+ranked by the share of L's output energy it recovers per parameter it costs, so the whole model reaches
+`ctx.target_ratio` of its size; layers stay dense where factoring would not save parameters. Tied
+weights, grouped convs and non-zero padding modes are left alone. A bounded recovery step
+(`recovery.recover`) then distils the factored model from the original.
+
+Record (version 2): {"method": "svd", "module", "layer", "rank", "energy_kept", "whitened"}; version-1
+records (no "whitened") restore the same structure.
 """
 
 from __future__ import annotations
@@ -16,36 +31,112 @@ import torch
 import torch.nn as nn
 
 from ...core.errors import RecipeError
-from ..budget import LayerSpectrum, allocate_ranks
-from ..layers import LowRankConv2d, LowRankLinear
+from ..activations import input_grams, whitening_factor
+from ..budget import LayerSpectrum, allocate_options, spectrum_options
+from ..layers import LowRankConv2d, LowRankEmbedding, LowRankLinear
 from ..modules import get_module, match_dtype_device, replace_module, shared_parameter_ids
+from ..recovery import recover
 from ..registry import Method, register_method
 from ..sizing import state_bytes
 
 logger = logging.getLogger(__name__)
 
 
-def factorable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Linear and plain (ungrouped) Conv2d layers whose weights are not tied to another module."""
+def factorable_layers(model: nn.Module, *, convs: bool = True, linears: bool = True) -> dict[str, nn.Module]:
+    """Linear and plain (ungrouped, zero-padded) Conv2d layers whose weights are not tied to another module."""
     shared = shared_parameter_ids(model)
     layers = {}
     for path, module in model.named_modules():
-        if type(module) is nn.Linear or (type(module) is nn.Conv2d and module.groups == 1):
-            if id(module.weight) not in shared and path:
-                layers[path] = module
+        is_linear = linears and type(module) is nn.Linear
+        is_conv = convs and type(module) is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+        is_table = linears and type(module) is nn.Embedding and module.max_norm is None and not module.sparse
+        if (is_linear or is_conv or is_table) and id(module.weight) not in shared and path:
+            layers[path] = module
     return layers
 
 
 def weight_matrix(module: nn.Module) -> torch.Tensor:
-    return module.weight.detach().float().reshape(module.weight.shape[0], -1)
+    """The weight as (outputs x inputs); an embedding table maps one-hot tokens, so it is the transpose."""
+    if isinstance(module, nn.Embedding):
+        return module.weight.detach().double().T
+    return module.weight.detach().double().reshape(module.weight.shape[0], -1)
 
 
 def build_factorized(module: nn.Module, rank: int) -> nn.Module:
     if isinstance(module, nn.Linear):
         new = LowRankLinear(module.in_features, module.out_features, rank, bias=module.bias is not None)
+    elif isinstance(module, nn.Embedding):
+        new = LowRankEmbedding(module, rank)
     else:
         new = LowRankConv2d(module, rank)
     return match_dtype_device(new, module.weight)
+
+
+def whitened_svd(module: nn.Module, gram: tuple[torch.Tensor, int] | None):
+    """(U, S, Vh, whitening) of W S, or of W alone (whitening None) when the layer never ran."""
+    weight = weight_matrix(module)
+    if isinstance(module, nn.Embedding):
+        factor = token_weights(gram[0]) if gram is not None else None
+        U, S, Vh = torch.linalg.svd(weight * factor if factor is not None else weight, full_matrices=False)
+        return U, S, Vh, factor
+    factor = whitening_factor(gram[0].to(weight.device), gram[1]) if gram is not None else None
+    U, S, Vh = torch.linalg.svd(weight @ factor if factor is not None else weight, full_matrices=False)
+    return U, S, Vh, factor
+
+
+def token_weights(counts: torch.Tensor) -> torch.Tensor:
+    """Diagonal whitening of an embedding table: sqrt of each token's weight.
+
+    A lookup's input covariance is diagonal (token frequencies), but a few calibration sentences see a
+    tiny part of the vocabulary, so half of the weight stays uniform: unseen tokens keep their rows.
+    """
+    share = counts / counts.sum().clamp_min(1.0)
+    return (0.5 * share + 0.5 / counts.numel()).sqrt()
+
+
+def factor_weights(U, S, Vh, factor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(down, up) matrices of rank `rank`: up @ down is the best rank-r fit of W on the calibration inputs."""
+    root = S[:rank].sqrt()
+    right = Vh[:rank]
+    if factor is not None and factor.dim() == 1:
+        right = right / factor  # diagonal whitening (embedding tables)
+    elif factor is not None:
+        # right @ S^-1 without forming the inverse: solve S^T X^T = right^T (S lower-triangular).
+        right = torch.linalg.solve_triangular(factor.T, right.T, upper=True).T
+    return root[:, None] * right, U[:, :rank] * root
+
+
+def svd_factorize(model: nn.Module, layers: dict[str, nn.Module], ranks: dict[str, int], decompositions, name: str) -> list[dict[str, Any]]:
+    """Swap each layer in `ranks` for its factorized form; returns the recipe records."""
+    records = []
+    for path, rank in ranks.items():
+        module = layers[path]
+        U, S, Vh, factor = decompositions[path]
+        down, up = factor_weights(U, S, Vh, factor, rank)
+        new = build_factorized(module, rank)
+        with torch.no_grad():
+            if isinstance(module, nn.Embedding):
+                down = down.T  # the code table is V x rank
+            new.down.weight.copy_(down.reshape(new.down.weight.shape))
+            new.up.weight.copy_(up.reshape(new.up.weight.shape))
+            if getattr(module, "bias", None) is not None:
+                new.up.bias.copy_(module.bias)
+        kept = float(S[:rank].square().sum() / S.square().sum().clamp_min(1e-30))
+        logger.debug("%s: %s rank %d/%d keeps %.4f of the output energy", name, path, rank, S.numel(), kept)
+        replace_module(model, path, new)
+        records.append({
+            "method": name, "module": path, "layer": type(module).__name__, "rank": rank,
+            "energy_kept": round(kept, 6), "whitened": factor is not None,
+        })
+    return records
+
+
+def layer_budget(model: nn.Module, layers: dict[str, nn.Module], target_ratio: float) -> int:
+    """Parameters the factorable layers may keep so the whole model's tensors reach `target_ratio`."""
+    total_bytes = state_bytes(model)
+    itemsize = max(m.weight.element_size() for m in layers.values())
+    dense_bytes = sum(m.weight.numel() * m.weight.element_size() for m in layers.values())
+    return int((target_ratio * total_bytes - (total_bytes - dense_bytes)) // itemsize)
 
 
 @register_method
@@ -58,39 +149,25 @@ class SVDFactorization(Method):
         if not layers:
             ctx.note(logger, "svd: the model has no Linear or Conv2d layer that can be factored.")
             return model, []
-        decompositions = {path: torch.linalg.svd(weight_matrix(m), full_matrices=False) for path, m in layers.items()}
-        element = {path: m.weight.element_size() for path, m in layers.items()}
-        total_bytes = state_bytes(model)
-        dense_bytes = sum(m.weight.numel() * element[p] for p, m in layers.items())
-        budget_bytes = ctx.target_ratio * total_bytes - (total_bytes - dense_bytes)
-        itemsize = max(element.values())
+        grams = input_grams(model, layers, ctx.calibration_inputs, ctx.device)
+        decompositions = {path: whitened_svd(m, grams.get(path)) for path, m in layers.items()}
+        del grams
         spectra = [
-            LayerSpectrum(path, m.weight.numel(), sum(weight_matrix(m).shape), decompositions[path].S.square())
+            spectrum_options(LayerSpectrum(path, m.weight.numel(), sum(weight_matrix(m).shape), decompositions[path][1].square()))
             for path, m in layers.items()
         ]
-        ranks = allocate_ranks(spectra, int(budget_bytes // itemsize))
-        if budget_bytes <= 0 or not ranks:
+        budget = layer_budget(model, layers, ctx.target_ratio)
+        ranks = allocate_options(spectra, max(budget, 0))
+        if budget <= 0 or not ranks:
             ctx.note(logger, f"svd: target ratio {ctx.target_ratio:.2f} cannot be reached by factoring this model's layers.")
-        records = []
-        for path, rank in ranks.items():
-            module = layers[path]
-            U, S, Vh = decompositions[path]
-            root = S[:rank].sqrt()
-            new = build_factorized(module, rank)
-            with torch.no_grad():
-                new.down.weight.copy_((root[:, None] * Vh[:rank]).reshape(new.down.weight.shape))
-                new.up.weight.copy_((U[:, :rank] * root).reshape(new.up.weight.shape))
-                if module.bias is not None:
-                    new.up.bias.copy_(module.bias)
-            kept = float(S[:rank].square().sum() / S.square().sum())
-            logger.debug("svd: %s rank %d/%d keeps %.4f of the energy", path, rank, S.numel(), kept)
-            replace_module(model, path, new)
-            records.append({"method": self.name, "module": path, "layer": type(module).__name__, "rank": rank, "energy_kept": round(kept, 6)})
+        records = svd_factorize(model, layers, ranks, decompositions, self.name)
+        if records:
+            recover(model, ctx, self.name, records)
         return model, records
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
         module = get_module(model, record["module"])
         if type(module).__name__ != record["layer"]:
-            raise RecipeError(f"svd: '{record['module']}' is a {type(module).__name__}, the recipe expects a {record['layer']}.")
+            raise RecipeError(f"{record['method']}: '{record['module']}' is a {type(module).__name__}, the recipe expects a {record['layer']}.")
         replace_module(model, record["module"], build_factorized(module, int(record["rank"])))
         return model

@@ -1,0 +1,95 @@
+"""Activation statistics collected on calibration inputs, for activation-aware methods.
+
+`input_grams` gives, per layer, the Gram matrix X^T X of the inputs the layer actually sees (rows are
+tokens for a Linear, im2col patches for a Conv2d, so its columns line up with `weight.reshape(out, -1)`).
+Activation-aware SVD whitens the weight with it; pruning reads its diagonal (per-channel input energy).
+Hooks are forward pre-hooks on the layer itself, so a module called twice in one forward counts both calls.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .inputs import Inputs, call_model, to_device
+
+logger = logging.getLogger(__name__)
+
+
+def _rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as a (samples, features) matrix matching its flattened weight's columns."""
+    if isinstance(module, nn.Conv2d):
+        patches = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+        # (N, Cin*kh*kw, L), channel-major like weight.reshape(out, -1)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    if isinstance(module, nn.Embedding):
+        return F.one_hot(x.reshape(-1), module.num_embeddings).float()
+    return x.reshape(-1, x.shape[-1])
+
+
+@torch.no_grad()
+def input_grams(
+    model: nn.Module, layers: dict[str, nn.Module], inputs: Iterable[Inputs], device: torch.device,
+    *, diagonal_only: bool = False,
+) -> dict[str, tuple[torch.Tensor, int]]:
+    """Run the calibration inputs and return {path: (X^T X in float64, number of rows)}.
+
+    Args:
+        model: the model to run (in eval mode; it is not modified).
+        layers: {path: module} whose inputs to record.
+        inputs: calibration batches.
+        device: where the model runs.
+        diagonal_only: keep only the per-feature energy (a vector), for layers too wide for a full Gram.
+
+    Returns:
+        For Embedding layers the "Gram" is the diagonal token-count vector whatever `diagonal_only` says.
+    """
+    stats: dict[str, list] = {path: [None, 0] for path in layers}
+    handles = []
+
+    def hook_for(path: str, module: nn.Module):
+        def hook(_module, args):
+            rows = _rows(module, args[0].detach()).double()
+            if diagonal_only or isinstance(module, nn.Embedding):
+                update = rows.square().sum(0)
+            else:
+                update = rows.T @ rows
+            entry = stats[path]
+            entry[0] = update if entry[0] is None else entry[0] + update
+            entry[1] += rows.shape[0]
+        return hook
+
+    for path, module in layers.items():
+        handles.append(module.register_forward_pre_hook(hook_for(path, module)))
+    try:
+        for batch in inputs:
+            call_model(model, to_device(batch, device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [path for path, (gram, _) in stats.items() if gram is None]
+    if missing:
+        logger.debug("activations: %d layers never ran on the calibration inputs: %s", len(missing), missing[:5])
+    return {path: (gram, count) for path, (gram, count) in stats.items() if gram is not None}
+
+
+def whitening_factor(gram: torch.Tensor, count: int, damping: float = 1e-2) -> torch.Tensor:
+    """A lower-triangular S with S S^T = X^T X / n + damping * mean(diag) * I (SVD-LLM's Cholesky whitening).
+
+    The damping keeps S invertible when the calibration inputs do not span every input direction
+    (few samples, dead channels); directions never seen then count as average-energy ones.
+    """
+    cov = gram / max(count, 1)
+    scale = float(cov.diagonal().mean()) or 1.0
+    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    for attempt in range(4):
+        factor, info = torch.linalg.cholesky_ex(cov + (damping * 10**attempt) * scale * eye)
+        if int(info) == 0:
+            return factor
+    # Numerically hopeless (should not happen with damping): fall back to the identity, i.e. plain SVD.
+    logger.debug("activations: Cholesky failed; using the unwhitened weight")
+    return eye

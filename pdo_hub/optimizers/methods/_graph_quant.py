@@ -1,0 +1,136 @@
+"""FX graph-mode int8 machinery shared by `static`, `fx` and `qat`.
+
+torch.ao's FX flow traces the model, fuses conv-bn-relu and add-relu, puts observers on activations,
+and converts to int8 modules (per-channel weights, x86 backend). Because it works on the traced graph,
+a module called twice (torchvision's BasicBlock reuses one ReLU) is just two nodes: no model edits.
+
+Reloading never needs calibration data: `rebuild` re-runs prepare/convert on the fresh skeleton with
+the recorded settings and zero inputs of the recorded shapes (the graph depends on structure only),
+then the strict safetensors load fills in the int8 weights, scales and zero-points.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from ...core.errors import OptimizationError, RecipeError
+from ..inputs import Inputs, call_model
+from ._fast_graph import QuantizedGraph
+from ._torch_ao import quiet_torch_ao
+
+logger = logging.getLogger(__name__)
+
+BACKEND = "x86"
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def quantizable_layers(model: nn.Module) -> list[str]:
+    """Paths of the layers FX turns into int8 modules (the unit of mixed precision)."""
+    return [path for path, module in model.named_modules() if path and type(module) in QUANTIZABLE]
+
+
+def positional_inputs(inputs: Inputs, method: str) -> tuple[torch.Tensor, ...]:
+    """The example as a tuple of positional tensors; keyword inputs (transformers) cannot be traced here."""
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,)
+    if isinstance(inputs, (tuple, list)) and all(isinstance(x, torch.Tensor) for x in inputs):
+        return tuple(inputs)
+    raise OptimizationError(
+        f"{method}: graph-mode quantization needs positional tensor inputs; this model takes "
+        f"{type(inputs).__name__} inputs (e.g. a transformers model). Use quantization_method 'dynamic' for it."
+    )
+
+
+def input_spec(args: tuple[torch.Tensor, ...]) -> list[dict[str, Any]]:
+    return [{"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")} for a in args]
+
+
+def spec_inputs(spec: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
+    try:
+        return tuple(torch.zeros(item["shape"], dtype=dtypes[item["dtype"]]) for item in spec)
+    except (KeyError, TypeError) as err:
+        raise RecipeError(f"The recipe's input spec {spec!r} is not valid: {err}.") from err
+
+
+def qconfig_mapping(float_layers: Iterable[str] = (), *, qat: bool = False):
+    """x86 defaults (histogram-calibrated activations, per-channel symmetric weights), some layers in float."""
+    from torch.ao.quantization import get_default_qat_qconfig_mapping, get_default_qconfig_mapping
+
+    mapping = get_default_qat_qconfig_mapping(BACKEND) if qat else get_default_qconfig_mapping(BACKEND)
+    # Embedding tables stay float here (QAT's default has no valid embedding qscheme; `dynamic` has int8 rows).
+    mapping.set_object_type(nn.Embedding, None)
+    for path in float_layers:
+        mapping.set_module_name(path, None)
+    return mapping
+
+
+def prepare(model: nn.Module, args: tuple[torch.Tensor, ...], method: str, *, float_layers: Iterable[str] = (), qat: bool = False) -> nn.Module:
+    """Trace, fuse and insert observers (fake-quant modules for QAT); tracing failures become OptimizationError."""
+    with quiet_torch_ao():
+        from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
+
+        mapping = qconfig_mapping(float_layers, qat=qat)
+        try:
+            if qat:
+                return prepare_qat_fx(model.train(), mapping, args)
+            return prepare_fx(model.eval(), mapping, args)
+        except Exception as err:  # symbolic tracing raises many types (TraceError, TypeError, ...)
+            raise OptimizationError(
+                f"{method}: torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}); "
+                "the model is left unquantized."
+            ) from err
+
+
+@torch.no_grad()  # not inference_mode: observers update their buffers in place and must stay normal tensors
+def calibrate(prepared: nn.Module, batches: Iterable[Inputs]) -> None:
+    prepared.eval()
+    with quiet_torch_ao():
+        for batch in batches:
+            call_model(prepared, batch)
+
+
+def convert(prepared: nn.Module, float_layers: Iterable[str] = (), *, qat: bool = False, in_place: bool = False, accelerate: bool = True) -> QuantizedGraph:
+    """Convert to int8, `float_layers` kept in float (they must be a superset of those kept at prepare).
+
+    A copy is converted unless `in_place`, so one calibrated model serves many mixed-precision trials
+    (which pass `accelerate=False`: a throw-away model is not worth a frozen trace).
+    """
+    with quiet_torch_ao():
+        from torch.ao.quantization.quantize_fx import convert_fx
+
+        float_layers = list(float_layers)
+        # convert_fx accepts a mapping that only turns more layers off (None) than prepare's.
+        mapping = qconfig_mapping(float_layers, qat=qat) if float_layers else None
+        source = prepared if in_place else copy.deepcopy(prepared)
+        graph = convert_fx(source.eval(), qconfig_mapping=mapping)
+    return QuantizedGraph(graph, accelerate=accelerate)
+
+
+def make_record(method: str, args: tuple[torch.Tensor, ...], quantized: list[str], float_layers: dict[str, Any], *, flow: str) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "method": method, "backend": BACKEND, "flow": flow, "inputs": input_spec(args),
+        "int8_layers": len(quantized), "engine": torch.backends.quantized.engine,
+    }
+    if float_layers:
+        record["float_layers"] = float_layers
+    return record
+
+
+def rebuild(model: nn.Module, record: dict[str, Any]) -> QuantizedGraph:
+    """Structure only: the same prepare/convert on the skeleton, with zero inputs and no calibration.
+
+    Observers that saw no data report placeholder scales; the strict load replaces every one of them.
+    """
+    if record.get("backend") != BACKEND:
+        raise RecipeError(f"{record['method']}: the recipe uses backend {record.get('backend')!r}; this pdo-hub knows '{BACKEND}'.")
+    args = spec_inputs(record["inputs"])
+    float_layers = list(record.get("float_layers", {}))
+    qat = record.get("flow") == "qat"
+    prepared = prepare(model, args, record["method"], float_layers=float_layers, qat=qat)
+    return convert(prepared, float_layers, qat=qat, in_place=True)

@@ -1,0 +1,63 @@
+"""Mixed precision: which layers to keep in higher precision so the loss fits a budget.
+
+Shared by `dynamic` and `fx`. Each layer's sensitivity is the loss with only that layer quantized;
+layers are then quantized from least to most sensitive, and a binary search finds the longest prefix
+whose loss fits the budget. The rest (the most sensitive layers) stay in higher precision.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def keep_high_precision(
+    layers: Sequence[str], loss_with: Callable[[list[str]], float], budget: float, sensitivity: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """The fewest most-sensitive layers to leave out of quantization so `loss_with(quantized) <= budget`.
+
+    Args:
+        layers: candidate layer paths.
+        loss_with: loss of the model with exactly these layers quantized.
+        budget: the largest acceptable loss.
+        sensitivity: a precomputed sensitivity per layer (e.g. a cheap per-layer error proxy); when
+            None, each layer's is measured as `loss_with([layer])` (one model evaluation per layer).
+
+    Returns:
+        {path: sensitivity} of the layers to keep (empty when quantizing everything fits).
+    """
+    layers = list(layers)
+    full = loss_with(layers)
+    if full <= budget or not layers:
+        logger.debug("mixed precision: every layer quantized, loss %.5f <= budget %.5f", full, budget)
+        return {}
+    if sensitivity is None:
+        sensitivity = {path: loss_with([path]) for path in layers}
+    order = sorted(layers, key=sensitivity.get)
+    low, high = 0, len(order) - 1  # invariant: prefix `low` fits (0 always does), prefix `high + 1` does not
+    while low < high:
+        middle = (low + high + 1) // 2
+        if loss_with(order[:middle]) <= budget:
+            low = middle
+        else:
+            high = middle - 1
+    kept = {path: sensitivity[path] for path in order[low:]}
+    logger.debug("mixed precision: %d of %d layers kept (full loss %.5f, budget %.5f)", len(kept), len(layers), full, budget)
+    return kept
+
+
+def split_budget(ctx, model, share: float = 0.5) -> float | None:
+    """This step's loss budget: `share` of what earlier pipeline steps left of the threshold.
+
+    None when there is no way to measure loss, or when earlier steps already broke the budget (the
+    candidate will be rejected whatever happens here, so no time is spent searching).
+    """
+    if ctx.measure_loss is None:
+        return None
+    threshold = ctx.config.preserve_accuracy_threshold
+    already = ctx.measure_loss(model)
+    if already > threshold:
+        return None
+    return already + share * (threshold - already)

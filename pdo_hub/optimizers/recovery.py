@@ -1,0 +1,121 @@
+"""Bounded recovery after factorization or pruning: distil the compressed model from the original.
+
+Truncating ranks or channels loses accuracy that a short fine-tune wins back (Tucker-2 on CNNs and
+structured pruning both need it in the literature). With no labelled data guaranteed, the teacher is
+the original model (`ctx.original_model`) and the data are the calibration inputs: logits (2-D
+outputs) are matched with a temperature-2 KL divergence, any other output (hidden states, embeddings)
+with a mean squared error scaled by the teacher's variance. The model stays in eval mode so BatchNorm
+statistics and dropout stay as the original had them; only the weights of the layers the method
+changed (the modules its records name) move.
+
+It is bounded twice, by `config.recovery_steps` and `config.recovery_max_seconds`, and kept only when
+it helps: the loss is measured before and after (task accuracy via `ctx.measure_loss` when the caller
+gave `eval_fn`, else output fidelity), and the pre-recovery weights come back if it got worse.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .inputs import call_model, output_tensor, to_device
+
+logger = logging.getLogger(__name__)
+
+LEARNING_RATE = 1e-4  # small: the compressed model starts close to the teacher
+TEMPERATURE = 2.0
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    if student.dim() == 2:
+        return F.kl_div(
+            F.log_softmax(student / TEMPERATURE, dim=1), F.log_softmax(teacher / TEMPERATURE, dim=1),
+            log_target=True, reduction="batchmean",
+        ) * TEMPERATURE**2
+    return F.mse_loss(student, teacher) / teacher.var().clamp_min(1e-8)
+
+
+@torch.no_grad()
+def _fidelity_loss(model: nn.Module, inputs: list, targets: list[torch.Tensor], device) -> float:
+    """1 - mean per-sample cosine of outputs against the teacher's (used when no measure_loss is given)."""
+    cosines = []
+    for batch, target in zip(inputs, targets):
+        out = output_tensor(call_model(model, to_device(batch, device))).float()
+        cosines.append(F.cosine_similarity(out.reshape(out.shape[0], -1), target.reshape(target.shape[0], -1), dim=1))
+    return max(0.0, 1.0 - float(torch.cat(cosines).mean()))
+
+
+def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Distil `model` (changed in place) from `ctx.original_model`; note the outcome in the report.
+
+    Args:
+        model: the factorized or pruned model.
+        ctx: the method context (teacher, calibration inputs, config bounds, measure_loss).
+        method: the method name, for the notes.
+        records: the method's recipe records (their `module` / `modules` name the layers to train); the
+            first one gets a `recovery` entry (JSON).
+
+    Returns:
+        What happened (loss before/after, steps, seconds), or None when recovery is off or impossible.
+    """
+    config = ctx.config
+    teacher = ctx.original_model
+    inputs = list(ctx.calibration_inputs)
+    if config.recovery_steps <= 0 or teacher is None or not inputs:
+        return None
+    start = time.perf_counter()
+    device = ctx.device
+    with torch.no_grad():
+        targets = [output_tensor(call_model(teacher, to_device(batch, device))).float() for batch in inputs]
+
+    def loss_now() -> float:
+        return float(ctx.measure_loss(model)) if ctx.measure_loss is not None else _fidelity_loss(model, inputs, targets, device)
+
+    # Only the layers the method changed learn: the rest (tied embeddings included) stay the original's.
+    paths = [path for record in records for path in ([record["module"]] if "module" in record else record.get("modules", {}))]
+    params = list({id(p): p for path in paths for p in model.get_submodule(path).parameters() if p.is_floating_point()}.values())
+    if not params:
+        return None
+    before = loss_now()
+    saved = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=LEARNING_RATE)
+    model.eval()
+    generator = torch.Generator().manual_seed(config.seed)
+    steps = 0
+    with torch.enable_grad():
+        while steps < config.recovery_steps and time.perf_counter() - start < config.recovery_max_seconds:
+            index = int(torch.randint(len(inputs), (1,), generator=generator))
+            out = output_tensor(call_model(model, to_device(inputs[index], device))).float()
+            loss = distillation_loss(out, targets[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+    for p, flag in zip(params, flags):
+        p.requires_grad_(flag)
+        p.grad = None
+    after = loss_now()
+    kept = after <= before
+    if not kept:
+        model.load_state_dict(saved)  # recovery made it worse (overfitting few inputs): undo it
+    info = {
+        "loss_before": round(before, 6), "loss_after": round(after, 6), "kept": kept, "steps": steps,
+        "seconds": round(time.perf_counter() - start, 3),
+        "metric": "task accuracy drop" if ctx.eval_fn is not None and ctx.measure_loss is not None else "1 - output cosine",
+    }
+    if records:
+        records[0]["recovery"] = info
+    ctx.note(
+        logger,
+        f"{method}: recovery by distillation, {steps} steps in {info['seconds']:.1f} s: loss ({info['metric']}) "
+        f"{before:.4f} -> {after:.4f}{'' if kept else ' (worse: undone)'}",
+    )
+    return info

@@ -1,0 +1,104 @@
+"""Structured pruning: coupled channels stay consistent, kept indices replay, widths are error-driven."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+import pdo_hub
+from helpers import apply_method, make_context
+from pdo_hub.core.errors import RecipeError
+from pdo_hub.optimizers.pruning_slices import replay
+from pdo_hub.optimizers.registry import get_method
+from pdo_hub.optimizers.sizing import serialized_bytes
+from test_lowrank import tiny_resnet
+
+
+def test_residual_channels_are_pruned_together_and_replay(tmp_path):
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    optimized, records = apply_method("prune", model, x, target_compression_ratio=0.5, recovery_steps=0)
+    plan = records[0]["modules"]
+    block = "layer1.1"
+    # The residual add couples the second block's conv2/bn2 with its downsample branch.
+    if f"{block}.conv2" in plan:
+        assert plan[f"{block}.conv2"]["out"] == plan[f"{block}.downsample.0"]["out"] == plan[f"{block}.bn2"]["out"]
+        assert plan["fc"]["in"] == plan[f"{block}.conv2"]["out"]
+    assert "out" not in plan.get("fc", {}) or plan["fc"]["out"] is None, "the output layer's classes must stay"
+    with torch.inference_mode():
+        expected = optimized(x)
+    assert expected.shape == (2, 10)
+    pdo_hub.save_optimized(optimized, tmp_path)
+    reloaded = pdo_hub.load_optimized(tmp_path, tiny_resnet(seed=3))
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), expected)
+
+
+def test_pruned_widths_are_not_uniform():
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    _, records = apply_method("prune", model, x, target_compression_ratio=0.5, recovery_steps=0)
+    plan = records[0]["modules"]
+    kept = {path: len(entry["out"]) / model.get_submodule(path).out_channels for path, entry in plan.items()
+            if entry["out"] is not None and isinstance(model.get_submodule(path), nn.Conv2d)}
+    assert len(set(round(v, 3) for v in kept.values())) > 1, f"uniform kept fractions {kept}"
+
+
+def test_importance_follows_activations():
+    """Two channels with equal weights: the one whose activations are silent on the data goes first."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.ReLU(), nn.Conv2d(8, 32, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 3)).eval()
+    with torch.no_grad():
+        model[0].weight.zero_()
+        model[0].bias.copy_(torch.tensor([5.0, 0, 0, 0, 0, 0, 0, -5.0]))  # channel 7 is dead after the ReLU
+        model[0].bias[1:7] = torch.linspace(1, 3, 6)
+        model[2].weight.fill_(1.0)
+    x = torch.randn(2, 3, 4, 4)
+    _, records = apply_method("prune", model, x, target_compression_ratio=0.5, recovery_steps=0)
+    kept = records[0]["modules"]["0"]["out"]
+    assert 7 not in kept and 0 in kept, f"kept channels {kept}"
+
+
+def test_replay_rejects_a_recipe_for_another_architecture():
+    with pytest.raises(RecipeError):
+        replay(nn.Sequential(nn.Linear(4, 4)), {"0": {"type": "Conv2d", "out": [0], "in": None}})
+
+
+@pytest.mark.slow
+def test_digits_prune_keeps_accuracy_at_half_size():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from digits_resnet import load_digits_split, top1_accuracy, trained_digits_resnet18
+
+    model = trained_digits_resnet18()
+    x_train, _, x_test, y_test = load_digits_split()
+    ctx = make_context(model, x_test[:1], target_compression_ratio=0.5, recovery_steps=120, recovery_max_seconds=90.0)
+    ctx.calibration_inputs = list(x_train[:128].split(16))
+    optimized, records = get_method("prune").apply(copy.deepcopy(model), ctx)
+    size = serialized_bytes(optimized) / serialized_bytes(model)
+    drop = top1_accuracy(model, x_test, y_test) - top1_accuracy(optimized, x_test, y_test)
+    assert size <= 0.55, f"size ratio {size:.3f}"
+    assert drop <= 0.02, f"top-1 dropped {100 * drop:.2f} points after recovery {records[0].get('recovery')}"
+
+
+@pytest.mark.parametrize("first", ["prune", "hlrtf"])
+def test_compression_then_int8_saves_and_reloads(first, tmp_path):
+    from pdo_hub.optimizers.recipe import Recipe
+
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    ctx = make_context(model, x, target_compression_ratio=0.5, recovery_steps=3)
+    optimized, records = get_method(first).apply(copy.deepcopy(model), ctx)
+    optimized, more = get_method("static").apply(optimized, ctx)
+    assert more, "static quantized nothing after pruning/factorization"
+    optimized.eval()
+    optimized.pdo_recipe = Recipe(records + more)
+    with torch.inference_mode():
+        expected = optimized(x)
+    pdo_hub.save_optimized(optimized, tmp_path)
+    reloaded = pdo_hub.load_optimized(tmp_path, tiny_resnet(seed=9))
+    assert reloaded.pdo_recipe.methods == [first, "static"]
+    with torch.inference_mode():
+        actual = reloaded(x)
+    assert torch.equal(actual, expected), f"{first}+static: max diff {(actual - expected).abs().max()}"

