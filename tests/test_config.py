@@ -82,6 +82,12 @@ def test_hash_is_semantic():
     disabled = PostDownloadOptimizationConfig(enable_optimization=False, low_rank_method="hlrtf")
     assert disabled.config_hash() == PostDownloadOptimizationConfig(enable_optimization=False).config_hash()
     assert PostDownloadOptimizationConfig(quantization_method="static").config_hash() != PostDownloadOptimizationConfig().config_hash()
+    no_low_rank = {"enable_low_rank_optimization": False}
+    assert (PostDownloadOptimizationConfig(**no_low_rank, recovery_steps=5).config_hash()
+            == PostDownloadOptimizationConfig(**no_low_rank, recovery_steps=50).config_hash())
+    qat = {**no_low_rank, "quantization_method": "qat"}
+    assert (PostDownloadOptimizationConfig(**qat, recovery_steps=5).config_hash()
+            != PostDownloadOptimizationConfig(**qat, recovery_steps=50).config_hash()), "qat trains with recovery_steps"
 
 
 def test_hash_is_stable_across_processes():

@@ -167,3 +167,23 @@ def test_cuda_device_runs_there_or_fails_clearly():
     _, report = optimize_downloaded_model(build("MLP"), "mlp", config=config, example_inputs=example("MLP"))
     assert report["environment"]["device"].startswith("cuda")
     assert any("dynamic" in note and "kernels" in note for note in report["notes"]), "dynamic int8 is CPU-only: the report must say so"
+
+
+def test_train_data_reaches_methods_as_labelled_data(monkeypatch):
+    from pdo_hub.core.errors import ConfigError
+    from pdo_hub.optimizers.methods.qat import QATQuantization
+
+    seen = []
+
+    def spy(self, model, ctx):
+        seen.append(ctx.extras.get("labelled_data"))
+        return model, []
+
+    monkeypatch.setattr(QATQuantization, "apply", spy)
+    batches = [(torch.randn(4, 32), torch.randint(0, 2, (4,))) for _ in range(2)]
+    config = {**FAST, "quantization_method": "qat", "enable_low_rank_optimization": False, "auto_select_best_method": False}
+    optimize_downloaded_model(build("MLP"), "mlp", example_inputs=example("MLP"), train_data=iter(batches), config=config)
+    assert seen and len(seen[0]) == 2, "qat must see the train_data batches as ctx.extras['labelled_data']"
+    assert all(torch.equal(x, bx) and torch.equal(y, by) for (x, y), (bx, by) in zip(seen[0], batches))
+    with pytest.raises(ConfigError, match="train_data\\[0\\]"):
+        optimize_downloaded_model(build("MLP"), "mlp", example_inputs=example("MLP"), train_data=[torch.randn(4, 32)], config=config)

@@ -74,7 +74,7 @@ def test_digits_prune_keeps_accuracy_at_half_size():
 
     model = trained_digits_resnet18()
     x_train, _, x_test, y_test = load_digits_split()
-    ctx = make_context(model, x_test[:1], target_compression_ratio=0.5, recovery_steps=120, recovery_max_seconds=90.0)
+    ctx = make_context(model, x_test[:1], target_compression_ratio=0.5, recovery_steps=120, recovery_max_seconds=1800.0)  # step-bounded: the result must not depend on machine load
     ctx.calibration_inputs = list(x_train[:128].split(16))
     optimized, records = get_method("prune").apply(copy.deepcopy(model), ctx)
     size = serialized_bytes(optimized) / serialized_bytes(model)

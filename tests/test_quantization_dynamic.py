@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from helpers import apply_method, make_context
 from pdo_hub.optimizers import get_method, load_optimized, save_optimized
 from pdo_hub.optimizers.evaluate import fidelity, reference_outputs
+from pdo_hub.optimizers.methods._fast_forward import _FAILED, accelerate
 from pdo_hub.optimizers.methods._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
 from pdo_hub.optimizers.recipe import Recipe
 from tiny_models import MLP, KitchenSink
@@ -102,3 +103,42 @@ def test_minilm_dynamic_embedding_cosine(tmp_path):
     save_optimized(optimized, tmp_path)
     reloaded = load_optimized(tmp_path, AutoModel.from_pretrained(path))
     assert torch.equal(embed(reloaded), embed(optimized))
+    _check_trace_matches_eager(reloaded, encoded)
+
+
+def _check_trace_matches_eager(model, encoded):
+    """The third call per shape runs a frozen trace; it must equal eager, padding masks included."""
+    eager = lambda enc: type(model).forward(model, **enc).last_hidden_state  # noqa: E731
+    other = dict(encoded, attention_mask=encoded["attention_mask"].flip(0))  # same shape, other padding
+    with torch.inference_mode():
+        for _ in range(3):
+            model(**encoded)
+        traced = [entry for entry in model.forward.traces.values() if entry is not _FAILED]
+        assert traced, "no frozen trace was built for MiniLM"
+        assert torch.equal(model(**encoded).last_hidden_state, eager(encoded))
+        assert torch.equal(model(**other).last_hidden_state, eager(other))
+
+
+class _DataDependent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x) if x.sum() > 0 else -self.fc(x)  # a trace would bake in one branch
+
+
+def test_fast_forward_stays_eager_when_unsafe():
+    model = accelerate(_DataDependent().eval())
+    positive, negative = torch.ones(2, 8), -torch.ones(2, 8)
+    with torch.inference_mode():
+        for _ in range(3):
+            model(positive)
+        assert list(model.forward.traces.values()) == [_FAILED], "a data-dependent branch must not be traced"
+        assert torch.equal(model(negative), type(model).forward(model, negative))
+    model.forward.clear()
+    for _ in range(3):  # gradients on: autograd must keep working, so no trace
+        assert model(positive).requires_grad
+    assert not model.forward.traces
+    copied = copy.deepcopy(model)  # traces are never copied; the copy traces its own weights
+    assert copied.forward.model is copied and not copied.forward.traces

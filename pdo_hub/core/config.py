@@ -163,8 +163,9 @@ class PostDownloadOptimizationConfig:
             if not self.enable_structured_pruning:
                 data.pop("target_compression_ratio")
                 data.pop("enable_tensor_factorization")
-                data.pop("recovery_steps")
-                data.pop("recovery_max_seconds")
+                if not (self.enable_quantization and self.quantization_method == "qat"):  # qat trains with the same bounds
+                    data.pop("recovery_steps")
+                    data.pop("recovery_max_seconds")
         if not self.benchmark_optimizations and not self.auto_select_best_method:
             for key in ("benchmark_warmup", "benchmark_runs", "benchmark_threads"):
                 data.pop(key)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..core.config import PostDownloadOptimizationConfig, load_config
+from ..core.errors import ConfigError
 from .artifacts import write_seed_artifacts
 from .candidates import Candidate, accuracy_loss, build_candidate, measure_candidate
 from .context import MethodContext
@@ -49,6 +50,7 @@ class PostDownloadOptimizer:
         *,
         calibration_data: Iterable[Inputs] | None = None,
         eval_fn: Callable[[nn.Module], float] | None = None,
+        train_data: Iterable[tuple[Inputs, torch.Tensor]] | None = None,
         output_dir: str | Path | None = None,
     ) -> tuple[nn.Module, dict[str, Any]]:
         """Optimize a copy of `model`; the input model is never modified.
@@ -61,6 +63,8 @@ class PostDownloadOptimizer:
                 example_inputs, `config.calibration_samples` of them).
             eval_fn: task metric `eval_fn(model) -> accuracy in [0, 1]`; when given, accuracy loss is measured
                 with it instead of output fidelity.
+            train_data: labelled (inputs, labels) batches for methods that fine-tune (`qat` trains on the
+                task loss with them instead of distilling from the original model's outputs).
             output_dir: where to write the artifacts when `save_optimized_model` is on (default
                 `config.output_dir`).
 
@@ -83,6 +87,8 @@ class PostDownloadOptimizer:
             config=config, example_inputs=example_inputs, calibration_inputs=calibration, device=device,
             original_model=base, target_ratio=config.target_compression_ratio, eval_fn=eval_fn,
         )
+        if train_data is not None:
+            ctx.extras["labelled_data"] = _labelled_batches(train_data, device)
         original = self._measure_original(base, ctx)
         ctx.measure_loss = lambda candidate_model: accuracy_loss(candidate_model, ctx, original)
         notes: list[str] = []
@@ -194,3 +200,12 @@ def optimize_downloaded_model(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The seed's one-call form, used right after a model is loaded."""
     return PostDownloadOptimizer(config).optimize_model(model, model_name, **kwargs)
+
+
+def _labelled_batches(train_data: Iterable[Any], device: torch.device) -> list[tuple[Inputs, torch.Tensor]]:
+    batches = []
+    for index, batch in enumerate(train_data):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ConfigError(f"train_data[{index}] is a {type(batch).__name__}; expected an (inputs, labels) pair.")
+        batches.append((to_device(batch[0], device), to_device(batch[1], device)))
+    return batches

@@ -8,9 +8,15 @@ with a mean squared error scaled by the teacher's variance. The model stays in e
 statistics and dropout stay as the original had them; only the weights of the layers the method
 changed (the modules its records name) move.
 
+With labelled data (`ctx.extras["labelled_data"]`, a list of (inputs, labels) batches) the step trains
+on those batches instead: cross-entropy on the labels (class logits; any other output, e.g. a
+regression, takes a mean squared error) plus the distillation term against the teacher's outputs on
+the same inputs, so the task decides and the teacher keeps the rest of the behaviour close.
+
 It is bounded twice, by `config.recovery_steps` and `config.recovery_max_seconds`, and kept only when
 it helps: the loss is measured before and after (task accuracy via `ctx.measure_loss` when the caller
-gave `eval_fn`, else output fidelity), and the pre-recovery weights come back if it got worse.
+gave `eval_fn`, else the task loss on the labelled batches, else output fidelity), and the
+pre-recovery weights come back if it got worse.
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ logger = logging.getLogger(__name__)
 
 LEARNING_RATE = 1e-4  # small: the compressed model starts close to the teacher
 TEMPERATURE = 2.0
+
+
+def task_loss(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for class labels against logits, else a mean squared error on the labels."""
+    if student.dim() == 2 and not labels.is_floating_point() and labels.dim() == 1:
+        return F.cross_entropy(student, labels.long())
+    return F.mse_loss(student, labels.to(student.dtype).reshape(student.shape))
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -65,7 +78,9 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
     """
     config = ctx.config
     teacher = ctx.original_model
-    inputs = list(ctx.calibration_inputs)
+    labelled = list(ctx.extras.get("labelled_data") or [])
+    labels = [to_device(y, ctx.device) for _, y in labelled]
+    inputs = [x for x, _ in labelled] if labelled else list(ctx.calibration_inputs)
     if config.recovery_steps <= 0 or teacher is None or not inputs:
         return None
     start = time.perf_counter()
@@ -74,7 +89,12 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
         targets = [output_tensor(call_model(teacher, to_device(batch, device))).float() for batch in inputs]
 
     def loss_now() -> float:
-        return float(ctx.measure_loss(model)) if ctx.measure_loss is not None else _fidelity_loss(model, inputs, targets, device)
+        if ctx.measure_loss is not None:
+            return float(ctx.measure_loss(model))
+        if labels:  # the task decides whether recovery helped, not closeness to the teacher
+            with torch.no_grad():
+                return sum(float(task_loss(output_tensor(call_model(model, to_device(x, device))).float(), y)) for x, y in zip(inputs, labels)) / len(labels)
+        return _fidelity_loss(model, inputs, targets, device)
 
     # Only the layers the method changed learn: the rest (tied embeddings included) stay the original's.
     paths = [path for record in records for path in ([record["module"]] if "module" in record else record.get("modules", {}))]
@@ -95,6 +115,8 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
             index = int(torch.randint(len(inputs), (1,), generator=generator))
             out = output_tensor(call_model(model, to_device(inputs[index], device))).float()
             loss = distillation_loss(out, targets[index])
+            if labels:
+                loss = loss + task_loss(out, labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -109,13 +131,17 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
     info = {
         "loss_before": round(before, 6), "loss_after": round(after, 6), "kept": kept, "steps": steps,
         "seconds": round(time.perf_counter() - start, 3),
-        "metric": "task accuracy drop" if ctx.eval_fn is not None and ctx.measure_loss is not None else "1 - output cosine",
+        "metric": (
+            "task accuracy drop" if ctx.eval_fn is not None and ctx.measure_loss is not None
+            else "caller's loss" if ctx.measure_loss is not None else "task loss" if labels else "1 - output cosine"
+        ),
+        "objective": "task loss + distillation" if labels else "distillation",
     }
     if records:
         records[0]["recovery"] = info
     ctx.note(
         logger,
-        f"{method}: recovery by distillation, {steps} steps in {info['seconds']:.1f} s: loss ({info['metric']}) "
+        f"{method}: recovery by {info['objective']}, {steps} steps in {info['seconds']:.1f} s: loss ({info['metric']}) "
         f"{before:.4f} -> {after:.4f}{'' if kept else ' (worse: undone)'}",
     )
     return info

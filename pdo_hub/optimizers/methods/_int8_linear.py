@@ -45,6 +45,7 @@ class TokenInt8Linear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.has_bias = bias  # a Python bool, not `bias.numel()`: a frozen trace must not see a tensor-valued branch
         self.register_buffer("weight_t", torch.empty(in_features, out_features, dtype=torch.int8))
         self.register_buffer("scale", torch.empty(out_features))
         self.register_buffer("bias", torch.empty(out_features if bias else 0))
@@ -66,7 +67,7 @@ class TokenInt8Linear(nn.Module):
         quantized = (rows / scale).round_().to(torch.int8)
         acc = torch._int_mm(quantized, self.weight_t)  # CPU kernel; dynamic is a CPU-only method
         y = acc.float().mul_(scale).mul_(self.scale)
-        if self.bias.numel():
+        if self.has_bias:
             y.add_(self.bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
