@@ -95,7 +95,7 @@ def accuracy_loss(model: nn.Module, ctx: MethodContext, original: dict[str, Any]
     """Loss against the original: task accuracy drop with `eval_fn`, else 1 - output cosine."""
     if ctx.eval_fn is not None:
         return max(0.0, original["accuracy"] - float(ctx.eval_fn(model)))
-    return fidelity(model, ctx.calibration_inputs, original["references"], ctx.device).loss
+    return fidelity(model, ctx.calibration_inputs, original["calibration_references"], ctx.device).loss
 
 
 def measure_candidate(candidate: Candidate, ctx: MethodContext, references, original: dict[str, Any]) -> None:
@@ -103,7 +103,7 @@ def measure_candidate(candidate: Candidate, ctx: MethodContext, references, orig
     config = ctx.config
     model = candidate.model
     candidate.size_bytes = serialized_bytes(model)
-    candidate.fidelity = fidelity(model, ctx.calibration_inputs, references, ctx.device)
+    candidate.fidelity = fidelity(model, ctx.extras["held_out_inputs"], references, ctx.device)
     if ctx.eval_fn is not None:
         candidate.accuracy = float(ctx.eval_fn(model))
         candidate.accuracy_loss = max(0.0, original["accuracy"] - candidate.accuracy)

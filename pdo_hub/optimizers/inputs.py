@@ -57,14 +57,23 @@ def synthesize_inputs(example: Inputs, count: int, seed: int) -> list[Inputs]:
     """`count` inputs shaped like `example`: the example itself, then perturbed copies.
 
     Float tensors get noise at 10% of their spread (inputs of the same distribution, not copies);
-    integer tensors (token ids) keep their mask-like columns and resample 15% of the ids from the
-    ids present, so no out-of-vocabulary id is ever invented.
+    integer tensors (token ids) keep padding and their first/last real token and redraw about a third
+    of the rest from the range of ids the example uses, so no id outside that range is invented.
     """
     generator = torch.Generator().manual_seed(seed)
     synthesized = [example]
     for _ in range(count - 1):
         synthesized.append(_perturb(example, generator))
     return synthesized
+
+
+def split_held_out(batches: list[Inputs]) -> tuple[list[Inputs], list[Inputs]]:
+    """(calibration, held-out): every 4th batch is held out for judging candidates when there are at
+    least 4; with fewer, both are the same batches (too few to spare any)."""
+    if len(batches) < 4:
+        return batches, batches
+    held_out = batches[3::4]
+    return [b for i, b in enumerate(batches) if i % 4 != 3], held_out
 
 
 def infer_example_inputs(model: nn.Module) -> Inputs:
@@ -112,7 +121,16 @@ def _perturb(value: Inputs, generator: torch.Generator) -> Inputs:
         spread = value.float().std() if value.numel() > 1 else value.float().abs().mean()
         noise = torch.randn(value.shape, generator=generator).to(value.device, value.dtype)
         return value + noise * (0.1 * float(spread) + 1e-3)
-    pool = value.flatten().unique()
-    resample = torch.rand(value.shape, generator=generator) < 0.15
-    picks = pool[torch.randint(0, pool.numel(), value.shape, generator=generator)].to(value.device)
-    return torch.where(resample.to(value.device), picks, value)
+    # Token ids: keep the padding value (the most frequent id) and the first and last real tokens
+    # (special tokens), and redraw about a third of the others uniformly from the range of ids the
+    # example uses, so calibration covers many tokens rather than copies of one sentence.
+    padding = value.flatten().mode().values
+    keep = value == padding
+    keep[..., 0] = True
+    real = (~(value == padding)).long().cumsum(-1)
+    keep |= real == real.max(-1, keepdim=True).values
+    ids = value[~(value == padding)]
+    low, high = (int(ids.min()), int(ids.max())) if ids.numel() else (0, int(value.max()))
+    redraw = (torch.rand(value.shape, generator=generator) < 0.35).to(value.device) & ~keep
+    picks = torch.randint(low, high + 1, value.shape, generator=generator).to(value.device, value.dtype)
+    return torch.where(redraw, picks, value)

@@ -17,7 +17,7 @@ from .artifacts import write_seed_artifacts
 from .candidates import Candidate, accuracy_loss, build_candidate, measure_candidate
 from .context import MethodContext
 from .evaluate import benchmark, reference_outputs
-from .inputs import Inputs, infer_example_inputs, synthesize_inputs, to_device
+from .inputs import Inputs, infer_example_inputs, split_held_out, synthesize_inputs, to_device
 from .recipe import Recipe
 from .report import REPORT_VERSION, disabled_report, environment, performance_metrics, size_metrics
 from .selection import WEIGHTS, candidate_pipelines
@@ -82,11 +82,18 @@ class PostDownloadOptimizer:
             example_inputs = infer_example_inputs(base)
             logger.info("no example_inputs given; using a guessed input")
         example_inputs = to_device(example_inputs, device)
-        calibration = list(calibration_data) if calibration_data is not None else synthesize_inputs(example_inputs, config.calibration_samples, config.seed)
+        if calibration_data is not None:
+            calibration, held_out = split_held_out(list(calibration_data))
+        else:
+            synthesized = synthesize_inputs(example_inputs, 2 * config.calibration_samples, config.seed)
+            calibration, held_out = synthesized[0::2], synthesized[1::2]
         ctx = MethodContext(
             config=config, example_inputs=example_inputs, calibration_inputs=calibration, device=device,
             original_model=base, target_ratio=config.target_compression_ratio, eval_fn=eval_fn,
         )
+        # Candidates are accepted on inputs no method saw: a factorization fitted (and recovered) on the
+        # calibration inputs must not be judged on them too.
+        ctx.extras["held_out_inputs"] = held_out
         if train_data is not None:
             ctx.extras["labelled_data"] = _labelled_batches(train_data, device)
         original = self._measure_original(base, ctx)
@@ -115,7 +122,8 @@ class PostDownloadOptimizer:
         config = ctx.config
         original: dict[str, Any] = {
             "size_bytes": serialized_bytes(base),
-            "references": reference_outputs(base, ctx.calibration_inputs, ctx.device),
+            "calibration_references": reference_outputs(base, ctx.calibration_inputs, ctx.device),
+            "references": reference_outputs(base, ctx.extras["held_out_inputs"], ctx.device),
             "timing": None,
             "accuracy": float(ctx.eval_fn(base)) if ctx.eval_fn else None,
         }
@@ -153,7 +161,7 @@ class PostDownloadOptimizer:
         final_timing = chosen.timing if chosen else original["timing"]
         accuracy = {
             "metric": "task_accuracy" if original["accuracy"] is not None else "output_cosine",
-            "evaluated_on": "eval_fn" if original["accuracy"] is not None else f"{len(original['references'])} calibration inputs",
+            "evaluated_on": "eval_fn" if original["accuracy"] is not None else f"{len(original['references'])} held-out inputs",
             "preserve_accuracy_threshold": config.preserve_accuracy_threshold,
             "accuracy_loss": chosen.accuracy_loss if chosen else 0.0,
             "within_threshold": True,

@@ -16,7 +16,7 @@ import torch.nn as nn
 from ...core.errors import RecipeError
 from ..activations import input_grams
 from ..budget import LayerOptions, LayerSpectrum, allocate_options, spectrum_options
-from ..modules import get_module
+from ..modules import get_module, match_dtype_device, replace_module
 from ..recovery import recover
 from .svd import SVDFactorization, factorable_layers, layer_budget, svd_factorize, weight_matrix, whitened_svd
 
@@ -66,8 +66,13 @@ def apply_conv_factorization(
     return model, records
 
 
-def restore_svd_record(model: nn.Module, record: dict[str, Any]) -> nn.Module:
-    return SVDFactorization().restore(model, record)
+def restore_conv_record(model: nn.Module, record: dict[str, Any], make_layer: Callable[[nn.Conv2d, dict[str, Any]], nn.Module]) -> nn.Module:
+    """Replay one tucker/hlrtf record: an svd-form record (Linear / 1x1 fall-back) or the method's own layer."""
+    if record.get("form") == "svd":
+        return SVDFactorization().restore(model, record)
+    conv = conv_to_restore(model, record)
+    replace_module(model, record["module"], match_dtype_device(make_layer(conv, record), conv.weight))
+    return model
 
 
 def conv_to_restore(model: nn.Module, record: dict[str, Any]) -> nn.Conv2d:

@@ -33,7 +33,7 @@ from ..budget import LayerOptions
 from ..modules import match_dtype_device, replace_module
 from ..registry import Method, register_method
 from ..tensor_layers import HLRTFConv2d
-from ._conv_factorization import apply_conv_factorization, conv_to_restore, grid, restore_svd_record
+from ._conv_factorization import apply_conv_factorization, grid, restore_conv_record
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,4 @@ class HLRTFFactorization(Method):
         return apply_conv_factorization(model, ctx, self.name, hlrtf_options, hlrtf_build)
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
-        if record.get("form") == "svd":
-            return restore_svd_record(model, record)
-        conv = conv_to_restore(model, record)
-        new = match_dtype_device(HLRTFConv2d(conv, int(record["slices"]), int(record["rank"])), conv.weight)
-        replace_module(model, record["module"], new)
-        return model
+        return restore_conv_record(model, record, lambda conv, record: HLRTFConv2d(conv, int(record["slices"]), int(record["rank"])))

@@ -25,7 +25,7 @@ from ..budget import LayerOptions
 from ..modules import match_dtype_device, replace_module
 from ..registry import Method, register_method
 from ..tensor_layers import TuckerConv2d
-from ._conv_factorization import apply_conv_factorization, conv_to_restore, grid, restore_svd_record
+from ._conv_factorization import apply_conv_factorization, grid, restore_conv_record
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +78,4 @@ class TuckerFactorization(Method):
         return apply_conv_factorization(model, ctx, self.name, tucker_options, tucker_build)
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
-        if record.get("form") == "svd":
-            return restore_svd_record(model, record)
-        conv = conv_to_restore(model, record)
-        new = match_dtype_device(TuckerConv2d(conv, int(record["rank_in"]), int(record["rank_out"])), conv.weight)
-        replace_module(model, record["module"], new)
-        return model
+        return restore_conv_record(model, record, lambda conv, record: TuckerConv2d(conv, int(record["rank_in"]), int(record["rank_out"])))
