@@ -14,11 +14,10 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from ...core.errors import RecipeError
-from ..activations import input_grams
-from ..budget import LayerOptions, LayerSpectrum, allocate_options, spectrum_options
+from ..budget import LayerOptions, allocate_options
 from ..modules import get_module, match_dtype_device, replace_module
 from ..recovery import recover
-from .svd import SVDFactorization, factorable_layers, layer_budget, svd_factorize, weight_matrix, whitened_svd
+from .svd import SVDFactorization, factorable_layers, layer_budget, svd_factorize, whitened_spectra
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +43,8 @@ def apply_conv_factorization(
         return model, []
     analysed = {path: conv_options(path, m) for path, m in convs.items()}
     options = [entry[0] for entry in analysed.values()]
-    grams = input_grams(model, matrices, ctx.calibration_inputs, ctx.device) if matrices else {}
-    decompositions = {path: whitened_svd(m, grams.get(path)) for path, m in matrices.items()}
-    del grams
-    options += [
-        spectrum_options(LayerSpectrum(path, m.weight.numel(), sum(weight_matrix(m).shape), decompositions[path][1].square()))
-        for path, m in matrices.items()
-    ]
+    decompositions, matrix_options = whitened_spectra(model, matrices, ctx)
+    options += matrix_options
     budget = layer_budget(model, layers, ctx.target_ratio)
     choices = allocate_options(options, max(budget, 0))
     if budget <= 0 or not choices:

@@ -131,6 +131,20 @@ def svd_factorize(model: nn.Module, layers: dict[str, nn.Module], ranks: dict[st
     return records
 
 
+def whitened_spectra(model: nn.Module, layers: dict[str, nn.Module], ctx) -> tuple[dict[str, Any], list]:
+    """Activation-whitened SVD of each layer and its rank options for the global budget."""
+    if not layers:
+        return {}, []
+    grams = input_grams(model, layers, ctx.calibration_inputs, ctx.device)
+    decompositions = {path: whitened_svd(m, grams.get(path)) for path, m in layers.items()}
+    del grams  # the Gram matrices can be large; free them before factoring
+    options = [
+        spectrum_options(LayerSpectrum(path, m.weight.numel(), sum(weight_matrix(m).shape), decompositions[path][1].square()))
+        for path, m in layers.items()
+    ]
+    return decompositions, options
+
+
 def layer_budget(model: nn.Module, layers: dict[str, nn.Module], target_ratio: float) -> int:
     """Parameters the factorable layers may keep so the whole model's tensors reach `target_ratio`."""
     total_bytes = state_bytes(model)
@@ -149,13 +163,7 @@ class SVDFactorization(Method):
         if not layers:
             ctx.note(logger, "svd: the model has no Linear or Conv2d layer that can be factored.")
             return model, []
-        grams = input_grams(model, layers, ctx.calibration_inputs, ctx.device)
-        decompositions = {path: whitened_svd(m, grams.get(path)) for path, m in layers.items()}
-        del grams
-        spectra = [
-            spectrum_options(LayerSpectrum(path, m.weight.numel(), sum(weight_matrix(m).shape), decompositions[path][1].square()))
-            for path, m in layers.items()
-        ]
+        decompositions, spectra = whitened_spectra(model, layers, ctx)
         budget = layer_budget(model, layers, ctx.target_ratio)
         ranks = allocate_options(spectra, max(budget, 0))
         if budget <= 0 or not ranks:
