@@ -33,17 +33,25 @@ from pdo_hub.optimizers.evaluate import fidelity, reference_outputs  # noqa: E40
 from pdo_hub.optimizers.sizing import MB, serialized_bytes  # noqa: E402
 
 THREADS = 2
+SWITCH_WARMUP = 5  # untimed calls at the start of each timing block
+SWITCH_PAUSE = 0.3  # seconds before each timing block: other variants' spinning threads go to sleep
 
 
 def time_all(variants: dict, inputs, rounds: int, runs: int) -> dict[str, float]:
-    """Median latency (ms) of each variant, measured in interleaved rounds."""
+    """Median latency (ms) of each variant, measured in interleaved rounds.
+
+    Each block starts with a pause and untimed calls: for a while after a switch the previous
+    variant's worker threads (ONNX Runtime's spinning pool, torch's OpenMP team, and the separate
+    OpenMP runtime that torch.compile's C++ kernels link) keep spinning on the 2 cores, which
+    measured 2-8x slower first calls for whichever variant came next.
+    """
     samples: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
-        for fn in variants.values():
-            for _ in range(3):
-                fn(inputs)
         for _ in range(rounds):
             for name, fn in variants.items():
+                time.sleep(SWITCH_PAUSE)
+                for _ in range(SWITCH_WARMUP):
+                    fn(inputs)
                 for _ in range(runs):
                     start = time.perf_counter()
                     fn(inputs)
@@ -143,7 +151,7 @@ def bench_minilm(args, notes: list[str]) -> None:
         fast, warm = peers.compiled(ao, encoded, lambda m, enc: m(**enc))
         variants["torchao int8 + compile"] = run(fast)
         notes.append(f"MiniLM torchao int8 + torch.compile warm-up: {warm:.1f} s (per new input shape)")
-    for name in ("dynamic", "quanto_int8"):
+    for name in ("dynamic", "static", "quanto_int8"):
         try:
             quantized, seconds = pdo_apply(name, model, calibration[0], calibration)
         except Exception as err:  # an optional backend missing must not stop the benchmark
@@ -152,7 +160,7 @@ def bench_minilm(args, notes: list[str]) -> None:
         variants[f"pdo {name}"] = run(quantized)
         sizes[f"pdo {name}"] = serialized_bytes(quantized)
         warm = ""
-        if name == "dynamic":  # the third call per input shape builds a frozen trace
+        if name in ("dynamic", "static"):  # the third call per input shape builds a frozen trace
             x = dict(tokenizer(["word " * 200], padding="max_length", max_length=128, truncation=True, return_tensors="pt"))
             with torch.inference_mode():
                 calls = [time.perf_counter()] + [(quantized(**x), time.perf_counter())[1] for _ in range(3)]

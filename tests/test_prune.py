@@ -15,7 +15,7 @@ from helpers import apply_method, make_context
 from pdo_hub.core.errors import RecipeError
 from pdo_hub.optimizers.pruning_slices import replay
 from pdo_hub.optimizers.registry import get_method
-from pdo_hub.optimizers.sizing import serialized_bytes
+from pdo_hub.optimizers.sizing import serialized_bytes, state_bytes
 from test_lowrank import tiny_resnet
 
 
@@ -45,6 +45,21 @@ def test_pruned_widths_are_not_uniform():
     kept = {path: len(entry["out"]) / model.get_submodule(path).out_channels for path, entry in plan.items()
             if entry["out"] is not None and isinstance(model.get_submodule(path), nn.Conv2d)}
     assert len(set(round(v, 3) for v in kept.values())) > 1, f"uniform kept fractions {kept}"
+
+
+def test_allocation_cuts_compute_as_well_as_size(monkeypatch):
+    """Channel pruning is for speed: at the same size target, weighing multiply-adds cuts more of them."""
+    from pdo_hub.optimizers.methods import prune
+
+    model, x = tiny_resnet(), torch.randn(1, 3, 16, 16)
+    work = {}
+    for weight in (0.0, prune.COMPUTE_WEIGHT):
+        monkeypatch.setattr(prune, "COMPUTE_WEIGHT", weight)
+        optimized, records = apply_method("prune", model, x, target_compression_ratio=0.5, recovery_steps=0)
+        assert state_bytes(optimized) / state_bytes(model) <= 0.502  # tensors only: a tiny model's file is mostly header
+        work[weight] = sum(prune.multiply_adds(optimized, x).values()) / sum(prune.multiply_adds(model, x).values())
+        assert records[0]["multiply_add_ratio"] == pytest.approx(work[weight], abs=1e-5)
+    assert work[prune.COMPUTE_WEIGHT] < work[0.0] - 0.05, f"multiply-add ratios by compute weight: {work}"
 
 
 def test_importance_follows_activations():
@@ -80,6 +95,7 @@ def test_digits_prune_keeps_accuracy_at_half_size():
     size = serialized_bytes(optimized) / serialized_bytes(model)
     drop = top1_accuracy(model, x_test, y_test) - top1_accuracy(optimized, x_test, y_test)
     assert size <= 0.55, f"size ratio {size:.3f}"
+    assert records[0]["multiply_add_ratio"] <= 0.65, "the cuts should reach the compute-heavy 32x32 layers too"
     assert drop <= 0.02, f"top-1 dropped {100 * drop:.2f} points after recovery {records[0].get('recovery')}"
 
 

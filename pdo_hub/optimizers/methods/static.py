@@ -5,7 +5,9 @@ weights, activations calibrated with histogram observers on `ctx.calibration_inp
 `calibration_data`, or inputs synthesized from `example_inputs`). Convolutions and Linears run as int8
 kernels; the result runs as a frozen TorchScript trace at inference (see `_fast_graph`).
 
-Models torch.fx cannot trace (data-dependent control flow, keyword-only transformers inputs) raise
+Models torch.fx cannot trace (keyword-only transformers inputs, data-dependent control flow) are
+quantized layer by layer instead (`_eager_static`: calibrated per-tensor activations around each
+Conv/Linear, int8 embedding rows), and the report says so. A model with nothing to quantize raises
 `OptimizationError`, which the optimizer turns into a rejected candidate: the model is never lost.
 """
 
@@ -18,7 +20,9 @@ import torch.nn as nn
 
 from ...core.errors import OptimizationError
 from ..registry import Method, register_method
+from . import _eager_static as eager
 from . import _graph_quant as gq
+from ._mixed_precision import split_budget
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +45,19 @@ class StaticQuantization(Method):
 
     def apply(self, model: nn.Module, ctx) -> tuple[nn.Module, list[dict[str, Any]]]:
         layers = gq.quantizable_layers(model)
-        prepared, args = calibrated(model, ctx, self.name)
+        try:
+            prepared, args = calibrated(model, ctx, self.name)
+        except OptimizationError as err:
+            if not layers:
+                raise
+            ctx.note(logger, f"static: graph mode is unavailable ({err}); quantizing layer by layer (eager mode) instead.")
+            quantized, record = eager.quantize(model, ctx, self.name, split_budget(ctx, model))
+            return quantized, [record]
         quantized = gq.convert(prepared, in_place=True)
         logger.debug("static: %d layers int8 after calibration on %d batches", len(layers), len(ctx.calibration_inputs))
         return quantized, [gq.make_record(self.name, args, layers, {}, flow="ptq")]
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
+        if record.get("flow") == eager.FLOW:
+            return eager.rebuild(model, record)
         return gq.rebuild(model, record)
