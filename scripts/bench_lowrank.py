@@ -4,7 +4,8 @@ Digits-trained ResNet-18 (scripts/digits_resnet.py; top-1 on 400 held-out images
 all-MiniLM-L6-v2 (mean cosine of mean-pooled sentence embeddings vs FP32 on held-out sentences).
 Every variant of one model is timed side by side in this process (2 threads, batch 1, interleaved
 rounds, median) and reported as a ratio to FP32 eager: this machine's timings drift too much for
-absolute numbers to compare across runs. Peers: Torch-Pruning alone (magnitude, same size target).
+absolute numbers to compare across runs. Peers, without recovery: Torch-Pruning alone (magnitude,
+same size target) and tensorly-torch's Tucker conv layers (the same parameter ratio in every 3x3 conv).
 
 Usage:
     python scripts/bench_lowrank.py [--ratios 0.8 0.7 0.5] [--methods svd tucker hlrtf prune]
@@ -103,6 +104,20 @@ def torch_pruning_alone(model, example, ratio):
     return pruned.eval()
 
 
+def tensorly_torch_tucker(model, ratio):
+    """tensorly-torch's own Tucker conv layers (uniform parameter ratio per 3x3 conv, factorized forward)."""
+    import tltorch
+
+    from pdo_hub.optimizers.modules import replace_module
+
+    factored = copy.deepcopy(model)
+    for path, conv in list(factored.named_modules()):
+        if type(conv) is torch.nn.Conv2d and conv.kernel_size != (1, 1) and conv.groups == 1:
+            replace_module(factored, path, tltorch.FactorizedConv.from_conv(
+                conv, rank=ratio, factorization="tucker", implementation="factorized", decompose_weights=True))
+    return factored.eval()
+
+
 def bench_digits(args) -> None:
     model = trained_digits_resnet18()
     x_train, _, x_test, y_test = load_digits_split()
@@ -128,10 +143,12 @@ def bench_digits(args) -> None:
                     "before": None if recovery is None else base_acc - recovery["loss_before"],
                     "rec_s": None if recovery is None else recovery["seconds"], "opt_s": seconds,
                 })
-        peer = torch_pruning_alone(model, example, ratio)
-        models[f"torch-pruning@{ratio}"] = peer
-        rows.append({"variant": f"torch-pruning@{ratio}", "size": serialized_bytes(peer) / base_size, "acc": evaluate(peer),
-                     "before": None, "rec_s": None, "opt_s": None})
+        for peer_name, build in (("torch-pruning", torch_pruning_alone), ("tensorly-torch tucker", tensorly_torch_tucker)):
+            start = time.perf_counter()
+            peer = build(model, example, ratio) if build is torch_pruning_alone else build(model, ratio)
+            models[f"{peer_name}@{ratio}"] = peer
+            rows.append({"variant": f"{peer_name}@{ratio}", "size": serialized_bytes(peer) / base_size, "acc": evaluate(peer),
+                         "before": None, "rec_s": None, "opt_s": time.perf_counter() - start})
     times = latencies(models, example)
     print(f"\nDigits ResNet-18: FP32 top-1 {100 * base_acc:.2f}%, {base_size / 2**20:.1f} MB, {times['fp32']:.2f} ms (bs1, 2 threads)")
     print("| variant | size ratio | speedup vs FP32 | top-1 % | drop pt | top-1 before recovery | recovery s | optimize s |")

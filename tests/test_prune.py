@@ -62,6 +62,24 @@ def test_allocation_cuts_compute_as_well_as_size(monkeypatch):
     assert work[prune.COMPUTE_WEIGHT] < work[0.0] - 0.05, f"multiply-add ratios by compute weight: {work}"
 
 
+def test_low_rank_compensation_restores_predictable_channels(monkeypatch):
+    """Channels that are linear in the kept ones are folded into the consumer: the output barely moves."""
+    from pdo_hub.optimizers.methods import prune
+
+    torch.manual_seed(0)
+    # Every hidden channel is affine in the 3 inputs (rank 4 per pixel): kept channels predict the dropped ones.
+    model = nn.Sequential(nn.Conv2d(3, 16, 1), nn.Conv2d(16, 16, 1), nn.Conv2d(16, 4, 1)).eval()
+    x = torch.randn(4, 3, 8, 8)
+    errors = {}
+    for label, compensate in (("with", prune._compensate), ("without", lambda *args: 0)):
+        monkeypatch.setattr(prune, "_compensate", compensate)
+        optimized, records = apply_method("prune", model, x[:1], target_compression_ratio=0.6, recovery_steps=0)
+        assert len(records[0]["modules"]["1"]["in"]) < 16 and len(records[0]["modules"]["2"]["in"]) < 16
+        with torch.no_grad():
+            errors[label] = float((optimized(x) - model(x)).norm() / model(x).norm())
+    assert errors["with"] < 0.1 * errors["without"], errors
+
+
 def test_importance_follows_activations():
     """Two channels with equal weights: the one whose activations are silent on the data goes first."""
     torch.manual_seed(0)

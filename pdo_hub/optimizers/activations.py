@@ -31,10 +31,17 @@ def _rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
 
+def _channel_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as (positions, input channels): one row per pixel / token."""
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return x.movedim(1, -1).reshape(-1, x.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
 @torch.no_grad()
 def input_grams(
     model: nn.Module, layers: dict[str, nn.Module], inputs: Iterable[Inputs], device: torch.device,
-    *, diagonal_only: bool = False,
+    *, diagonal_only: bool = False, channels: bool = False,
 ) -> dict[str, tuple[torch.Tensor, int]]:
     """Run the calibration inputs and return {path: (X^T X in float64, number of rows)}.
 
@@ -44,6 +51,8 @@ def input_grams(
         inputs: calibration batches.
         device: where the model runs.
         diagonal_only: keep only the per-feature energy (a vector), for layers too wide for a full Gram.
+        channels: Gram over input channels (one row per pixel or token) instead of over the features
+            the flattened weight sees (im2col patches for a conv).
 
     Returns:
         For Embedding layers the "Gram" is the diagonal token-count vector whatever `diagonal_only` says.
@@ -53,7 +62,7 @@ def input_grams(
 
     def hook_for(path: str, module: nn.Module):
         def hook(_module, args):
-            rows = _rows(module, args[0].detach()).double()
+            rows = (_channel_rows if channels else _rows)(module, args[0].detach()).double()
             if diagonal_only or isinstance(module, nn.Embedding):
                 update = rows.square().sum(0)
             else:
@@ -78,12 +87,17 @@ def input_grams(
 
 
 def whitening_factor(gram: torch.Tensor, count: int, damping: float = 1e-2) -> torch.Tensor:
-    """A lower-triangular S with S S^T = X^T X / n + damping * mean(diag) * I (SVD-LLM's Cholesky whitening).
+    """A lower-triangular S with S S^T = C + damping * mean(diag) * I (SVD-LLM's Cholesky whitening).
 
-    The damping keeps S invertible when the calibration inputs do not span every input direction
-    (few samples, dead channels); directions never seen then count as average-energy ones.
+    C is the second moment X^T X / n shrunk toward its diagonal by d / (d + n) for d features and n
+    samples: a few calibration sentences give fewer token vectors than an FFN has inputs, and the raw
+    estimate then calls every direction they missed worthless (all-MiniLM-L6-v2 svd at 0.7 on 32
+    sentences: held-out embedding cosine 0.87 raw, 0.95 shrunk). With many samples (im2col patches of
+    a CNN) the shrinkage vanishes. The damping keeps S invertible (dead channels).
     """
     cov = gram / max(count, 1)
+    shrink = cov.shape[0] / (cov.shape[0] + max(count, 1))
+    cov = (1 - shrink) * cov + shrink * torch.diag(cov.diagonal())
     scale = float(cov.diagonal().mean()) or 1.0
     eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
     for attempt in range(4):
