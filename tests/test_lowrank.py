@@ -179,3 +179,16 @@ def test_recovery_trains_on_labels_when_given():
     assert info["kept"] and info["loss_after"] < info["loss_before"]
     with torch.no_grad():
         assert float(task_loss(optimized(batches[0]), labelled[0][1])) < float(task_loss(model(batches[0]), labelled[0][1]))
+
+
+def test_tucker_works_whatever_tensorly_backend_another_library_selected():
+    import tensorly
+
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    previous = tensorly.get_backend()
+    tensorly.set_backend("pytorch")  # what importing tensorly-torch does
+    try:
+        optimized, records = apply_method("tucker", model, x, target_compression_ratio=0.6, recovery_steps=0)
+    finally:
+        tensorly.set_backend(previous)
+    assert records and tensorly.get_backend() == previous

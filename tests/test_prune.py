@@ -80,6 +80,14 @@ def test_low_rank_compensation_restores_predictable_channels(monkeypatch):
     assert errors["with"] < 0.1 * errors["without"], errors
 
 
+def test_the_layer_producing_the_output_is_found_not_its_parent():
+    from pdo_hub.optimizers.methods.prune import _untouchable_modules
+
+    model, x = tiny_resnet(), torch.randn(1, 3, 16, 16)
+    outputs, reused = _untouchable_modules(model, x)
+    assert outputs == {id(model.fc)}  # the model itself returns the same tensor; it must not count as producer
+
+
 def test_importance_follows_activations():
     """Two channels with equal weights: the one whose activations are silent on the data goes first."""
     torch.manual_seed(0)

@@ -61,13 +61,13 @@ BISECTION_STEPS = 18
 def _untouchable_modules(model: nn.Module, example) -> tuple[set[int], set[int]]:
     """ids of (modules whose output channels must stay: they produce the model's output, layers with
     weights called more than once per forward: their input and output widths are tied to each other)."""
-    produced: dict[int, int] = {}
+    produced: list[tuple[torch.Tensor, int]] = []  # tensors held, so their ids cannot be reused meanwhile
     calls: dict[int, int] = {}
 
     def hook(module, _args, out):
         calls[id(module)] = calls.get(id(module), 0) + 1
         if isinstance(out, torch.Tensor):
-            produced[id(out)] = id(module)
+            produced.append((out, id(module)))
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
     try:
@@ -77,7 +77,9 @@ def _untouchable_modules(model: nn.Module, example) -> tuple[set[int], set[int]]
         for handle in handles:
             handle.remove()
     reused = {mid for mid, count in calls.items() if count > 1}
-    return ({produced[id(final)]} if id(final) in produced else set()), reused
+    # Innermost first: hooks fire inner to outer, and a parent returning the same tensor did not produce it.
+    producer = next((module_id for tensor, module_id in produced if tensor is final), None)
+    return ({producer} if producer is not None else set()), reused
 
 
 def _groups(model: nn.Module, ctx) -> list[tuple[int, list[tuple]]]:

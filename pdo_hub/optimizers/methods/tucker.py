@@ -49,11 +49,14 @@ def tucker_options(path: str, conv: nn.Conv2d) -> tuple[LayerOptions, None]:
 
 
 def tucker_build(model: nn.Module, path: str, conv: nn.Conv2d, ranks: tuple[int, int], _: Any) -> dict[str, Any]:
+    import tensorly
     from tensorly.decomposition import partial_tucker
 
     rank_in, rank_out = ranks
     weight = conv.weight.detach().double().cpu().numpy()
-    with warnings.catch_warnings():
+    # tensorly's backend is global and other libraries change it (importing tensorly-torch selects
+    # "pytorch"), which would reject these numpy arrays.
+    with warnings.catch_warnings(), tensorly.backend_context("numpy"):
         # A rank above the other modes' product is clipped by tensorly with a warning; the result is exact anyway.
         warnings.simplefilter("ignore", UserWarning)
         (core, (u_out, u_in)), _errors = partial_tucker(weight, rank=[rank_out, rank_in], modes=[0, 1], init="svd", n_iter_max=20)
