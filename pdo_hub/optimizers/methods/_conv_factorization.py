@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
+import torch
 import torch.nn as nn
 
 from ...core.errors import RecipeError
@@ -58,6 +59,18 @@ def apply_conv_factorization(
     if records:
         recover(model, ctx, name, records)
     return model, records
+
+
+def install_factored(model: nn.Module, path: str, conv: nn.Conv2d, new: nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Fill `new`'s sub-convs (by name) with `weights`, keep the conv's bias on `new.last`, swap it in."""
+    new = match_dtype_device(new, conv.weight)
+    with torch.no_grad():
+        for name, value in weights.items():
+            target = getattr(new, name).weight
+            target.copy_(value.reshape(target.shape))
+        if conv.bias is not None:
+            new.last.bias.copy_(conv.bias)
+    replace_module(model, path, new)
 
 
 def restore_conv_record(model: nn.Module, record: dict[str, Any], make_layer: Callable[[nn.Conv2d, dict[str, Any]], nn.Module]) -> nn.Module:

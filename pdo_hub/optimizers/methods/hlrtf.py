@@ -30,10 +30,9 @@ import torch
 import torch.nn as nn
 
 from ..budget import LayerOptions
-from ..modules import match_dtype_device, replace_module
 from ..registry import Method, register_method
 from ..tensor_layers import HLRTFConv2d
-from ._conv_factorization import apply_conv_factorization, grid, restore_conv_record
+from ._conv_factorization import apply_conv_factorization, grid, install_factored, restore_conv_record
 
 logger = logging.getLogger(__name__)
 
@@ -81,13 +80,7 @@ def hlrtf_weights(conv: nn.Conv2d, decomposition, slices: int, rank: int) -> dic
 
 def hlrtf_build(model: nn.Module, path: str, conv: nn.Conv2d, choice: tuple[int, int], decomposition) -> dict[str, Any]:
     slices, rank = choice
-    new = match_dtype_device(HLRTFConv2d(conv, slices, rank), conv.weight)
-    with torch.no_grad():
-        for name, value in hlrtf_weights(conv, decomposition, slices, rank).items():
-            getattr(new, name).weight.copy_(value)
-        if conv.bias is not None:
-            new.last.bias.copy_(conv.bias)
-    replace_module(model, path, new)
+    install_factored(model, path, conv, HLRTFConv2d(conv, slices, rank), hlrtf_weights(conv, decomposition, slices, rank))
     logger.debug("hlrtf: %s m=%d r=%d", path, slices, rank)
     return {"method": "hlrtf", "form": "hlrtf", "module": path, "layer": "Conv2d", "slices": slices, "rank": rank}
 

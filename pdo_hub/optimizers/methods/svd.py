@@ -32,7 +32,7 @@ import torch.nn as nn
 
 from ...core.errors import RecipeError
 from ..activations import input_grams, whitening_factor
-from ..budget import LayerSpectrum, allocate_options, spectrum_options
+from ..budget import LayerOptions, LayerSpectrum, allocate_options, spectrum_options
 from ..layers import LowRankConv2d, LowRankEmbedding, LowRankLinear
 from ..modules import get_module, match_dtype_device, replace_module, shared_parameter_ids
 from ..recovery import recover
@@ -154,8 +154,7 @@ def output_weighted(model: nn.Module, layers: dict[str, nn.Module], options: lis
     """Each layer's option errors rescaled by how much its error moves the model's output.
 
     A layer's relative error says nothing about how it propagates: in all-MiniLM-L6-v2 the word
-    embeddings (followed by a LayerNorm) take a 13% energy loss at a cosine cost that a 1% loss in
-    an FFN already exceeds. Each layer is factored alone at its middle option, the output loss
+    embeddings (followed by a LayerNorm) tolerate far larger relative errors than the FFNs. Each layer is factored alone at its middle option, the output loss
     (1 - cosine against the unfactored model's outputs on the calibration inputs) is measured, and
     its errors are scaled by loss / relative error, so the allocation trades measured output loss.
     One forward over the calibration inputs per layer.
@@ -182,7 +181,7 @@ def output_weighted(model: nn.Module, layers: dict[str, nn.Module], options: lis
     for option in options:
         if option.path in factors:
             factor = max(factors[option.path], floor)
-            weighted.append(type(option)(option.path, option.dense_params, [(p, e * factor, c) for p, e, c in option.options]))
+            weighted.append(LayerOptions(option.path, option.dense_params, [(p, e * factor, c) for p, e, c in option.options]))
     logger.debug("svd: output-loss per unit of relative error: %s", {k: round(v, 4) for k, v in factors.items()})
     return weighted
 

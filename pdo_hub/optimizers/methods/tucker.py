@@ -22,10 +22,9 @@ import torch
 import torch.nn as nn
 
 from ..budget import LayerOptions
-from ..modules import match_dtype_device, replace_module
 from ..registry import Method, register_method
 from ..tensor_layers import TuckerConv2d
-from ._conv_factorization import apply_conv_factorization, grid, restore_conv_record
+from ._conv_factorization import apply_conv_factorization, grid, install_factored, restore_conv_record
 
 logger = logging.getLogger(__name__)
 
@@ -60,14 +59,8 @@ def tucker_build(model: nn.Module, path: str, conv: nn.Conv2d, ranks: tuple[int,
         # A rank above the other modes' product is clipped by tensorly with a warning; the result is exact anyway.
         warnings.simplefilter("ignore", UserWarning)
         (core, (u_out, u_in)), _errors = partial_tucker(weight, rank=[rank_out, rank_in], modes=[0, 1], init="svd", n_iter_max=20)
-    new = match_dtype_device(TuckerConv2d(conv, rank_in, rank_out), conv.weight)
-    with torch.no_grad():
-        new.first.weight.copy_(torch.from_numpy(u_in.T.copy()).reshape(new.first.weight.shape))
-        new.core.weight.copy_(torch.from_numpy(core.copy()))
-        new.last.weight.copy_(torch.from_numpy(u_out.copy()).reshape(new.last.weight.shape))
-        if conv.bias is not None:
-            new.last.bias.copy_(conv.bias)
-    replace_module(model, path, new)
+    weights = {"first": torch.from_numpy(u_in.T.copy()), "core": torch.from_numpy(core.copy()), "last": torch.from_numpy(u_out.copy())}
+    install_factored(model, path, conv, TuckerConv2d(conv, rank_in, rank_out), weights)
     logger.debug("tucker: %s ranks (in %d, out %d)", path, rank_in, rank_out)
     return {"method": "tucker", "form": "tucker", "module": path, "layer": "Conv2d", "rank_in": rank_in, "rank_out": rank_out}
 
