@@ -202,10 +202,10 @@ def _plan(groups, scores, keep: dict[int, int]) -> dict[str, dict[str, Any]]:
 @torch.no_grad()
 def _compensate(model: nn.Module, plan: dict[str, dict[str, Any]], ctx) -> int:
     """Fold each consumer's dropped input channels into its kept ones (least squares); returns layers changed."""
+    modules = {path: model.get_submodule(path) for path, entry in plan.items() if entry["in"] is not None}
     consumers = {
-        path: model.get_submodule(path) for path, entry in plan.items()
-        if entry["in"] is not None and isinstance(model.get_submodule(path), (nn.Conv1d, nn.Conv2d, nn.Linear))
-        and getattr(model.get_submodule(path), "groups", 1) == 1
+        path: module for path, module in modules.items()
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)) and getattr(module, "groups", 1) == 1
     }
     grams = input_grams(model, consumers, ctx.calibration_inputs or [ctx.example_inputs], ctx.device, channels=True)
     changed = 0
@@ -252,23 +252,20 @@ class StructuredPruning(Method):
             options.append(LayerOptions(str(g), units(n, *costs[g]), [(units(k, *costs[g]), max(0.0, 1.0 - float(share[k - 1])), k) for k in _width_grid(n)]))
         total_size, total_macs = state_bytes(model), sum(macs.values())
 
-        def attempt(budget: int) -> tuple[dict, float, float]:
+        def attempt(budget: int) -> tuple[dict, float]:
             keep = {int(g): k for g, k in allocate_options(options, max(budget, 0)).items()}
             plan = _plan(groups, scores, keep)
-            if not plan:
-                return plan, 1.0, 1.0
-            pruned = replay(copy.deepcopy(model), plan)
-            return plan, state_bytes(pruned) / total_size, sum(multiply_adds(pruned, ctx.example_inputs).values()) / total_macs
+            return plan, (state_bytes(replay(copy.deepcopy(model), plan)) / total_size if plan else 1.0)
 
         # The largest budget (in cost units) whose replayed model meets the size target.
         limit = ctx.target_ratio * 1.002
         low, high = 0, sum(option.dense_params for option in options)
-        plan, size, work = attempt(low)
+        plan, size = attempt(low)
         for _ in range(BISECTION_STEPS):
             middle = (low + high) // 2
-            candidate, candidate_size, candidate_work = attempt(middle)
+            candidate, candidate_size = attempt(middle)
             if candidate and candidate_size <= limit:
-                low, plan, size, work = middle, candidate, candidate_size, candidate_work
+                low, plan, size = middle, candidate, candidate_size
             else:
                 high = middle
         if not plan:
@@ -278,6 +275,7 @@ class StructuredPruning(Method):
             ctx.note(logger, f"prune: the narrowest allowed widths keep {size:.3f} of the size, above the target {ctx.target_ratio:.2f}.")
         compensated = _compensate(model, plan, ctx)
         replay(model, plan)
+        work = sum(multiply_adds(model, ctx.example_inputs).values()) / total_macs
         record = {"method": self.name, "modules": plan, "size_ratio": round(size, 6), "multiply_add_ratio": round(work, 6)}
         logger.debug("prune: %d modules sliced (%d compensated), size %.3f and multiply-adds %.3f of the input", len(plan), compensated, size, work)
         recover(model, ctx, self.name, [record])
