@@ -3,8 +3,7 @@
 torch.ao's eager mode: each Conv/Linear goes in a `QuantWrapper` (quantize with a calibrated scale ->
 int8 kernel -> dequantize), so nothing about the model's Python needs tracing and keyword inputs are
 fine. Activations are calibrated with histogram observers over the full 8-bit range (x86's default
-7-bit range cost all-MiniLM-L6-v2 cosine 0.88 vs 0.95 here, the same trade `dynamic`'s fast scheme
-makes); weights are per-channel symmetric int8; large embedding tables become int8 rows. Without
+7-bit range guards CPUs without VNNI; `dynamic`'s fast scheme makes the same trade); weights are per-channel symmetric int8; large embedding tables become int8 rows. Without
 fused conv-bn-relu and with a quantize/dequantize per layer this is slower than the graph flow, and
 per-tensor static activation scales fit transformers worse than `dynamic`'s per-token ones: it is
 the fallback that keeps `static` available, and the report's measured fidelity says what it costs.

@@ -18,7 +18,7 @@ inputs are identical to eager; otherwise that signature stays eager. Traces are 
 pickled, are dropped by a forward in training mode and by `load_state_dict`, and at most `_MAX_TRACES` are kept (LRU).
 Warm-up: the third call per signature traces and freezes (MiniLM seq 128: ~0.3 s).
 For transformers models on SDPA, `accelerate` also installs `_small_attention` (plain matmul attention
-where the score matrix is small: MiniLM seq 128 batch 1 5.1 -> 4.6 ms).
+where the score matrix is small, faster there on CPU).
 """
 
 from __future__ import annotations

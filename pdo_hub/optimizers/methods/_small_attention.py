@@ -1,9 +1,10 @@
 """Attention for small CPU inputs as plain matmul-softmax-matmul, SDPA otherwise.
 
 On CPU, torch's SDPA (flash kernel) is slower than the three plain ops while the score matrix stays
-small, and much faster once it outgrows the cache (2 threads here, head dim 32, per layer):
-1x12x128x128 scores 255 -> 213 us, 16x12x32x32 476 -> 297 us; but 2x12x128x128 539 -> 1782 us.
-For a dynamic-int8 all-MiniLM-L6-v2 at seq 128, batch 1 (a frozen trace) that is 5.1 -> 4.6 ms.
+small, and much faster once it outgrows the cache (`scripts/bench_cpu_kernels.py`, 2 threads, 12
+heads, head dim 32, SDPA -> plain per call: batch 1 x seq 128 256 -> 199 us, 16 x 32 443 -> 237 us,
+50 x 13 1491 -> 806 us; but 8 x 128 2704 -> 5555 us, and above 12x128x128 scores it varies from run
+to run). The whole-model effect is in `scripts/bench_quantization.py` (MiniLM `dynamic`).
 
 `install(model)` registers this function with transformers' `AttentionInterface` and switches a
 model that runs on "sdpa" to it. It is a pure function of the input shapes (a frozen trace is per

@@ -25,8 +25,8 @@ calibration inputs finds B with X_dropped ~ X_kept B (per pixel or token; the ri
 d / (d + n) of the mean energy for d kept channels and n samples, so few samples mean a cautious fit),
 and the kept input weights absorb it: W_kept += W_dropped B^T. Because a convolution is linear in
 its input channels this is exact in form for convs and Linears; it is folded into the weights, so
-the stored model has the usual structure (digits ResNet-18 at 0.5, 128 calibration images: top-1
-before recovery 22.0% without it, 97.5% with it; FP32 99.0%).
+the stored model has the usual structure (`scripts/bench_lowrank.py`, digits ResNet-18 at 0.5:
+97.50% top-1 before any recovery, FP32 99.00%; Torch-Pruning alone at the same size keeps 11.75%).
 
 The record holds the kept channel indices per module ({path: {"type", "out", "in"}}); `restore`
 replays them with `pruning_slices.replay`, no dependency graph needed. A bounded distillation follows.
@@ -52,10 +52,9 @@ from ..sizing import state_bytes
 
 logger = logging.getLogger(__name__)
 UNIT_SCALE = 10**9  # allocation costs are integers
-# Digits ResNet-18 (32x32, batch 1) at target 0.5, by weight. Without compensation, after 120
-# distillation steps: 0 -> 1.30x faster, -0.25 pt top-1; 3 -> 1.49x, -0.75 pt; 5 -> 1.62x, -1.0 pt;
-# 10 -> 1.61x, -1.75 pt. With compensation and the 16-channel grid, after 60 steps (bench_lowrank):
-# 5 -> 1.52-1.60x, -0.5 pt; 10 -> 1.53-1.55x, -2.25 pt.
+# Digits ResNet-18 (32x32, batch 1) at target 0.5 after 60 distillation steps, two runs each of
+# `scripts/bench_lowrank.py --methods prune --ratios 0.5 --int8 '' --skip-minilm` with this weight:
+# 5 -> 1.52-1.60x FP32 eager, -0.5 pt top-1; 10 -> 1.53-1.55x, -2.25 pt.
 COMPUTE_WEIGHT = 5.0
 BISECTION_STEPS = 18
 
@@ -173,8 +172,9 @@ def _width_grid(n: int) -> list[int]:
     """Candidate widths: multiples of 16 for layers of 64 channels or more, never below n/8.
 
     oneDNN's CPU convs work in 16-channel blocks (AVX-512) shared among threads; other widths cost
-    nearly as much as the next good one (2 threads, 3x3 conv at 32x32: 40 channels 160 us, 48
-    channels 144 us; at 16x16: 80 channels 191 us, 96 channels 139 us).
+    as much as the next good one or more (`scripts/bench_cpu_kernels.py`, 2 threads, 3x3 conv, batch
+    1: at 32x32, 40 channels 159-181 us vs 48 channels 143-172 us; at 16x16, 80 channels 184-186 us
+    vs 96 channels 135-136 us, two runs).
     """
     floor = max(1, n // 8)
     step = 16 if n >= 64 else 1

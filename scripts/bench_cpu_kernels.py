@@ -1,0 +1,64 @@
+"""The CPU kernel timings behind two design choices, at 2 threads (median microseconds).
+
+1. Attention (`pdo_hub/optimizers/methods/_small_attention.py`): torch's SDPA against plain
+   matmul-softmax-matmul with an additive mask, 12 heads, per call, by batch x sequence x head dim.
+2. Conv widths (`prune._width_grid`): a 3x3 conv with C in and C out channels at the resolutions of
+   the digits ResNet-18 stages, batch 1; widths off oneDNN's 16-channel blocks cost nearly as much as
+   the next block.
+
+    flock /tmp/pdo-heavy.lock python scripts/bench_cpu_kernels.py
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+THREADS = 2
+
+
+def median_us(fn, runs: int = 200) -> float:
+    with torch.inference_mode():
+        for _ in range(10):
+            fn()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+    return 1e6 * statistics.median(times)
+
+
+def attention() -> None:
+    print("| batch x seq x head dim | scores | SDPA us | plain us |\n|---|---|---|---|")
+    for batch, seq, dim in ((1, 32, 32), (1, 128, 32), (1, 192, 32), (2, 16, 32), (4, 32, 32), (16, 32, 32), (50, 13, 32), (2, 128, 32), (8, 128, 32)):
+        q, k, v = (torch.randn(batch, 12, seq, dim) for _ in range(3))
+        mask = torch.ones(batch, 1, seq, seq, dtype=torch.bool)
+        additive = torch.zeros(mask.shape).masked_fill_(~mask, torch.finfo(torch.float32).min)
+
+        def plain():
+            scores = torch.matmul(q, k.transpose(-1, -2)).mul_(dim ** -0.5).add_(additive)
+            return torch.matmul(scores.softmax(-1), v)
+
+        sdpa = median_us(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+        print(f"| {batch} x {seq} x {dim} | {batch * 12 * seq * seq} | {sdpa:.0f} | {median_us(plain):.0f} |")
+
+
+def conv_widths() -> None:
+    print("\n| resolution | channels: us |\n|---|---|")
+    for size, widths in ((32, (32, 40, 48, 56, 64)), (16, (64, 72, 80, 96, 104, 128)), (8, (128, 144, 160, 192, 256))):
+        cells = []
+        for width in widths:
+            conv = torch.nn.Conv2d(width, width, 3, padding=1, bias=False).eval()
+            x = torch.randn(1, width, size, size)
+            cells.append(f"{width}: {median_us(lambda: conv(x)):.0f}")
+        print(f"| {size}x{size} | {', '.join(cells)} |")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(THREADS)
+    attention()
+    conv_widths()
