@@ -192,3 +192,46 @@ def test_tucker_works_whatever_tensorly_backend_another_library_selected():
     finally:
         tensorly.set_backend(previous)
     assert records and tensorly.get_backend() == previous
+
+
+class TinyVocabModel(nn.Module):
+    """An untied 512 x 16 vocabulary (32 rows per dimension) feeding a small head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(512, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, ids):
+        return self.head(torch.relu(self.embed(ids)).mean(1))
+
+
+def test_vocabulary_keeps_exact_rows_for_frequent_tokens_and_round_trips(tmp_path):
+    from pdo_hub.optimizers.methods._token_groups import TokenGroups
+
+    torch.manual_seed(0)
+    model = TinyVocabModel().eval()
+    counts = torch.zeros(512)
+    counts[[3, 7, 11]] = torch.tensor([9.0, 4.0, 1.0])
+    groups = TokenGroups.from_counts(model.embed, counts)
+    assert groups.order[:3].tolist() == [3, 7, 11], "seen tokens come first, most frequent first"
+    assert abs(float(groups.frequency.sum()) - 1.0) < 1e-9 and float(groups.frequency[3]) > float(groups.frequency[7])
+    layer, errors = groups.layer(model.embed, 64, 4)
+    ids = torch.arange(512)
+    with torch.no_grad():
+        rows = layer(ids)
+        assert torch.equal(rows[groups.order[:64]], model.embed.weight[groups.order[:64]]), "head rows must be exact"
+        assert torch.allclose(layer.weight, rows), "the reconstructed table must match the lookup"
+        assert not torch.allclose(rows, model.embed.weight, atol=1e-3), "the tail is coded at rank 4, not exact"
+    assert errors["seen"] == 0.0 and 0 < errors["expected"] < 1
+    options = groups.options("embed")
+    assert options.options and all(params < 512 * 16 for params, _, _ in options.options)
+    assert any(choice[0] > 0 for _, _, choice in options.options), "splits with exact rows must be offered"
+
+    x = torch.randint(0, 512, (4, 12))
+    optimized, records = apply_method("svd", model, x, target_compression_ratio=0.5, recovery_steps=0)
+    record = next(r for r in records if r["module"] == "embed")
+    assert record["head_rows"] > 0, record
+    assert state_bytes(optimized) / state_bytes(model) <= 0.51
+    expected, actual, _ = round_trip(optimized, TinyVocabModel(), x, tmp_path)
+    assert torch.equal(actual, expected)

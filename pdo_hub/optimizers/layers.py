@@ -48,22 +48,40 @@ class LowRankConv2d(nn.Module):
 
 
 class LowRankEmbedding(nn.Module):
-    """An embedding table V x d stored as V x rank codes (`down`) times a rank -> d map (`up`)."""
+    """An embedding table V x d stored as V x rank codes (`down`) times a rank -> d map (`up`).
 
-    def __init__(self, embedding: nn.Embedding, rank: int) -> None:
+    With `head_rows` K > 0, K rows (the most frequent tokens) stay exact in `head` and only the other
+    V - K rows are coded; the int32 buffer `slot` maps a token id to its row: below K a row of `head`,
+    from K on row `slot - K` of `down` (block-wise low rank grouped by frequency, as in GroupReduce).
+    """
+
+    def __init__(self, embedding: nn.Embedding, rank: int, head_rows: int = 0) -> None:
         super().__init__()
         self.num_embeddings, self.embedding_dim, self.rank = embedding.num_embeddings, embedding.embedding_dim, rank
-        self.padding_idx = embedding.padding_idx
-        self.down = nn.Embedding(embedding.num_embeddings, rank, padding_idx=embedding.padding_idx)
+        self.padding_idx, self.head_rows = embedding.padding_idx, head_rows
+        # padding_idx only freezes that row's gradient; with a head the padding row may live in either block.
+        self.down = nn.Embedding(embedding.num_embeddings - head_rows, rank, padding_idx=None if head_rows else embedding.padding_idx)
         self.up = nn.Linear(rank, embedding.embedding_dim, bias=False)
+        if head_rows:
+            self.head = nn.Embedding(head_rows, embedding.embedding_dim)
+            self.register_buffer("slot", torch.arange(embedding.num_embeddings, dtype=torch.int32))
 
     @property
     def weight(self) -> torch.Tensor:
         """The reconstructed table, for code that reads `embeddings.weight` (e.g. resizing, inspection)."""
-        return self.up(self.down.weight)
+        coded = self.up(self.down.weight)
+        if not self.head_rows:
+            return coded
+        return torch.cat([self.head.weight, coded])[self.slot.long()]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(ids))
+        if not self.head_rows:
+            return self.up(self.down(ids))
+        slot = self.slot[ids].long()
+        exact = self.head(slot.clamp_max(self.head_rows - 1))
+        coded = self.up(self.down((slot - self.head_rows).clamp_min(0)))
+        return torch.where((slot < self.head_rows).unsqueeze(-1), exact, coded)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}"
+        head = f", head_rows={self.head_rows}" if self.head_rows else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}{head}"

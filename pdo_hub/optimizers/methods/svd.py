@@ -9,8 +9,9 @@ optimal rank-r fit for those inputs. The factors are then
     down = sqrt(Sigma_r) V_r^T S^-1   and   up = U_r sqrt(Sigma_r).
 A conv becomes a kh x kw conv to r channels (original stride/padding/dilation) followed by a 1x1 conv.
 An untied Embedding table (a lookup is a Linear on one-hot tokens) becomes V x r codes and an r -> d
-Linear, whitened by token frequency (half uniform, so tokens the calibration never saw keep their rows):
-in transformers the word embeddings are often half of the model.
+Linear, whitened by token frequency (half uniform, so tokens the calibration never saw keep their rows).
+A vocabulary (in transformers often half of the model) also keeps exact rows for its most frequent
+tokens, with frequencies estimated beyond the few the calibration sees (`_token_groups.py`).
 
 Ranks come from the global budget (`budget.allocate_options`): each "one more rank in layer L" step is
 ranked by the share of L's output energy it recovers per parameter it costs, so the whole model reaches
@@ -18,8 +19,8 @@ ranked by the share of L's output energy it recovers per parameter it costs, so 
 weights, grouped convs and non-zero padding modes are left alone. A bounded recovery step
 (`recovery.recover`) then distils the factored model from the original.
 
-Record (version 2): {"method": "svd", "module", "layer", "rank", "energy_kept", "whitened"}; version-1
-records (no "whitened") restore the same structure.
+Record (version 2): {"method": "svd", "module", "layer", "rank", "energy_kept", "whitened"}, plus
+"head_rows" for a vocabulary with exact rows; version-1 records (no "whitened") restore the same structure.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from ..modules import get_module, match_dtype_device, replace_module, shared_par
 from ..recovery import recover
 from ..registry import Method, register_method
 from ..sizing import state_bytes
+from ._token_groups import TokenGroups, is_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +64,11 @@ def weight_matrix(module: nn.Module) -> torch.Tensor:
     return module.weight.detach().double().reshape(module.weight.shape[0], -1)
 
 
-def build_factorized(module: nn.Module, rank: int) -> nn.Module:
+def build_factorized(module: nn.Module, rank: int, head_rows: int = 0) -> nn.Module:
     if isinstance(module, nn.Linear):
         new = LowRankLinear(module.in_features, module.out_features, rank, bias=module.bias is not None)
     elif isinstance(module, nn.Embedding):
-        new = LowRankEmbedding(module, rank)
+        new = LowRankEmbedding(module, rank, head_rows)
     else:
         new = LowRankConv2d(module, rank)
     return match_dtype_device(new, module.weight)
@@ -118,35 +120,50 @@ def _load_factors(new: nn.Module, module: nn.Module, decomposition, rank: int) -
         new.up.bias.copy_(module.bias)
 
 
-def svd_factorize(model: nn.Module, layers: dict[str, nn.Module], ranks: dict[str, int], decompositions, name: str) -> list[dict[str, Any]]:
-    """Swap each layer in `ranks` for its factorized form; returns the recipe records."""
+def factored_layer(module: nn.Module, decomposition, choice) -> tuple[nn.Module, float]:
+    """`module` factored at `choice` (a rank, or (head_rows, rank) for a vocabulary) and the energy share kept."""
+    if isinstance(decomposition, TokenGroups):
+        new, errors = decomposition.layer(module, *choice)
+        return new, 1.0 - errors["expected"]
+    new = build_factorized(module, choice)
+    _load_factors(new, module, decomposition, choice)
+    S = decomposition[1]
+    return new, float(S[:choice].square().sum() / S.square().sum().clamp_min(1e-30))
+
+
+def svd_factorize(model: nn.Module, layers: dict[str, nn.Module], choices: dict[str, Any], decompositions, name: str) -> list[dict[str, Any]]:
+    """Swap each layer in `choices` for its factorized form; returns the recipe records."""
     records = []
-    for path, rank in ranks.items():
+    for path, choice in choices.items():
         module = layers[path]
-        S = decompositions[path][1]
-        new = build_factorized(module, rank)
-        _load_factors(new, module, decompositions[path], rank)
-        kept = float(S[:rank].square().sum() / S.square().sum().clamp_min(1e-30))
-        logger.debug("%s: %s rank %d/%d keeps %.4f of the output energy", name, path, rank, S.numel(), kept)
+        new, kept = factored_layer(module, decompositions[path], choice)
+        grouped = isinstance(decompositions[path], TokenGroups)
+        head_rows, rank = choice if grouped else (0, choice)
+        logger.debug("%s: %s rank %d (%d exact rows) keeps %.4f of the output energy", name, path, rank, head_rows, kept)
         replace_module(model, path, new)
-        records.append({
+        record = {
             "method": name, "module": path, "layer": type(module).__name__, "rank": rank,
-            "energy_kept": round(kept, 6), "whitened": decompositions[path][3] is not None,
-        })
+            "energy_kept": round(kept, 6), "whitened": grouped or decompositions[path][3] is not None,
+        }
+        records.append({**record, "head_rows": head_rows} if head_rows else record)
     return records
 
 
 def whitened_spectra(model: nn.Module, layers: dict[str, nn.Module], ctx) -> tuple[dict[str, Any], list]:
-    """Activation-whitened SVD of each layer and its rank options for the global budget."""
+    """Activation-whitened SVD of each layer (token groups for a vocabulary) and its options for the global budget."""
     if not layers:
         return {}, []
     grams = input_grams(model, layers, ctx.calibration_inputs, ctx.device)
-    decompositions = {path: whitened_svd(m, grams.get(path)) for path, m in layers.items()}
-    del grams  # the Gram matrices can be large; free them before factoring
-    options = [
-        spectrum_options(LayerSpectrum(path, m.weight.numel(), sum(weight_matrix(m).shape), decompositions[path][1].square()))
-        for path, m in layers.items()
-    ]
+    decompositions, options = {}, []
+    for path, module in layers.items():
+        gram = grams.pop(path, None)  # the Gram matrices can be large; free each once used
+        if gram is not None and is_vocabulary(module) and gram[0].sum() > 0:
+            decompositions[path] = TokenGroups.from_counts(module, gram[0])
+            options.append(decompositions[path].options(path))
+            continue
+        decompositions[path] = whitened_svd(module, gram)
+        spectrum = LayerSpectrum(path, module.weight.numel(), sum(weight_matrix(module).shape), decompositions[path][1].square())
+        options.append(spectrum_options(spectrum))
     return decompositions, options
 
 
@@ -157,7 +174,8 @@ def output_weighted(model: nn.Module, layers: dict[str, nn.Module], options: lis
     embeddings (followed by a LayerNorm) tolerate far larger relative errors than the FFNs. Each layer is factored alone at its middle option, the output loss
     (1 - cosine against the unfactored model's outputs on the calibration inputs) is measured, and
     its errors are scaled by loss / relative error, so the allocation trades measured output loss.
-    One forward over the calibration inputs per layer.
+    A vocabulary is probed without exact rows (with them the calibration tokens would see no error),
+    at the relative error those tokens get. One forward over the calibration inputs per layer.
     """
     from ..evaluate import fidelity, reference_outputs
 
@@ -167,10 +185,12 @@ def output_weighted(model: nn.Module, layers: dict[str, nn.Module], options: lis
     for option in options:
         if not option.options:
             continue
-        _, error, rank = option.options[len(option.options) // 2]
-        module = layers[option.path]
-        probe = build_factorized(module, rank)
-        _load_factors(probe, module, decompositions[option.path], rank)
+        module, decomposition = layers[option.path], decompositions[option.path]
+        if isinstance(decomposition, TokenGroups):
+            probe, error = decomposition.probe(module)
+        else:
+            _, error, rank = option.options[len(option.options) // 2]
+            probe, _ = factored_layer(module, decomposition, rank)
         replace_module(model, option.path, probe)
         try:
             loss = fidelity(model, batches, references, ctx.device).loss
@@ -207,10 +227,10 @@ class SVDFactorization(Method):
         decompositions, spectra = whitened_spectra(model, layers, ctx)
         spectra = output_weighted(model, layers, spectra, decompositions, ctx)
         budget = layer_budget(model, layers, ctx.target_ratio)
-        ranks = allocate_options(spectra, max(budget, 0))
-        if budget <= 0 or not ranks:
+        choices = allocate_options(spectra, max(budget, 0))
+        if budget <= 0 or not choices:
             ctx.note(logger, f"svd: target ratio {ctx.target_ratio:.2f} cannot be reached by factoring this model's layers.")
-        records = svd_factorize(model, layers, ranks, decompositions, self.name)
+        records = svd_factorize(model, layers, choices, decompositions, self.name)
         if records:
             recover(model, ctx, self.name, records)
         return model, records
@@ -219,5 +239,5 @@ class SVDFactorization(Method):
         module = get_module(model, record["module"])
         if type(module).__name__ != record["layer"]:
             raise RecipeError(f"{record['method']}: '{record['module']}' is a {type(module).__name__}, the recipe expects a {record['layer']}.")
-        replace_module(model, record["module"], build_factorized(module, int(record["rank"])))
+        replace_module(model, record["module"], build_factorized(module, int(record["rank"]), int(record.get("head_rows", 0))))
         return model
