@@ -134,6 +134,9 @@ def test_compression_then_int8_saves_and_reloads(first, tmp_path):
     optimized, records = get_method(first).apply(copy.deepcopy(model), ctx)
     optimized, more = get_method("static").apply(optimized, ctx)
     assert more, "static quantized nothing after pruning/factorization"
+    if first == "prune":  # the BatchNorms were folded away; conv -> relu must still fuse in int8
+        fused = [type(m).__name__ for m in optimized.modules() if type(m).__name__ == "ConvReLU2d"]
+        assert fused, "conv -> folded norm -> relu did not fuse into one int8 op"
     optimized.eval()
     optimized.pdo_recipe = Recipe(records + more)
     with torch.inference_mode():
@@ -144,3 +147,45 @@ def test_compression_then_int8_saves_and_reloads(first, tmp_path):
     with torch.inference_mode():
         actual = reloaded(x)
     assert torch.equal(actual, expected), f"{first}+static: max diff {(actual - expected).abs().max()}"
+
+
+def test_batchnorms_fold_into_their_convs_after_pruning(tmp_path):
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    optimized, records = apply_method("prune", model, x, target_compression_ratio=0.6, recovery_steps=0)
+    folded = records[0]["folded_norms"]
+    norms = [path for path, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    assert sorted(norm for _, norm in folded) == sorted(norms), "every conv -> BatchNorm pair of a ResNet folds"
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules())
+    pdo_hub.save_optimized(optimized, tmp_path)
+    reloaded = pdo_hub.load_optimized(tmp_path, tiny_resnet(seed=3))
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), optimized(x))
+
+
+class ConvOutputReadTwice(nn.Module):
+    """The conv's output feeds its BatchNorm and, functionally, the output too: folding would change it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.fc((self.bn(y) + y).mean((2, 3)))
+
+
+def test_norms_stay_when_the_conv_output_is_read_elsewhere():
+    from pdo_hub.optimizers.norm_folding import conv_norm_pairs, fold_norms
+
+    torch.manual_seed(0)
+    model = ConvOutputReadTwice().train()
+    with torch.no_grad():
+        model(torch.randn(8, 3, 8, 8))  # real running statistics
+    model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    assert conv_norm_pairs(model, x) == [["conv", "bn"]], "the pair is found; only the output check can refuse it"
+    ctx = make_context(model, x)
+    kept, pairs = fold_norms(model, ctx)
+    assert kept is model and pairs == []

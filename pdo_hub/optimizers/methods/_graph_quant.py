@@ -77,6 +77,7 @@ def prepare(model: nn.Module, args: tuple[torch.Tensor, ...], method: str, *, fl
 
         mapping = qconfig_mapping(float_layers, qat=qat)
         try:
+            model = without_identities(model)
             if qat:
                 return prepare_qat_fx(model.train(), mapping, args)
             return prepare_fx(model.eval(), mapping, args)
@@ -85,6 +86,25 @@ def prepare(model: nn.Module, args: tuple[torch.Tensor, ...], method: str, *, fl
                 f"{method}: torch.fx could not trace {type(model).__name__} ({type(err).__name__}: {err}); "
                 "the model is left unquantized."
             ) from err
+
+
+def without_identities(model: nn.Module) -> nn.Module:
+    """A traced copy with its nn.Identity calls removed, or the model itself when it has none.
+
+    A BatchNorm folded into its conv leaves an Identity in its place (`norm_folding.py`), and
+    conv -> Identity -> relu no longer matches torch.ao's conv-relu fusion pattern: the int8 model
+    would run the ReLU as a separate op. Submodule paths are kept, so the recipe's names still apply.
+    """
+    if not any(type(m) is nn.Identity for m in model.modules()):
+        return model
+    traced = torch.fx.symbolic_trace(model)
+    for node in list(traced.graph.nodes):
+        if node.op == "call_module" and type(traced.get_submodule(node.target)) is nn.Identity:
+            node.replace_all_uses_with(node.args[0])
+            traced.graph.erase_node(node)
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced
 
 
 @torch.no_grad()  # not inference_mode: observers update their buffers in place and must stay normal tensors

@@ -29,7 +29,9 @@ the stored model has the usual structure (`scripts/bench_lowrank.py`, digits Res
 97.50% top-1 before any recovery, FP32 99.00%; Torch-Pruning alone at the same size keeps 11.75%).
 
 The record holds the kept channel indices per module ({path: {"type", "out", "in"}}); `restore`
-replays them with `pruning_slices.replay`, no dependency graph needed. A bounded distillation follows.
+replays them with `pruning_slices.replay`, no dependency graph needed. A bounded distillation follows,
+then each BatchNorm is folded into the conv feeding it (`norm_folding.py`, recorded as
+"folded_norms"): the pruned model is for inference, and the norms are a sizeable share of its time.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from ..activations import input_grams
 from ..budget import LayerOptions, allocate_options
 from ..inputs import call_model, output_tensor
 from ..modules import shared_parameter_ids
+from ..norm_folding import fold_norms, restore_folded
 from ..pruning_slices import channel_counts, replay, sliceable
 from ..recovery import recover
 from ..registry import Method, register_method
@@ -279,7 +282,10 @@ class StructuredPruning(Method):
         record = {"method": self.name, "modules": plan, "size_ratio": round(size, 6), "multiply_add_ratio": round(work, 6)}
         logger.debug("prune: %d modules sliced (%d compensated), size %.3f and multiply-adds %.3f of the input", len(plan), compensated, size, work)
         recover(model, ctx, self.name, [record])
+        model, folded = fold_norms(model, ctx)
+        if folded:
+            record["folded_norms"] = folded
         return model, [record]
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
-        return replay(model, record["modules"])
+        return restore_folded(replay(model, record["modules"]), record.get("folded_norms", []))
