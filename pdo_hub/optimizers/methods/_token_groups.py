@@ -2,7 +2,7 @@
 
 A word-embedding table is a Linear on one-hot tokens, so its "activations" are token frequencies, and
 a few calibration sentences see a tiny part of the vocabulary: in all-MiniLM-L6-v2, 32 sentences
-touch 202 of 30,522 tokens, yet 43% of the tokens of other sentences are among the unseen ones. A
+touch 203 of 30,522 tokens, yet 44% of the tokens of 16 other sentences are unseen ones. A
 single low-rank table (whatever the row weights) then either serves the seen tokens or the unseen
 ones badly. Following GroupReduce (Chen et al., NeurIPS 2018: block-wise low rank, blocks grouped by
 frequency), the table is split: the K most frequent tokens keep exact rows and the other V - K rows
@@ -10,7 +10,8 @@ share one rank-r code. The frequencies are estimated, since calibration sees so 
 
 - tokens seen in calibration come first, by count; the unseen ones are ranked by a ridge regression
   of log(count + 1/2) on the embedding rows (trained embeddings encode frequency: Gong et al., FRAGE,
-  NeurIPS 2018), which in all-MiniLM-L6-v2 puts 64 of the 79 unseen held-out tokens in its top 5,000;
+  NeurIPS 2018), which in all-MiniLM-L6-v2 puts 65 of the 79 distinct unseen held-out tokens among
+  its top 5,000 unseen (both counts printed by `scripts/bench_lowrank.py`);
 - the mass of unseen tokens is the Good-Turing estimate (share of tokens seen once), at least 1/2
   since a user's inputs differ from a small calibration sample, spread over the unseen ones by
   Zipf's law along that ranking.
