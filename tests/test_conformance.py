@@ -86,15 +86,38 @@ def test_reload_in_a_fresh_process_gives_identical_outputs(tmp_path):
     with torch.inference_mode():
         expected = full(x)
     pdo_hub.save_optimized(full, tmp_path / "model")
+    assert_reloads_in_fresh_process(tmp_path, x, expected, "from tiny_models import build", 'build("KitchenSink", seed=77)')
+
+
+@pytest.mark.parametrize("pipeline", [["svd"], ["tucker"], ["hlrtf", "static"], ["prune", "static"]])
+def test_compressed_resnets_reload_in_a_fresh_process(pipeline, tmp_path):
+    """Factored or pruned convs with their BatchNorms folded, alone or then int8, rebuilt from the recipe alone."""
+    from test_lowrank import tiny_resnet
+
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    optimized, records = model, []
+    for method in pipeline:
+        optimized, new = apply_method(method, optimized, x, target_compression_ratio=0.5, recovery_steps=3)
+        records += new
+    optimized.pdo_recipe.records = records
+    assert any("folded_norms" in r for r in records), "the BatchNorms should have been folded"
+    with torch.inference_mode():
+        expected = optimized(x)
+    pdo_hub.save_optimized(optimized, tmp_path / "model")
+    assert_reloads_in_fresh_process(tmp_path, x, expected, "from test_lowrank import tiny_resnet", "tiny_resnet(seed=77)")
+
+
+def assert_reloads_in_fresh_process(tmp_path, x, expected, import_line: str, skeleton: str) -> None:
+    """A new interpreter loads tmp_path/model onto `skeleton` (built after `import_line`, tests/ importable) and must reproduce `expected`."""
     save_file({"x": x, "expected": expected}, str(tmp_path / "io.safetensors"))
     script = f"""
 import sys, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
 from safetensors.torch import load_file
 import pdo_hub
-from tiny_models import build
+{import_line}
 io = load_file({str(tmp_path / 'io.safetensors')!r})
-model = pdo_hub.load_optimized({str(tmp_path / 'model')!r}, build("KitchenSink", seed=77))
+model = pdo_hub.load_optimized({str(tmp_path / 'model')!r}, {skeleton})
 with torch.inference_mode():
     out = model(io["x"])
 sys.exit(0 if torch.equal(out, io["expected"]) else 1)

@@ -67,6 +67,7 @@ def test_basicblock_model_round_trips_and_meets_the_budget(method, tmp_path):
     # Tensor bytes: on a model this small the recipe in the file's header is a sizeable fixed overhead.
     ratio = state_bytes(optimized) / state_bytes(model)
     assert ratio <= 0.51, f"{method}: size ratio {ratio:.3f} misses the 0.5 target"
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules()), f"{method} left BatchNorms unfolded"
     expected, actual, _ = round_trip(optimized, tiny_resnet(seed=7), x, tmp_path)
     assert torch.equal(actual, expected), f"{method}: max diff {(actual - expected).abs().max()}"
     assert "recovery" in records[0] and {"loss_before", "loss_after", "seconds", "steps"} <= set(records[0]["recovery"])
@@ -125,6 +126,8 @@ def test_allocation_never_factors_where_it_saves_nothing():
 def test_svd_ranks_differ_across_layers_of_a_real_model():
     model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
     _, records = apply_method("svd", model, x, target_compression_ratio=0.5, recovery_steps=0)
+    assert records[-1]["folded_norms"], "the BatchNorms fold into the convs after factoring"
+    records = [r for r in records if "module" in r]
     fractions = {r["module"]: r["rank"] / min(r["rank"] + 1, 10**9) for r in records}
     assert len({r["rank"] for r in records}) > 1 or len(records) == 1, f"uniform ranks: {records}"
     assert all(r["whitened"] for r in records) and fractions
@@ -216,6 +219,8 @@ def test_vocabulary_keeps_exact_rows_for_frequent_tokens_and_round_trips(tmp_pat
     groups = TokenGroups.from_counts(model.embed, counts)
     assert groups.order[:3].tolist() == [3, 7, 11], "seen tokens come first, most frequent first"
     assert abs(float(groups.frequency.sum()) - 1.0) < 1e-9 and float(groups.frequency[3]) > float(groups.frequency[7])
+    singletons = TokenGroups.from_counts(model.embed, (torch.arange(512) < 5).float())
+    assert float(singletons.frequency[:5].sum()) >= 0.1 - 1e-9, "tokens seen once each must keep some weight"
     layer, errors = groups.layer(model.embed, 64, 4)
     ids = torch.arange(512)
     with torch.no_grad():

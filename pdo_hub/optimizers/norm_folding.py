@@ -2,7 +2,7 @@
 
 In eval mode a BatchNorm is a per-channel affine map, so when its input is a conv's output that
 nothing else reads, w' = w * gamma / sqrt(var + eps) and b' = (b - mean) * gamma / sqrt(var + eps) + beta
-compute the same thing in one op (`torch.nn.utils.fusion.fuse_conv_bn_eval`). At batch 1 on small
+compute the same thing in one op (`torch.nn.utils.fusion.fuse_conv_bn_weights`). At batch 1 on small
 images the BatchNorms are a sizeable share of eager time (`scripts/bench_lowrank.py`: the digits
 ResNet-18 pruned to 0.5 measured 1.52-1.60x FP32 eager before folding, 1.66-1.68x with it).
 
@@ -11,8 +11,9 @@ Pairs are found by running the model: a BatchNorm whose input tensor *is* the ou
 functional branch) would change under folding, so the folded model is checked against the unfolded
 one on calibration inputs, and the model stays unfolded if they differ.
 
-Recorded as [[conv path, norm path], ...]; `restore_folded` gives each conv a bias and puts an
-Identity where its norm was; the safetensors load fills in the folded values.
+Pruning and the factorizations (svd, tucker, hlrtf: a factored conv's last 1x1 conv feeds the norm)
+fold after their recovery. Recorded as [[conv path, norm path], ...]; `restore_folded` gives each
+conv a bias and puts an Identity where its norm was; the safetensors load fills in the folded values.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..core.errors import RecipeError
 from .inputs import Inputs, call_model, output_tensor, to_device
@@ -76,7 +77,12 @@ def fold_norms(model: nn.Module, ctx) -> tuple[nn.Module, list[list[str]]]:
         return model, []
     folded = copy.deepcopy(model)
     for conv_path, norm_path in pairs:
-        replace_module(folded, conv_path, fuse_conv_bn_eval(get_module(folded, conv_path), get_module(folded, norm_path)))
+        conv, norm = get_module(folded, conv_path), get_module(folded, norm_path)
+        # The norm is in eval mode (see conv_norm_pairs); a freshly built factored conv may not be, which
+        # fuse_conv_bn_eval would refuse although a conv computes the same in either mode.
+        conv.weight, conv.bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias,
+        )
         replace_module(folded, norm_path, nn.Identity())
     with torch.inference_mode():
         for batch in (ctx.calibration_inputs or [ctx.example_inputs])[:2]:
@@ -87,6 +93,12 @@ def fold_norms(model: nn.Module, ctx) -> tuple[nn.Module, list[list[str]]]:
                 logger.debug("norm folding changed the outputs (a conv output read elsewhere); kept the norms")
                 return model, []
     return folded, pairs
+
+
+def fold_norms_after(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """For factorizations (one record per layer): fold, and add a {"method", "folded_norms"} record if any folded."""
+    model, pairs = fold_norms(model, ctx)
+    return model, records + ([{"method": method, "folded_norms": pairs}] if pairs else [])
 
 
 def restore_folded(model: nn.Module, pairs: list[Any]) -> nn.Module:

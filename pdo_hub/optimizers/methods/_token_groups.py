@@ -12,8 +12,8 @@ share one rank-r code. The frequencies are estimated, since calibration sees so 
   of log(count + 1/2) on the embedding rows (trained embeddings encode frequency: Gong et al., FRAGE,
   NeurIPS 2018), which in all-MiniLM-L6-v2 puts 65 of the 79 distinct unseen held-out tokens among
   its top 5,000 unseen (both counts printed by `scripts/bench_lowrank.py`);
-- the mass of unseen tokens is the Good-Turing estimate (share of tokens seen once), at least 1/2
-  since a user's inputs differ from a small calibration sample, spread over the unseen ones by
+- the mass of unseen tokens is the Good-Turing estimate (share of tokens seen once), kept within
+  [1/2, 0.9] since a user's inputs differ from a small calibration sample, spread over the unseen ones by
   Zipf's law along that ranking.
 
 For each (K, r), the tail's best rank-r code under these frequencies comes from the eigenvectors of
@@ -73,7 +73,9 @@ class TokenGroups:
         order = score.argsort(descending=True)
         seen_share = counts / counts.sum()
         singletons = float((counts == 1).sum()) / float(counts.sum())
-        unseen_mass = max(singletons, 0.5)
+        # At least 1/2 (inputs differ from a small sample); at most 0.9, so tokens a tiny calibration
+        # saw only once each (Good-Turing then says "all new") keep some weight.
+        unseen_mass = min(max(singletons, 0.5), 0.9)
         # Zipf's law continued past the seen tokens along the estimated ranking.
         rank = torch.empty_like(counts)
         rank[order] = torch.arange(1, counts.numel() + 1, dtype=counts.dtype)

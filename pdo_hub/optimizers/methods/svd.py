@@ -36,6 +36,7 @@ from ..activations import input_grams, whitening_factor
 from ..budget import LayerOptions, LayerSpectrum, allocate_options, spectrum_options
 from ..layers import LowRankConv2d, LowRankEmbedding, LowRankLinear
 from ..modules import get_module, match_dtype_device, replace_module, shared_parameter_ids
+from ..norm_folding import fold_norms_after, restore_folded
 from ..recovery import recover
 from ..registry import Method, register_method
 from ..sizing import state_bytes
@@ -233,9 +234,12 @@ class SVDFactorization(Method):
         records = svd_factorize(model, layers, choices, decompositions, self.name)
         if records:
             recover(model, ctx, self.name, records)
+            model, records = fold_norms_after(model, ctx, self.name, records)
         return model, records
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
+        if "folded_norms" in record:
+            return restore_folded(model, record["folded_norms"])
         module = get_module(model, record["module"])
         if type(module).__name__ != record["layer"]:
             raise RecipeError(f"{record['method']}: '{record['module']}' is a {type(module).__name__}, the recipe expects a {record['layer']}.")
