@@ -221,6 +221,8 @@ def test_vocabulary_keeps_exact_rows_for_frequent_tokens_and_round_trips(tmp_pat
     assert abs(float(groups.frequency.sum()) - 1.0) < 1e-9 and float(groups.frequency[3]) > float(groups.frequency[7])
     singletons = TokenGroups.from_counts(model.embed, (torch.arange(512) < 5).float())
     assert float(singletons.frequency[:5].sum()) >= 0.1 - 1e-9, "tokens seen once each must keep some weight"
+    everything = TokenGroups.from_counts(model.embed, torch.ones(512))
+    assert torch.isfinite(everything.frequency).all() and abs(float(everything.frequency.sum()) - 1.0) < 1e-9
     layer, errors = groups.layer(model.embed, 64, 4)
     ids = torch.arange(512)
     with torch.no_grad():

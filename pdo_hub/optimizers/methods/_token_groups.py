@@ -80,6 +80,8 @@ class TokenGroups:
         rank = torch.empty_like(counts)
         rank[order] = torch.arange(1, counts.numel() + 1, dtype=counts.dtype)
         zipf = torch.where(seen, torch.zeros_like(counts), 1.0 / rank)
+        if not float(zipf.sum()):  # calibration saw every token: nothing to estimate
+            return cls(table, order, seen_share, seen_share)
         frequency = (1 - unseen_mass) * seen_share + unseen_mass * zipf / zipf.sum()
         return cls(table, order, frequency, seen_share)
 
