@@ -4,7 +4,7 @@ In eval mode a BatchNorm is a per-channel affine map, so when its input is a con
 nothing else reads, w' = w * gamma / sqrt(var + eps) and b' = (b - mean) * gamma / sqrt(var + eps) + beta
 compute the same thing in one op (`torch.nn.utils.fusion.fuse_conv_bn_weights`). At batch 1 on small
 images the BatchNorms are a sizeable share of eager time (`scripts/bench_lowrank.py`: the digits
-ResNet-18 pruned to 0.5 measured 1.52-1.60x FP32 eager before folding, 1.66-1.68x with it).
+ResNet-18 pruned to 0.5 measured 1.52-1.60x FP32 eager before folding, 1.66-1.69x with it).
 
 Pairs are found by running the model: a BatchNorm whose input tensor *is* the output of a conv
 (identity, while both are alive), each called once. A conv output that something else reads too (a
@@ -12,8 +12,9 @@ functional branch) would change under folding, so the folded model is checked ag
 one on calibration inputs, and the model stays unfolded if they differ.
 
 Pruning and the factorizations (svd, tucker, hlrtf: a factored conv's last 1x1 conv feeds the norm)
-fold after their recovery. Recorded as [[conv path, norm path], ...]; `restore_folded` gives each
-conv a bias and puts an Identity where its norm was; the safetensors load fills in the folded values.
+fold after their recovery. Recorded as "folded_norms": [[conv path, norm path], ...] on the method's
+last record; `restore_folded` gives each conv a bias and puts an Identity where its norm was; the
+safetensors load fills in the folded values.
 """
 
 from __future__ import annotations
@@ -95,10 +96,13 @@ def fold_norms(model: nn.Module, ctx) -> tuple[nn.Module, list[list[str]]]:
     return folded, pairs
 
 
-def fold_norms_after(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """For factorizations (one record per layer): fold, and add a {"method", "folded_norms"} record if any folded."""
+def fold_norms_after(model: nn.Module, ctx, records: list[dict[str, Any]]) -> nn.Module:
+    """Fold, noting the pairs on the method's last record: its `restore` replays them after its own layer,
+    when every layer the method changed is in place."""
     model, pairs = fold_norms(model, ctx)
-    return model, records + ([{"method": method, "folded_norms": pairs}] if pairs else [])
+    if pairs:
+        records[-1]["folded_norms"] = pairs
+    return model
 
 
 def restore_folded(model: nn.Module, pairs: list[Any]) -> nn.Module:

@@ -17,7 +17,7 @@ import torch.nn as nn
 from ...core.errors import RecipeError
 from ..budget import LayerOptions, allocate_options
 from ..modules import get_module, match_dtype_device, replace_module
-from ..norm_folding import fold_norms_after
+from ..norm_folding import fold_norms_after, restore_folded
 from ..recovery import recover
 from .svd import SVDFactorization, factorable_layers, layer_budget, svd_factorize, whitened_spectra
 
@@ -59,7 +59,7 @@ def apply_conv_factorization(
     records += [{**record, "form": "svd"} for record in svd_records]
     if records:
         recover(model, ctx, name, records)
-        model, records = fold_norms_after(model, ctx, name, records)
+        model = fold_norms_after(model, ctx, records)
     return model, records
 
 
@@ -76,12 +76,12 @@ def install_factored(model: nn.Module, path: str, conv: nn.Conv2d, new: nn.Modul
 
 
 def restore_conv_record(model: nn.Module, record: dict[str, Any], make_layer: Callable[[nn.Conv2d, dict[str, Any]], nn.Module]) -> nn.Module:
-    """Replay one tucker/hlrtf record: an svd-form record (Linear / 1x1 fall-back), folded norms, or the method's own layer."""
-    if record.get("form") == "svd" or "folded_norms" in record:
+    """Replay one tucker/hlrtf record: an svd-form record (Linear / 1x1 fall-back) or the method's own layer."""
+    if record.get("form") == "svd":
         return SVDFactorization().restore(model, record)
     conv = conv_to_restore(model, record)
     replace_module(model, record["module"], match_dtype_device(make_layer(conv, record), conv.weight))
-    return model
+    return restore_folded(model, record.get("folded_norms", []))
 
 
 def conv_to_restore(model: nn.Module, record: dict[str, Any]) -> nn.Conv2d:

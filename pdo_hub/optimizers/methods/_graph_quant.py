@@ -97,7 +97,10 @@ def without_identities(model: nn.Module) -> nn.Module:
     """
     if not any(type(m) is nn.Identity for m in model.modules()):
         return model
-    traced = torch.fx.symbolic_trace(model)
+    try:
+        traced = torch.fx.symbolic_trace(model)
+    except Exception:  # tracing fails the same way in prepare_fx, which reports it
+        return model
     for node in list(traced.graph.nodes):
         if node.op == "call_module" and type(traced.get_submodule(node.target)) is nn.Identity:
             node.replace_all_uses_with(node.args[0])

@@ -47,7 +47,7 @@ from ..activations import input_grams
 from ..budget import LayerOptions, allocate_options
 from ..inputs import call_model, output_tensor
 from ..modules import shared_parameter_ids
-from ..norm_folding import fold_norms, restore_folded
+from ..norm_folding import fold_norms_after, restore_folded
 from ..pruning_slices import channel_counts, replay, sliceable
 from ..recovery import recover
 from ..registry import Method, register_method
@@ -282,10 +282,7 @@ class StructuredPruning(Method):
         record = {"method": self.name, "modules": plan, "size_ratio": round(size, 6), "multiply_add_ratio": round(work, 6)}
         logger.debug("prune: %d modules sliced (%d compensated), size %.3f and multiply-adds %.3f of the input", len(plan), compensated, size, work)
         recover(model, ctx, self.name, [record])
-        model, folded = fold_norms(model, ctx)
-        if folded:
-            record["folded_norms"] = folded
-        return model, [record]
+        return fold_norms_after(model, ctx, [record]), [record]
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
         return restore_folded(replay(model, record["modules"]), record.get("folded_norms", []))

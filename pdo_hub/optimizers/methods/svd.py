@@ -138,13 +138,13 @@ def svd_factorize(model: nn.Module, layers: dict[str, nn.Module], choices: dict[
     for path, choice in choices.items():
         module = layers[path]
         new, kept = factored_layer(module, decompositions[path], choice)
-        grouped = isinstance(decompositions[path], TokenGroups)
-        head_rows, rank = choice if grouped else (0, choice)
-        logger.debug("%s: %s rank %d (%d exact rows) keeps %.4f of the output energy", name, path, rank, head_rows, kept)
+        head_rows = getattr(new, "head_rows", 0)
+        logger.debug("%s: %s rank %d (%d exact rows) keeps %.4f of the output energy", name, path, new.rank, head_rows, kept)
         replace_module(model, path, new)
+        whitened = isinstance(decompositions[path], TokenGroups) or decompositions[path][3] is not None
         record = {
-            "method": name, "module": path, "layer": type(module).__name__, "rank": rank,
-            "energy_kept": round(kept, 6), "whitened": grouped or decompositions[path][3] is not None,
+            "method": name, "module": path, "layer": type(module).__name__, "rank": new.rank,
+            "energy_kept": round(kept, 6), "whitened": whitened,
         }
         records.append({**record, "head_rows": head_rows} if head_rows else record)
     return records
@@ -234,14 +234,12 @@ class SVDFactorization(Method):
         records = svd_factorize(model, layers, choices, decompositions, self.name)
         if records:
             recover(model, ctx, self.name, records)
-            model, records = fold_norms_after(model, ctx, self.name, records)
+            model = fold_norms_after(model, ctx, records)
         return model, records
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
-        if "folded_norms" in record:
-            return restore_folded(model, record["folded_norms"])
         module = get_module(model, record["module"])
         if type(module).__name__ != record["layer"]:
             raise RecipeError(f"{record['method']}: '{record['module']}' is a {type(module).__name__}, the recipe expects a {record['layer']}.")
         replace_module(model, record["module"], build_factorized(module, int(record["rank"]), int(record.get("head_rows", 0))))
-        return model
+        return restore_folded(model, record.get("folded_norms", []))
