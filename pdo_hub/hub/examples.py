@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn as nn
@@ -37,15 +37,23 @@ SENTENCES = (
 )
 
 
-def text_inputs(tokenizer: Any, model: nn.Module, count: int) -> list[dict[str, torch.Tensor]]:
-    """`count` batch-1 inputs (sentences cycled), padded/truncated to `MAX_TOKENS`, for `model`.
+def text_inputs(tokenizer: Any, model: nn.Module, count: int, sentences: Sequence[str] | None = None) -> list[dict[str, torch.Tensor]]:
+    """Batch-1 inputs, padded/truncated to `MAX_TOKENS`, for `model`.
+
+    Args:
+        tokenizer: The model's tokenizer.
+        model: The model (its `forward` says which keys to keep).
+        count: How many inputs from the built-in sentences (cycled) when `sentences` is not given.
+        sentences: The user's calibration sentences: all of them are used (at least `count`, cycled).
 
     Keys the model's `forward` does not accept (e.g. `token_type_ids` for some models) are dropped.
     """
     accepted = _forward_parameters(model)
+    pool = tuple(sentences) if sentences else SENTENCES
+    total = max(1, count, len(sentences) if sentences else 0)
     inputs = []
-    for index in range(max(1, count)):
-        sentence = SENTENCES[index % len(SENTENCES)]
+    for index in range(total):
+        sentence = pool[index % len(pool)]
         try:
             encoded = tokenizer(sentence, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         except ValueError:  # no pad token (GPT-style tokenizers): batch 1 needs no padding anyway

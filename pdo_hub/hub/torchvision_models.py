@@ -22,6 +22,7 @@ from pdo_hub.core.config import PostDownloadOptimizationConfig, load_config
 from pdo_hub.core.errors import ConfigError, InvalidRepoIdError, OfflineCacheMissError
 from pdo_hub.hub import _keys, examples, skeleton
 from pdo_hub.hub._context import bypass
+from pdo_hub.hub.calibration import Calibration, load_images, read_calibration
 from pdo_hub.hub._files import sha256_of
 from pdo_hub.hub.flow import Request, load_or_build, write_entry
 from pdo_hub.hub.transformers_models import offline_reason
@@ -58,7 +59,7 @@ def weights_file(weights: Any) -> Path:
 
 def get_model(name: str, weights: Any = "DEFAULT", *, config: PostDownloadOptimizationConfig | dict | str | None = None,
               local_files_only: bool = False, verify: bool = False, builder: Callable[..., nn.Module] | None = None,
-              **kwargs: Any) -> nn.Module:
+              calibration: Any = None, **kwargs: Any) -> nn.Module:
     """The optimized model of a torchvision architecture with pretrained weights.
 
     Args:
@@ -68,6 +69,8 @@ def get_model(name: str, weights: Any = "DEFAULT", *, config: PostDownloadOptimi
         local_files_only: No network: load from the optimized cache or raise.
         verify: Re-hash the entry's files before loading.
         builder: The builder to call (default: torchvision's registry); used by the interception layer.
+        calibration: A folder of PNG/JPEG images from your domain to calibrate and judge on (through the
+            weights' own preprocessing) instead of seeded tensors; part of the key.
         **kwargs: Builder arguments (part of the key).
 
     Raises:
@@ -89,8 +92,8 @@ def get_model(name: str, weights: Any = "DEFAULT", *, config: PostDownloadOptimi
         with bypass():
             return builder(weights=None, **kwargs)
     opt_config = load_config(config)
-    source_id = f"{type(member).__name__}.{member.name}"
-    loader = {"library": "torchvision", "builder": name, "kwargs": _keys.canonical_kwargs(kwargs)}
+    calib = read_calibration(calibration)
+    source_id, loader = weights_source_id(member), vision_loader_record(name, kwargs, calib)
     cache = OptimizedCache()
     reason = offline_reason(local_files_only)
     path = weights_file(member)
@@ -107,7 +110,7 @@ def get_model(name: str, weights: Any = "DEFAULT", *, config: PostDownloadOptimi
     def write(folder: Path) -> None:
         with bypass():
             original = builder(weights=member, progress=False, **kwargs).eval()
-        inputs = _image_inputs(member, builder, opt_config.calibration_samples)
+        inputs = _image_inputs(member, builder, opt_config.calibration_samples, calib)
         optimized, report = create_post_download_optimizer(opt_config).optimize_model(
             model=original, model_name=name, example_inputs=inputs[0], calibration_data=inputs)
         write_entry(folder, optimized, report, source)
@@ -120,6 +123,28 @@ def get_model(name: str, weights: Any = "DEFAULT", *, config: PostDownloadOptimi
         return load_optimized(entry.path, fresh, assign=True)
 
     return load_or_build(request, load, write, cache)
+
+
+def weights_source_id(member: Any) -> str:
+    """The source id of torchvision weights: `ResNet18_Weights.IMAGENET1K_V1`."""
+    return f"{type(member).__name__}.{member.name}"
+
+
+def vision_loader_record(name: str, kwargs: dict[str, Any], calibration: Calibration | None = None) -> dict[str, Any]:
+    """How the original is built and calibrated: part of the cache key and of the source record."""
+    loader: dict[str, Any] = {"library": "torchvision", "builder": name, "kwargs": _keys.canonical_kwargs(kwargs)}
+    if calibration is not None:
+        if calibration.kind != "images":
+            raise ConfigError("torchvision models take a folder of images as calibration data, not sentences.")
+        loader["calibration"] = calibration.describe()
+    return loader
+
+
+def known_revision(source_id: str, member: Any, cache: OptimizedCache | None = None) -> str | None:
+    """The weights file's sha256 without network: recorded when the variant was built, else hashed from disk."""
+    cache = cache or OptimizedCache()
+    path = weights_file(member)
+    return _known_ref(cache, source_id, path.name) or (sha256_of(path) if path.is_file() else None)
 
 
 def _file_revision(cache: OptimizedCache, source_id: str, path: Path, member: Any, builder: Callable[..., nn.Module],
@@ -151,7 +176,12 @@ def _known_ref(cache: OptimizedCache, source_id: str, file_name: str) -> str | N
         return None
 
 
-def _image_inputs(member: Any, builder: Callable[..., nn.Module], count: int) -> list:
+def _image_inputs(member: Any, builder: Callable[..., nn.Module], count: int, calibration: Calibration | None = None) -> list:
+    if calibration is not None:
+        images = load_images(calibration, member.transforms())
+        if ".detection" in builder.__module__:
+            return [([image[0]],) for image in images]
+        return images
     size = 224
     try:
         crop = getattr(member.transforms(), "crop_size", None)

@@ -90,3 +90,14 @@ def disabled_report(model_name: str, config: PostDownloadOptimizationConfig, sec
         "config_hash": config.config_hash(),
         "optimization_time_seconds": round(seconds, 3),
     }
+
+
+def report_summary(report: dict | None) -> dict[str, Any]:
+    """The figures a summary table shows: methods applied, size before -> after (MB), speedup, accuracy loss.
+
+    Values are None where the report (or a section of it) is missing.
+    """
+    size, perf, acc = ((report or {}).get(k) or {} for k in ("model_size_metrics", "performance_metrics", "accuracy_metrics"))
+    return {"methods": (report or {}).get("optimizations_applied"), "size_before_mb": size.get("original_size_mb"),
+            "size_after_mb": size.get("optimized_size_mb"), "speedup": perf.get("speedup"),
+            "accuracy_loss": acc.get("accuracy_loss")}

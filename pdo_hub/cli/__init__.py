@@ -1,0 +1,67 @@
+"""The `pdo-hub` command: the only place that prints for humans.
+
+One module per command (`_demo`, `_optimize`, `_mirror`, `_push`, `_serve`, `_cache`), each with a
+`register(subparsers)` that adds its parser and sets `run`; `_output` holds the shared tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from pdo_hub.core.errors import PdoHubError
+
+# Command modules, in the order `pdo-hub --help` lists them.
+_COMMANDS = ("_demo", "_optimize", "_mirror", "_push", "_serve", "_cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pdo-hub", description="Hugging Face Hub model mirror with post-download optimization.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name in _COMMANDS:
+        try:
+            module = importlib.import_module(f"pdo_hub.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"pdo_hub.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(commands)
+    return parser
+
+
+def _quiet_third_party() -> None:
+    """Keep the terminal for pdo-hub's own output: torchao's import-time notices and transformers' bars."""
+    import logging
+    import os
+
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "offline", False):
+        # Before huggingface_hub is imported (it reads HF_HUB_OFFLINE once, at import): no request at all.
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["PDO_HUB_OFFLINE"] = "1"
+    _quiet_third_party()
+    try:
+        return args.run(args)
+    except PdoHubError as err:
+        print(f"pdo-hub: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pdo-hub: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
