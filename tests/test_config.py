@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib import resources
 
 import pytest
 import yaml
 
 from pdo_hub import ConfigError, PostDownloadOptimizationConfig, load_config
-from pdo_hub.core.config import PRESETS_DIR
+from pdo_hub.core.config import preset_file
 
 SEED_DEFAULTS = {
     "enable_optimization": True,
@@ -54,7 +55,8 @@ def test_seed_manual_example_attribute_style_still_works():
 )
 def test_presets_load_by_name_and_from_their_files(name, expected):
     by_name = load_config(name)
-    by_file = PostDownloadOptimizationConfig.from_yaml(PRESETS_DIR / f"{name}.yaml")
+    with resources.as_file(preset_file(name)) as path:
+        by_file = PostDownloadOptimizationConfig.from_yaml(path)
     assert by_name == by_file
     for key, value in expected.items():
         assert getattr(by_name, key) == value

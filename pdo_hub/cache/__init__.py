@@ -1,10 +1,12 @@
 """The optimized cache: keys, Hub-like layout, atomic commit, per-key locks, integrity, eviction.
 
-Layer 4: imports nothing from pdo_hub but `pdo_hub.core`. See `layout` for the folder structure.
+Layer 4: imports nothing from pdo_hub but `pdo_hub.core`. See `layout` for the folder structure and
+`inventory` for listing, bulk verification and removal (what `pdo-hub cache` prints).
 """
 
 from pdo_hub.cache._files import STALE_TMP_SECONDS
 from pdo_hub.cache.entry import CacheEntry
+from pdo_hub.cache.inventory import EntryFilter, EntrySummary
 from pdo_hub.cache.keys import (
     CACHE_FORMAT_VERSION,
     SOURCE_KINDS,
@@ -25,6 +27,8 @@ __all__ = [
     "STALE_TMP_SECONDS",
     "CacheEntry",
     "CacheKey",
+    "EntryFilter",
+    "EntrySummary",
     "OptimizedCache",
     "entry_folder_name",
     "repo_folder_name",

@@ -11,12 +11,24 @@ import time
 import uuid
 from pathlib import Path
 
+import filelock
+
 from pdo_hub.cache.entry import CacheEntry
-from pdo_hub.cache.layout import ACCESS_STAMP, CACHEDIR_TAG, CACHEDIR_TAG_CONTENT, TMP_DIR, TRASH_DIR
+from pdo_hub.cache.layout import (
+    ACCESS_STAMP,
+    CACHEDIR_TAG,
+    CACHEDIR_TAG_CONTENT,
+    ENTRIES_DIR,
+    LOCKS_DIR,
+    TMP_DIR,
+    TRASH_DIR,
+    children,
+)
 
 logger = logging.getLogger(__name__)
 
-#: Temp folders older than this are left over by a crashed process and are removed on commit.
+#: Temp folders (and free lock files of missing entries) older than this are left over by a crashed
+#: process: temp folders are removed on commit, both by `OptimizedCache.prune`.
 STALE_TMP_SECONDS = 24 * 3600
 
 
@@ -29,18 +41,57 @@ def prepare_root(root: Path) -> None:
             tag.write_text(CACHEDIR_TAG_CONTENT, encoding="utf-8")
         except OSError as err:  # a missing tag only affects backup tools
             logger.debug("Cannot write %s: %s", tag, err)
-    cutoff = time.time() - STALE_TMP_SECONDS
-    for path in children(root / TMP_DIR):
-        try:
-            stale = path.lstat().st_mtime < cutoff
-        except OSError:
-            continue
-        if stale:
-            logger.info("Removing stale temp folder %s left by an interrupted commit.", path)
-            delete(path)
-    # Whatever is in the trash was already renamed out of the cache: removing it is always safe.
-    for path in children(root / TRASH_DIR):
+    for path in leftovers(root):
+        logger.info("Removing %s, left by an interrupted commit or removal.", path)
         delete(path)
+
+
+def leftovers(root: Path, now: float | None = None) -> list[Path]:
+    """Temp folders older than `STALE_TMP_SECONDS` and everything in the trash: safe to delete."""
+    cutoff = (time.time() if now is None else now) - STALE_TMP_SECONDS
+    found = [path for path in children(root / TMP_DIR) if _mtime(path) < cutoff]
+    # Whatever is in the trash was already renamed out of the cache: removing it is always safe.
+    return sorted(found) + sorted(children(root / TRASH_DIR))
+
+
+def orphan_locks(root: Path, now: float | None = None) -> list[Path]:
+    """Lock files of entries that do not exist and that nobody touched for `STALE_TMP_SECONDS`.
+
+    A missing entry may be one being built right now, so these are only candidates: `release_lock`
+    deletes one only while holding it.
+    """
+    cutoff = (time.time() if now is None else now) - STALE_TMP_SECONDS
+    found = []
+    for repo in children(root / LOCKS_DIR):
+        for lock in children(repo):
+            entry = root / repo.name / ENTRIES_DIR / lock.name.removesuffix(".lock")
+            if lock.name.endswith(".lock") and not os.path.lexists(entry) and _mtime(lock) < cutoff:
+                found.append(lock)
+    return sorted(found)
+
+
+def release_lock(path: Path, dry_run: bool = False) -> bool:
+    """Delete a lock file (with `dry_run`, only check) if nobody holds it; False when it is held.
+
+    It is deleted while held here, so a current holder is never pulled out. A process that opened it just
+    before may still lock the deleted file while another creates a new one: then both build the same
+    entry, which costs time only (the atomic rename keeps one; locks never decide correctness).
+    """
+    try:
+        with filelock.FileLock(path, timeout=0):
+            if not dry_run:
+                path.unlink(missing_ok=True)
+    except (filelock.Timeout, OSError) as err:
+        logger.debug("Keeping lock %s: %s", path, err)
+        return False
+    return True
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return float("inf")  # gone or unreadable: never stale
 
 
 def discard(root: Path, path: Path) -> None:
@@ -56,14 +107,6 @@ def discard(root: Path, path: Path) -> None:
         logger.warning("Cannot move %s to the trash (%s); deleting it in place.", path, err)
         target = path
     delete(target)
-
-
-def children(folder: Path) -> list[Path]:
-    """Entries of `folder`, or none when it does not exist."""
-    try:
-        return list(folder.iterdir())
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def delete(path: Path) -> None:

@@ -16,6 +16,7 @@ already know (and `refs/` resolution) read the same way::
         .locks/{repo folder}/{entry}.lock per-key file locks (only avoid duplicate work)
         .tmp/                             unique temp folders, renamed into place when complete
         .trash/                           entries being deleted (renamed out first, so removal is atomic)
+        .quarantine/{repo folder}/{entry}.{id}  damaged entries set aside by `pdo-hub cache verify --quarantine`
 
 Every name is built from validated ids (`pdo_hub.cache.keys`), so nothing here can point outside the
 root.
@@ -23,15 +24,18 @@ root.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 from pdo_hub.cache.keys import CacheKey, validate_ref_name, validate_source_id
+from pdo_hub.core.errors import InvalidRepoIdError
 
 ENTRIES_DIR = "entries"
 REFS_DIR = "refs"
 LOCKS_DIR = ".locks"
 TMP_DIR = ".tmp"
 TRASH_DIR = ".trash"
+QUARANTINE_DIR = ".quarantine"
 ACCESS_STAMP = ".pdo_access"
 CACHEDIR_TAG = "CACHEDIR.TAG"
 CACHEDIR_TAG_CONTENT = (
@@ -55,6 +59,35 @@ def repo_folder_name(kind: str, source_id: str) -> str:
     """
     validate_source_id(kind, source_id)
     return "--".join([_KIND_PREFIX[kind], *source_id.split("/")])
+
+
+def parse_repo_folder(name: str) -> tuple[str, str] | None:
+    """`models--org--name` -> (`huggingface`, `org/name`); None for a name no source maps to."""
+    prefix, _, rest = name.partition("--")
+    kinds = {folder_prefix: kind for kind, folder_prefix in _KIND_PREFIX.items()}
+    if prefix not in kinds or not rest:
+        return None
+    kind, source_id = kinds[prefix], rest.replace("--", "/")
+    try:
+        validate_source_id(kind, source_id)
+    except InvalidRepoIdError:
+        return None
+    return kind, source_id
+
+
+def entry_folders(root: Path) -> Iterator[Path]:
+    """Every folder under `root/*/entries/`, complete or not (hidden top-level folders skipped)."""
+    for repo in sorted(children(root)):
+        if not repo.name.startswith(".") and repo.is_dir():
+            yield from sorted(children(repo / ENTRIES_DIR))
+
+
+def children(folder: Path) -> list[Path]:
+    """Entries of `folder`, or none when it does not exist."""
+    try:
+        return list(folder.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def entry_folder_name(key: CacheKey) -> str:

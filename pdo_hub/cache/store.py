@@ -17,12 +17,22 @@ from pathlib import Path
 import filelock
 
 from pdo_hub.cache import refs
-from pdo_hub.cache._files import children, delete, discard, last_access_ns, prepare_root, touch
+from pdo_hub.cache._files import (
+    delete,
+    discard,
+    last_access_ns,
+    leftovers,
+    orphan_locks,
+    prepare_root,
+    release_lock,
+    touch,
+)
 from pdo_hub.cache.entry import CacheEntry
+from pdo_hub.cache.integrity import examine
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
-from pdo_hub.cache.layout import ENTRIES_DIR, TMP_DIR, entry_dir, entry_folder_name, lock_path
-from pdo_hub.cache.manifest import ManifestError, build_manifest, find_problems, read_manifest, write_manifest
-from pdo_hub.core.constants import cache_dir
+from pdo_hub.cache.layout import TMP_DIR, entry_dir, entry_folder_name, entry_folders, lock_path
+from pdo_hub.cache.manifest import ManifestError, build_manifest, read_manifest, write_manifest
+from pdo_hub.core import constants
 from pdo_hub.core.errors import CacheError, ConfigError, InvalidRepoIdError
 
 logger = logging.getLogger(__name__)
@@ -50,7 +60,7 @@ class OptimizedCache:
     @property
     def root(self) -> Path:
         """The cache root folder."""
-        return self._root if self._root is not None else cache_dir()
+        return self._root if self._root is not None else constants.cache_dir()
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -69,34 +79,31 @@ class OptimizedCache:
         path = entry_dir(self.root, key)
         if not os.path.lexists(path):
             return None
-        entry, problem, damaged = self._examine(key, path, verify)
-        if entry is not None:
+        verdict = examine(self.root, path, verify, key)
+        if verdict.entry is not None:
             touch(path)
-            return entry
-        if damaged:
-            logger.warning("Cache entry %s is damaged (%s); removing it, it will be rebuilt.", path, problem)
+            return verdict.entry
+        if verdict.damaged:
+            logger.warning("Cache entry %s is damaged (%s); removing it, it will be rebuilt.", path, verdict.reason)
             discard(self.root, path)
         else:
-            logger.warning("Cache entry %s cannot be used (%s); treating it as a miss.", path, problem)
+            logger.warning("Cache entry %s cannot be used (%s); treating it as a miss.", path, verdict.reason)
         return None
 
     def list_entries(self) -> list[CacheEntry]:
         """Every entry with a readable manifest, sorted by path (files are not re-hashed here)."""
         root = self.root
         found = []
-        for repo in children(root):
-            if repo.name.startswith(".") or not repo.is_dir():
+        for path in entry_folders(root):
+            try:
+                manifest = read_manifest(path)
+                key = CacheKey.from_dict(manifest["key"])
+            except (ManifestError, InvalidRepoIdError) as err:
+                logger.debug("Skipping %s in the listing: %s", path, err)
                 continue
-            for path in children(repo / ENTRIES_DIR):
-                try:
-                    manifest = read_manifest(path)
-                    key = CacheKey.from_dict(manifest["key"])
-                except (ManifestError, InvalidRepoIdError) as err:
-                    logger.debug("Skipping %s in the listing: %s", path, err)
-                    continue
-                # Skip entries this pdo-hub cannot use, and manifests copied into the wrong folder.
-                if manifest["format_version"] <= CACHE_FORMAT_VERSION and entry_dir(root, key) == path:
-                    found.append(CacheEntry(key, path, manifest))
+            # Skip entries this pdo-hub cannot use, and manifests copied into the wrong folder.
+            if manifest["format_version"] <= CACHE_FORMAT_VERSION and entry_dir(root, key) == path:
+                found.append(CacheEntry(key, path, manifest))
         return sorted(found, key=lambda entry: str(entry.path))
 
     def size_bytes(self) -> int:
@@ -117,14 +124,19 @@ class OptimizedCache:
             writer: Called with an empty folder; writes the entry's files into it (sub-folders allowed;
                 no symbolic links, and not the reserved names `pdo_manifest.json` / `.pdo_access`).
 
+        With `PDO_HUB_CACHE_MAX_SIZE` set, least-recently-used entries are then evicted down to that size
+        (never the entry just committed).
+
         Returns:
             The committed (or already present) entry.
 
         Raises:
             CacheError: when the writer wrote nothing or a reserved name or link, or the folder cannot be
                 placed (e.g. it holds an entry of a newer pdo-hub).
+            ConfigError: when `PDO_HUB_CACHE_MAX_SIZE` is not a size (checked before `writer` runs).
         """
         root = self.root
+        max_bytes = constants.cache_max_size()
         try:
             prepare_root(root)
             tmp = Path(tempfile.mkdtemp(prefix=f"{entry_folder_name(key)}.", dir=root / TMP_DIR))
@@ -136,10 +148,13 @@ class OptimizedCache:
             writer(tmp)
             manifest = build_manifest(tmp, key)
             write_manifest(tmp, manifest)
-            return self._place(key, tmp, entry_dir(root, key), manifest)
+            entry = self._place(key, tmp, entry_dir(root, key), manifest)
         finally:
             if tmp.exists():
                 delete(tmp)
+        if max_bytes is not None:
+            self.evict(max_bytes, keep=key)
+        return entry
 
     def lock(self, key: CacheKey, timeout: float = -1) -> filelock.FileLock:
         """A file lock for `key`, to use as a context manager around building it.
@@ -186,11 +201,16 @@ class OptimizedCache:
         discard(self.root, path)
         return True
 
-    def evict(self, max_bytes: int) -> list[CacheEntry]:
+    def evict(self, max_bytes: int, *, keep: CacheKey | None = None, dry_run: bool = False) -> list[CacheEntry]:
         """Remove least-recently-used entries until the total size is at most `max_bytes`.
 
         Use is recorded by `lookup`, `commit` and `get_or_create` in a stamp file of each entry (not the
         filesystem's atime, which is often disabled).
+
+        Args:
+            max_bytes: The size to get down to.
+            keep: An entry never to evict (the one just committed), even if the limit then stays exceeded.
+            dry_run: Only say what would be removed.
 
         Returns:
             The removed entries, least recently used first.
@@ -206,12 +226,37 @@ class OptimizedCache:
         for entry in entries:
             if total <= max_bytes:
                 break
-            discard(self.root, entry.path)
+            if entry.key == keep:
+                continue
+            if not dry_run:
+                discard(self.root, entry.path)
             total -= entry.total_bytes
             removed.append(entry)
-        if removed:
+        if removed and not dry_run:
             logger.info("Evicted %d cache entries; %d bytes remain.", len(removed), total)
         return removed
+
+    def prune(self, max_bytes: int | None = None, *, dry_run: bool = False) -> tuple[list[CacheEntry], list[Path]]:
+        """Evict down to `max_bytes` (see `evict`) and clear what interrupted processes left behind.
+
+        Leftovers are temp folders older than `STALE_TMP_SECONDS`, the trash, and lock files of entries
+        that do not exist, untouched for as long and held by nobody.
+
+        Args:
+            max_bytes: Size limit; None only clears leftovers.
+            dry_run: Only say what would be removed.
+
+        Returns:
+            (evicted entries, least recently used first; leftover paths removed).
+        """
+        evicted = self.evict(max_bytes, dry_run=dry_run) if max_bytes is not None else []
+        root = self.root
+        cleared = leftovers(root)
+        if not dry_run:
+            for path in cleared:
+                delete(path)
+        cleared += [path for path in orphan_locks(root) if release_lock(path, dry_run)]
+        return evicted, cleared
 
     # --- refs ----------------------------------------------------------------------------------
 
@@ -224,33 +269,6 @@ class OptimizedCache:
         return refs.resolve_ref(self.root, kind, source_id, ref_name)
 
     # --- internals -----------------------------------------------------------------------------
-
-    def _examine(self, key: CacheKey, path: Path, check_hashes: bool) -> tuple[CacheEntry | None, str | None, bool]:
-        """Check an entry folder: (entry, None, False) when usable, else (None, reason, damaged)."""
-        if path.is_symlink() or not path.is_dir():
-            return None, "not a folder", True
-        try:
-            manifest = read_manifest(path)
-        except ManifestError as err:
-            return None, str(err), True
-        if manifest["format_version"] > CACHE_FORMAT_VERSION:
-            return (
-                None,
-                f"written by a newer pdo-hub (format {manifest['format_version']}, this one reads up to "
-                f"{CACHE_FORMAT_VERSION}); upgrade pdo-hub to use it",
-                False,
-            )
-        try:
-            stored = CacheKey.from_dict(manifest["key"])
-        except InvalidRepoIdError as err:
-            return None, f"its manifest holds an invalid key: {err}", True
-        if stored != key:
-            # Only the config hash prefix is in the folder name: a different full key is another entry.
-            return None, f"it belongs to another key ({stored})", False
-        problems = find_problems(path, manifest, check_hashes)
-        if problems:
-            return None, "; ".join(problems), True
-        return CacheEntry(key, path, manifest), None, False
 
     def _place(self, key: CacheKey, tmp: Path, final: Path, manifest: dict) -> CacheEntry:
         try:
@@ -265,17 +283,17 @@ class OptimizedCache:
             except OSError as err:
                 if not os.path.lexists(final):
                     raise CacheError(f"Cannot move the new cache entry into {final}: {err}.") from err
-                entry, problem, damaged = self._examine(key, final, check_hashes=True)
-                if entry is not None:
+                verdict = examine(self.root, final, True, key)
+                if verdict.entry is not None:
                     logger.info("Cache entry %s already exists; keeping it and discarding the new one.", final)
                     touch(final)
-                    return entry
-                if not damaged:
+                    return verdict.entry
+                if not verdict.damaged:
                     raise CacheError(
-                        f"Cannot store the entry at {final}: the folder is taken ({problem}). Upgrade pdo-hub or "
-                        "point PDO_HUB_CACHE at another folder."
+                        f"Cannot store the entry at {final}: the folder is taken ({verdict.reason}). Upgrade pdo-hub "
+                        "or point PDO_HUB_CACHE at another folder."
                     ) from err
-                logger.warning("Replacing damaged cache entry %s (%s).", final, problem)
+                logger.warning("Replacing damaged cache entry %s (%s).", final, verdict.reason)
                 discard(self.root, final)
             else:
                 touch(final)

@@ -12,6 +12,8 @@ import dataclasses
 import difflib
 import hashlib
 import json
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,8 +28,8 @@ QUANTIZATION_METHODS = ("dynamic", "static", "qat", "fx")
 LOW_RANK_METHODS = ("svd", "tucker", "hlrtf")
 DEVICES = ("cpu", "cuda", "auto")
 
-# configs/ at the repository root holds the seed's three modes.
-PRESETS_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The seed's three modes ship as package data (pdo_hub/presets/*.yaml), so installed wheels find them.
+PRESETS_PACKAGE = "pdo_hub.presets"
 PRESET_NAMES = ("conservative", "aggressive", "quality")
 
 # Keys that never change which model is stored: left out of the hash.
@@ -129,7 +131,10 @@ class PostDownloadOptimizationConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "PostDownloadOptimizationConfig":
         """Load from a YAML file with a `post_download_optimization:` section (or bare keys)."""
-        path = Path(path)
+        return cls._from_yaml_file(Path(path))
+
+    @classmethod
+    def _from_yaml_file(cls, path: Path | Traversable) -> "PostDownloadOptimizationConfig":
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8"))
         except OSError as err:
@@ -141,8 +146,7 @@ class PostDownloadOptimizationConfig:
     @classmethod
     def from_preset(cls, name: str) -> "PostDownloadOptimizationConfig":
         """Load one of the seed's modes by name: `conservative`, `aggressive` or `quality`."""
-        _check_choice("preset", name, PRESET_NAMES)
-        return cls.from_yaml(PRESETS_DIR / f"{name}.yaml")
+        return cls._from_yaml_file(preset_file(name))
 
     # -- canonical form -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -177,6 +181,16 @@ class PostDownloadOptimizationConfig:
     def config_hash(self) -> str:
         """sha256 hex digest of the canonical JSON: equal for equal semantics, stable across processes."""
         return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
+
+def preset_file(name: str) -> Traversable:
+    """The packaged YAML file of a preset (a `Traversable`: read it with `.read_text()`).
+
+    Raises:
+        ConfigError: when `name` is not one of `PRESET_NAMES`.
+    """
+    _check_choice("preset", name, PRESET_NAMES)
+    return resources.files(PRESETS_PACKAGE).joinpath(f"{name}.yaml")
 
 
 def load_config(source: "PostDownloadOptimizationConfig | Mapping[str, Any] | str | Path | None" = None) -> PostDownloadOptimizationConfig:

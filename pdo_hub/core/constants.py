@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .sizes import parse_size
+
 _TRUE = {"1", "true", "yes", "on"}
 
 
@@ -14,6 +16,18 @@ def cache_dir() -> Path:
     if value:
         return Path(value).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "pdo_hub"
+
+
+def cache_max_size() -> int | None:
+    """Size limit of the optimized cache from `$PDO_HUB_CACHE_MAX_SIZE` (e.g. `20GB`), or None for no limit.
+
+    With a limit, every commit evicts least-recently-used entries down to it (never the new entry).
+
+    Raises:
+        ConfigError: when the value is not a size (the message names the variable).
+    """
+    value = os.environ.get("PDO_HUB_CACHE_MAX_SIZE", "").strip()
+    return parse_size(value, "PDO_HUB_CACHE_MAX_SIZE") if value else None
 
 
 def offline() -> bool:

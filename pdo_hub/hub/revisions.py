@@ -2,15 +2,17 @@
 
 Online, one `model_info` call asks the Hub (a 40-hex revision needs no call at all). Offline, the ref
 recorded in the optimized cache when the model was built is used, then the Hub client cache's `refs/`.
+After a fetch, the Hub client cache gets the `refs/<branch>` that stock clients expect.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
-from pdo_hub.cache import OptimizedCache
-from pdo_hub.core.errors import InvalidRepoIdError, OfflineCacheMissError
+from pdo_hub.cache import OptimizedCache, refs
+from pdo_hub.core.errors import CacheError, InvalidRepoIdError, OfflineCacheMissError
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,36 @@ def record_ref(cache: OptimizedCache, repo_id: str, revision: str | None, sha: s
         cache.set_ref("huggingface", repo_id, revision, sha)
     except InvalidRepoIdError as err:  # an exotic tag name: the model still loads, only offline naming is lost
         logger.warning("Cannot record ref %r of %s for offline use: %s", revision, repo_id, err)
+
+
+def record_hf_cache_ref(repo_id: str, revision: str | None, sha: str, cache_dir: str | Path | None = None) -> None:
+    """Point `refs/<revision>` of the Hub client cache at `sha`, as `snapshot_download(revision=branch)` does.
+
+    pdo-hub downloads originals by commit sha (the key's immutable id), and the client writes a ref only for
+    a branch or tag it resolved itself; without this, stock `AutoModel.from_pretrained(repo)` with
+    `HF_HUB_OFFLINE=1` cannot find files that are all in the cache. Call it after a successful online fetch.
+    Best effort: a failure is logged, since the optimized model does not depend on it.
+
+    Args:
+        repo_id: Hub repo id.
+        revision: The branch or tag the caller asked for (None means `main`); a commit sha writes nothing.
+        sha: The commit `revision` resolved to, whose files are now in the client cache.
+        cache_dir: The client cache the files went to (default `HF_HUB_CACHE`).
+    """
+    revision = revision or DEFAULT_REVISION
+    if is_commit_sha(revision):
+        return
+    from huggingface_hub import constants as hf_constants
+
+    # Same layout as the optimized cache for Hub repos: models--org--name/refs/<name>, nested for refs/pr/1.
+    root = Path(cache_dir or hf_constants.HF_HUB_CACHE).expanduser()
+    try:
+        # Rewrite only on change, like the client, so a read-only shared cache stays usable.
+        if refs.resolve_ref(root, "huggingface", repo_id, revision) != sha:
+            refs.set_ref(root, "huggingface", repo_id, revision, sha)
+    except (InvalidRepoIdError, CacheError) as err:
+        logger.warning("Cannot record ref %r of %s in the Hub client cache at %s (%s); stock clients offline will "
+                       "need revision=%r.", revision, repo_id, root, err, sha)
 
 
 def _known_ref(cache: OptimizedCache, repo_id: str, revision: str) -> str | None:
