@@ -45,3 +45,7 @@ class OfflineCacheMissError(PdoHubError, FileNotFoundError):
 
 class InvalidRepoIdError(PdoHubError, ValueError):
     """A repository id or path is not valid (or tries to escape the cache folder)."""
+
+
+class PushError(PdoHubError, OSError):
+    """Publishing a variant to the Hub failed (credentials, permissions, network, or a refused commit)."""

@@ -1,9 +1,15 @@
 """Model cards for cache entries, built with huggingface_hub's `ModelCard` / `ModelCardData`.
 
 The card carries the lineage (`base_model`, `base_model_relation`), tags (`pdo-hub` and the methods
-applied), the config and its hash, the report as tables (size, speed, accuracy, every candidate tried),
-the environment it was measured on, and how to load the variant. It is built from the report and the
-source record only, so no token or other secret can end up in it.
+applied), the measured results as a `model-index`, the config and its hash, the report as tables
+(size, speed, accuracy, every candidate tried), the environment it was measured on, and how to load
+the variant. It is built from the report and the source record only, so no token or other secret can
+end up in it.
+
+`library_name` is `pdo-hub` for every variant: its weights are pdo-hub's format (int8 and factorized
+layers replayed from `pdo_recipe.json`), which stock transformers or torch cannot load, so claiming
+`transformers` would send Hub users to a loader that fails. The library of the base model is kept in
+the `pdo_hub.base_library` field instead.
 """
 
 from __future__ import annotations
@@ -11,9 +17,26 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping
 
-from huggingface_hub import ModelCard, ModelCardData
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 CARD_NAME = "README.md"
+LIBRARY_NAME = "pdo-hub"
+
+# The Hub task (pipeline tag) of each transformers Auto class pdo-hub loads with.
+_AUTO_CLASS_TASKS = {
+    "AutoModel": "feature-extraction",
+    "AutoModelForSequenceClassification": "text-classification",
+    "AutoModelForCausalLM": "text-generation",
+    "AutoModelForMaskedLM": "fill-mask",
+    "AutoModelForTokenClassification": "token-classification",
+    "AutoModelForQuestionAnswering": "question-answering",
+    "AutoModelForSeq2SeqLM": "text2text-generation",
+    "AutoModelForImageClassification": "image-classification",
+    "AutoModelForMultipleChoice": "multiple-choice",
+}
+# torchvision model families by builder module; everything else is an image classifier.
+_TORCHVISION_TASKS = {".detection": "object-detection", ".segmentation": "image-segmentation",
+                      ".video": "video-classification", ".optical_flow": "other"}
 
 
 def base_model_relation(report: Mapping[str, Any]) -> str | None:
@@ -28,45 +51,97 @@ def base_model_relation(report: Mapping[str, Any]) -> str | None:
     return "quantized" if any(label.startswith("quantization") for label in applied) else "finetune"
 
 
-def build_card(report: Mapping[str, Any], source: Mapping[str, Any]) -> ModelCard:
-    """The card of one entry.
+def task_of(source: Mapping[str, Any]) -> str | None:
+    """The Hub task of the model a source record describes (None when unknown)."""
+    loader = source.get("loader") or {}
+    if loader.get("library") == "transformers":
+        return _AUTO_CLASS_TASKS.get(loader.get("auto_class"))
+    builder = loader.get("builder") or str(loader.get("architecture", "")).removeprefix("torchvision:")
+    if not builder or loader.get("library") not in ("torchvision", "torch"):
+        return None
+    try:
+        import torchvision.models
+
+        module = torchvision.models.get_model_builder(builder).__module__
+    except (ImportError, ValueError):
+        return None
+    return next((task for part, task in _TORCHVISION_TASKS.items() if part in module), "image-classification")
+
+
+def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_as: str | None = None) -> ModelCard:
+    """The card of one entry, or of the Hub repo it is pushed to.
 
     Args:
         report: The optimization report.
         source: The entry's source record (`kind`, `source_id`, `revision`, `loader`, `config_hash`, ...).
+        pushed_as: The Hub repo id the variant is published under (`pdo-hub push`): the card then names
+            that repo and tells how to load it from there.
+
+    Returns:
+        The card; `card.save(path)` writes it, `card.data` is its metadata.
     """
     methods = sorted({m for c in report.get("candidates", []) if c.get("status") == "selected" for m in c["methods"]})
     tags = ["pdo-hub", *methods, *(report.get("optimizations_applied") or [])]
+    loader = source.get("loader") or {}
     data: dict[str, Any] = {
         "tags": list(dict.fromkeys(tags)),
+        "library_name": LIBRARY_NAME,
         "pdo_hub": {
             "source": {k: source[k] for k in ("kind", "source_id", "revision", "ref") if source.get(k)},
+            "base_library": loader.get("library"),
             "config_hash": source.get("config_hash"),
             "cache_key_hash": source.get("key_hash"),
             "optimizations_applied": list(report.get("optimizations_applied") or []),
+            **({"pushed_as": pushed_as} if pushed_as else {}),
         },
     }
     if source.get("kind") == "huggingface":
-        data.update(base_model=source["source_id"], library_name="transformers")
+        data["base_model"] = source["source_id"]
         relation = base_model_relation(report)
         if relation:
             data["base_model_relation"] = relation
-    else:
-        data["library_name"] = "pytorch"
+    task = task_of(source)
+    if task:
+        data["pipeline_tag"] = task
+    results = eval_results(report, task)
+    if results:
+        data.update(eval_results=results, model_name=pushed_as or f"{source.get('source_id', 'model')} (pdo-hub)")
     card_data = ModelCardData(**data)
-    body = "\n".join(_body(report, source))
+    body = "\n".join(_body(report, source, pushed_as))
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")
 
 
-def _body(report: Mapping[str, Any], source: Mapping[str, Any]) -> list[str]:
+def eval_results(report: Mapping[str, Any], task: str | None) -> list[EvalResult]:
+    """The measured results of a report as `model-index` entries (size, speed, accuracy vs the original).
+
+    The "dataset" is what the optimizer measured on (held-out calibration inputs, or the user's
+    `eval_fn`), not a Hub dataset: the numbers compare the variant with its own base model.
+    """
+    size, perf, acc = (report.get(k) or {} for k in ("model_size_metrics", "performance_metrics", "accuracy_metrics"))
+    metrics = [
+        ("size_reduction_percent", "Size reduction vs the original (%)", size.get("size_reduction_percent")),
+        ("speedup", f"Speedup vs the original (median, batch {perf.get('batch_size')}, {perf.get('threads')} threads)",
+         perf.get("speedup")),
+        ("accuracy", "Task accuracy (eval_fn)", acc.get("optimized_accuracy")),
+        ("cosine_similarity", "Output cosine vs the original", acc.get("output_cosine")),
+        ("accuracy_loss", f"Accuracy loss vs the original ({acc.get('metric')})", acc.get("accuracy_loss")),
+    ]
+    common = {"task_type": task or "other", "dataset_type": "pdo-hub-held-out",
+              "dataset_name": f"Held-out inputs ({acc.get('evaluated_on', 'not measured')})"}
+    return [EvalResult(metric_type=kind, metric_name=name, metric_value=float(value), **common)
+            for kind, name, value in metrics if isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+
+def _body(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str | None) -> list[str]:
     name = source.get("source_id", report.get("model_name", "model"))
     applied = ", ".join(report.get("optimizations_applied") or []) or "none (the original was kept)"
     lines = [
-        f"# {name} (pdo-hub optimized variant)",
+        f"# {pushed_as or name} (pdo-hub optimized variant)",
         "",
         f"Optimized by pdo-hub from `{name}` "
         f"({source.get('kind')}, revision `{source.get('revision')}`). Optimizations applied: **{applied}**.",
         "",
+        *_published(pushed_as),
         "## Size",
         *_table(["original (MB)", "optimized (MB)", "reduction (%)"],
                 [[_get(report, "model_size_metrics", k) for k in ("original_size_mb", "optimized_size_mb", "size_reduction_percent")]]),
@@ -91,7 +166,7 @@ def _body(report: Mapping[str, Any], source: Mapping[str, Any]) -> list[str]:
         "```",
         "",
         "## How to load",
-        *_how_to_load(source),
+        *_how_to_load(source, pushed_as),
     ]
     notes = report.get("notes") or []
     if notes:
@@ -119,7 +194,28 @@ def _candidates(report: Mapping[str, Any]) -> list[str]:
     return _table(["methods", "status", "size (MB)", "size ratio", "speedup", "output cosine", "accuracy loss", "score", "reason"], rows)
 
 
-def _how_to_load(source: Mapping[str, Any]) -> list[str]:
+def _published(pushed_as: str | None) -> list[str]:
+    if not pushed_as:
+        return []
+    return [
+        f"Published as `{pushed_as}` with `pdo-hub push`. The weights are in pdo-hub's format (`model.safetensors` "
+        "plus `pdo_recipe.json`, which says how to rebuild the int8 / factorized / pruned layers): stock "
+        "`transformers` or `torch` cannot load them, `pdo_hub.from_pretrained` can (see below).",
+        "",
+    ]
+
+
+def _how_to_load(source: Mapping[str, Any], pushed_as: str | None) -> list[str]:
+    if pushed_as:
+        return [
+            "```python",
+            "import pdo_hub",
+            f"model = pdo_hub.from_pretrained({pushed_as!r})",
+            "```",
+            "The published variant is downloaded and used as is: no optimizer runs, and a `config=` argument "
+            "cannot change it. Later loads come from the local optimized cache, offline too "
+            "(`HF_HUB_OFFLINE=1` or `PDO_HUB_OFFLINE=1`).",
+        ]
     if source.get("kind") == "huggingface":
         loader = source.get("loader", {})
         call = f"pdo_hub.from_pretrained({source['source_id']!r}, revision={source['revision']!r}, auto_class={loader.get('auto_class', 'AutoModel')!r}, config=...)"

@@ -22,6 +22,7 @@ from pdo_hub.core.config import PostDownloadOptimizationConfig, load_config
 from pdo_hub.core.errors import ConfigError
 from pdo_hub.hub import _keys, examples, revisions, skeleton
 from pdo_hub.hub._context import bypass
+from pdo_hub.hub.calibration import Calibration, read_calibration
 from pdo_hub.hub.flow import SOURCE_NAME, Request, load_or_build, write_entry
 from pdo_hub.optimizers import create_post_download_optimizer, load_optimized
 
@@ -77,9 +78,13 @@ def from_pretrained(
     token: str | bool | None = None,
     verify: bool = False,
     model_config: Any = None,
+    calibration: Any = None,
     **kwargs: Any,
 ) -> nn.Module:
     """The optimized model of a Hub repo, from the optimized cache or built on a miss.
+
+    A repo published with `pdo-hub push` (its commit holds `pdo_recipe.json` and `pdo_source.json`) is
+    downloaded and loaded as published, with no optimizer run (see `pdo_hub.hub.variants`).
 
     Args:
         repo_id: Hub repo id, e.g. `sentence-transformers/all-MiniLM-L6-v2`.
@@ -91,6 +96,8 @@ def from_pretrained(
         token: Hub token for private or gated repos (never stored).
         verify: Re-hash the entry's files before loading (sizes are always checked).
         model_config: A transformers `PretrainedConfig` for the original (transformers' own `config=`).
+        calibration: Sentences to calibrate and judge on instead of the built-in ones: a text file (one
+            per line) or a list of strings; part of the key.
         **kwargs: Passed to the Auto class's `from_pretrained` (e.g. `num_labels`); part of the key.
 
     Returns:
@@ -100,20 +107,24 @@ def from_pretrained(
         OfflineCacheMissError: offline and the variant is not cached.
         ConfigError: bad config, Auto class or argument.
     """
-    for name, why in _REFUSED_KWARGS.items():
-        if kwargs.get(name):
-            raise ConfigError(f"{name}= is not supported by pdo_hub.from_pretrained: {why}.")
     opt_config = load_config(config)
     auto_cls = auto_class_named(auto_class)
-    model_kwargs = {k: v for k, v in kwargs.items() if k not in _TRANSPORT_KWARGS}
-    if model_config is not None:
-        model_kwargs["config"] = model_config
-    loader = {"library": "transformers", "auto_class": auto_class, "kwargs": _keys.canonical_kwargs(model_kwargs)}
+    calib = read_calibration(calibration)
+    model_kwargs = model_arguments(kwargs, model_config)
+    loader = loader_record(auto_class, model_kwargs, calib)
     cache = OptimizedCache()
     reason = offline_reason(local_files_only)
-    sha = revisions.resolve_hf_revision(repo_id, revision, offline=reason is not None, cache=cache, token=token,
-                                        cache_dir=cache_dir, offline_reason=reason or "")
-    key = CacheKey("huggingface", repo_id, sha, _keys.variant_hash(opt_config, loader))
+    from pdo_hub.hub import variants  # deferred: variants imports this module
+
+    resolved = variants.resolve(repo_id, revision, offline=reason is not None, cache=cache, token=token,
+                                cache_dir=cache_dir, offline_reason=reason or "")
+    sha = resolved.sha
+    key = hub_cache_key(repo_id, sha, opt_config, loader)
+    if variants.is_published(repo_id, resolved, cache=cache, original_key=key, offline=reason is not None, token=token):
+        asked = {"config_hash": opt_config.config_hash() if config is not None else None, "auto_class": auto_class,
+                 "kwargs": model_kwargs}
+        return variants.load_published(repo_id, sha, revision, cache=cache, offline_reason=reason, asked=asked,
+                                       cache_dir=cache_dir, token=token, verify=verify)
     ref = revision or revisions.DEFAULT_REVISION
     request = Request(
         key=key,
@@ -125,12 +136,44 @@ def from_pretrained(
               "config_hash": opt_config.config_hash(), "key_hash": key.config_hash}
 
     def write(folder: Path) -> None:
-        _build_entry(folder, source, auto_cls, opt_config, cache_dir=cache_dir, token=token, model_kwargs=model_kwargs)
+        _build_entry(folder, source, auto_cls, opt_config, cache_dir=cache_dir, token=token, model_kwargs=model_kwargs,
+                     calibration=calib)
 
     model = load_or_build(request, load_entry, write, cache)
     if reason is None:
         revisions.record_ref(cache, repo_id, revision, sha)
     return model
+
+
+def model_arguments(kwargs: dict[str, Any], model_config: Any = None) -> dict[str, Any]:
+    """The loader arguments that change the built model (transport ones dropped, refused ones rejected).
+
+    Raises:
+        ConfigError: for an argument pdo-hub refuses (`trust_remote_code`, `device_map`, ...).
+    """
+    for name, why in _REFUSED_KWARGS.items():
+        if kwargs.get(name):
+            raise ConfigError(f"{name}= is not supported by pdo_hub.from_pretrained: {why}.")
+    model_kwargs = {k: v for k, v in kwargs.items() if k not in _TRANSPORT_KWARGS and k != "use_auth_token"}
+    if model_config is not None:
+        model_kwargs["config"] = model_config
+    return model_kwargs
+
+
+def loader_record(auto_class: str, model_kwargs: dict[str, Any], calibration: Calibration | None = None) -> dict[str, Any]:
+    """How the original is built and calibrated: part of the cache key and of the source record."""
+    loader: dict[str, Any] = {"library": "transformers", "auto_class": auto_class,
+                              "kwargs": _keys.canonical_kwargs(model_kwargs)}
+    if calibration is not None:
+        if calibration.kind != "text":
+            raise ConfigError("Hub models take text calibration (a text file or a list of sentences), not images.")
+        loader["calibration"] = calibration.describe()
+    return loader
+
+
+def hub_cache_key(repo_id: str, sha: str, opt_config: PostDownloadOptimizationConfig, loader: dict[str, Any]) -> CacheKey:
+    """The cache key of a Hub repo's variant: no network, no model load (the mirror checks it before fetching)."""
+    return CacheKey("huggingface", repo_id, sha, _keys.variant_hash(opt_config, loader))
 
 
 def load_entry(entry: CacheEntry) -> nn.Module:
@@ -146,7 +189,8 @@ def load_entry(entry: CacheEntry) -> nn.Module:
 
 
 def _build_entry(folder: Path, source: dict, auto_cls: Any, opt_config: PostDownloadOptimizationConfig, *,
-                 cache_dir: str | None, token: Any, model_kwargs: dict[str, Any]) -> None:
+                 cache_dir: str | None, token: Any, model_kwargs: dict[str, Any],
+                 calibration: Calibration | None = None) -> None:
     from huggingface_hub import snapshot_download
 
     repo_id, sha = source["source_id"], source["revision"]
@@ -154,8 +198,9 @@ def _build_entry(folder: Path, source: dict, auto_cls: Any, opt_config: PostDown
                                          allow_patterns=SMALL_FILE_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
     with bypass():
         original = auto_cls.from_pretrained(repo_id, revision=sha, cache_dir=cache_dir, token=token, **model_kwargs)
+    revisions.record_hf_cache_ref(repo_id, source["ref"], sha, cache_dir)
     original.eval()
-    inputs = _text_inputs(small_files, original, opt_config.calibration_samples)
+    inputs = _text_inputs(small_files, original, opt_config.calibration_samples, calibration)
     optimizer = create_post_download_optimizer(opt_config)
     optimized, report = optimizer.optimize_model(
         model=original, model_name=repo_id, example_inputs=inputs[0] if inputs else None, calibration_data=inputs,
@@ -166,15 +211,17 @@ def _build_entry(folder: Path, source: dict, auto_cls: Any, opt_config: PostDown
     write_entry(folder, optimized, report, source)
 
 
-def _text_inputs(files: Path, model: nn.Module, count: int) -> list | None:
+def _text_inputs(files: Path, model: nn.Module, count: int, calibration: Calibration | None = None) -> list | None:
     from transformers import AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(files))
     except Exception as err:  # no tokenizer in the repo (vision/audio models): the optimizer guesses inputs
+        if calibration is not None:
+            raise ConfigError(f"Calibration sentences were given, but the repo has no tokenizer to encode them ({err}).") from err
         logger.info("No tokenizer for %s (%s); letting the optimizer synthesize inputs.", files, err)
         return None
-    return examples.text_inputs(tokenizer, model, count)
+    return examples.text_inputs(tokenizer, model, count, calibration.texts if calibration else None)
 
 
 def _copy_small_files(snapshot: Path, folder: Path) -> None:

@@ -1,0 +1,261 @@
+"""Published pdo-hub variants: a Hub repo made by `pdo-hub push` is loaded as is, never re-optimized.
+
+A repo commit holding `pdo_recipe.json` and `pdo_source.json` is a published variant: its weights are
+already int8 / factorized / pruned in pdo-hub's format. It is downloaded (only the files a variant
+needs), checked, committed to the optimized cache and loaded there; no optimizer runs.
+
+Cache key: `(huggingface, <published repo id>, <published commit sha>, AS_PUBLISHED_HASH)`. The commit
+sha fixes every byte of the variant, the config that made it included, so nothing a caller passes can
+select another variant of that commit: one fixed variant hash makes every call map to the one entry
+(a `config=` that differs from the recorded one is reported at INFO level and not applied).
+
+Everything downloaded is treated as hostile. `pdo_source.json` may only name a transformers Auto
+model class or a registered torchvision builder with plain arguments; nothing is unpickled or imported
+from the download (weights are safetensors, the recipe is allow-listed JSON, `config.json` goes through
+transformers without `trust_remote_code`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn as nn
+
+from pdo_hub.cache import MANIFEST_NAME, CacheEntry, CacheKey, OptimizedCache
+from pdo_hub.core.errors import ConfigError, InvalidRepoIdError, RecipeError
+from pdo_hub.hub import revisions, skeleton, transformers_models
+from pdo_hub.hub._context import bypass
+from pdo_hub.hub.card import CARD_NAME
+from pdo_hub.hub.flow import SOURCE_NAME, Request, load_or_build
+from pdo_hub.optimizers import load_optimized
+
+logger = logging.getLogger(__name__)
+
+#: Files whose presence in a commit marks it as a published pdo-hub variant.
+MARKERS = frozenset({"pdo_recipe.json", SOURCE_NAME})
+#: Variant hash of every published variant's key (see the module docstring for why it is fixed).
+AS_PUBLISHED_HASH = hashlib.sha256(b"pdo-hub: published variant, used as published").hexdigest()
+# What a published variant needs (weights, card, JSON records, config and tokenizer files); anything
+# else a repo holds is never downloaded.
+_ALLOW_PATTERNS = ["model.safetensors", CARD_NAME, *transformers_models.SMALL_FILE_PATTERNS]
+_IGNORE_PATTERNS = [".*", "*/.*", MANIFEST_NAME, "onnx/*", "openvino/*", "*.onnx"]
+# Builder arguments that would make a torchvision builder download weights while building the skeleton.
+_DOWNLOADING_KWARGS = frozenset({"weights", "pretrained", "weights_backbone", "pretrained_backbone", "progress"})
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A revision resolved to its commit.
+
+    Attributes:
+        sha: The 40-hex commit sha.
+        files: The commit's file names when the Hub was asked (online, branch or tag), else None.
+    """
+
+    sha: str
+    files: frozenset[str] | None = None
+
+
+def resolve(repo_id: str, revision: str | None, *, offline: bool, cache: OptimizedCache, token: str | bool | None = None,
+            cache_dir: str | None = None, offline_reason: str = "") -> Resolved:
+    """Resolve `revision` like `revisions.resolve_hf_revision`, keeping the file list of the one Hub answer.
+
+    Online, a branch or tag costs the same single `model_info` request as before; its `siblings` tell
+    whether the commit is a published variant. Offline or for a commit sha no request is made.
+
+    Raises:
+        OfflineCacheMissError: offline and the ref was never recorded locally.
+        huggingface_hub errors (`RepositoryNotFoundError`, `RevisionNotFoundError`, ...) online.
+    """
+    ref = revision or revisions.DEFAULT_REVISION
+    if offline or revisions.is_commit_sha(ref):
+        return Resolved(revisions.resolve_hf_revision(repo_id, revision, offline=offline, cache=cache, token=token,
+                                                      cache_dir=cache_dir, offline_reason=offline_reason))
+    from huggingface_hub import HfApi
+
+    info = HfApi().model_info(repo_id, revision=ref, token=token)
+    if not info.sha or not revisions.is_commit_sha(info.sha):
+        raise InvalidRepoIdError(f"The Hub answered no commit sha for {repo_id!r} at {ref!r} (got {info.sha!r}).")
+    return Resolved(info.sha, frozenset(sibling.rfilename for sibling in info.siblings or []))
+
+
+def published_key(repo_id: str, sha: str) -> CacheKey:
+    """The cache key of the published variant at commit `sha` of `repo_id`."""
+    return CacheKey("huggingface", repo_id, sha, AS_PUBLISHED_HASH)
+
+
+def is_published(repo_id: str, resolved: Resolved, *, cache: OptimizedCache, original_key: CacheKey, offline: bool,
+                 token: str | bool | None = None) -> bool:
+    """Whether the commit is a published pdo-hub variant.
+
+    A cached published entry answers at once. Otherwise the file list of `resolve` decides; when there
+    is none (a commit sha was asked for) the Hub is asked only if neither entry is cached, so a cache
+    hit keeps making no request.
+    """
+    if cache.lookup(published_key(repo_id, resolved.sha), verify=False) is not None:
+        return True
+    files = resolved.files
+    if files is None:
+        if offline or cache.lookup(original_key, verify=False) is not None:
+            return False
+        from huggingface_hub import HfApi
+
+        info = HfApi().model_info(repo_id, revision=resolved.sha, token=token)
+        files = frozenset(sibling.rfilename for sibling in info.siblings or [])
+    return MARKERS <= files
+
+
+def load_published(repo_id: str, sha: str, revision: str | None, *, cache: OptimizedCache, offline_reason: str | None,
+                   asked: dict[str, Any], cache_dir: str | None = None, token: str | bool | None = None,
+                   verify: bool = False) -> nn.Module:
+    """The published variant at commit `sha` of `repo_id`, from the optimized cache or downloaded once.
+
+    Args:
+        repo_id: The published repo.
+        sha: Its commit sha.
+        revision: The revision asked for (recorded so that it resolves offline).
+        cache: The optimized cache.
+        offline_reason: Which setting makes the call offline, or None online.
+        asked: What the caller asked for (`config_hash` or None, `auto_class`, `kwargs`): only compared
+            with the published record, to say what is not applied.
+        cache_dir: Hub client cache for the download.
+        token: Hub token for a private variant (never stored).
+        verify: Re-hash the entry's files before loading.
+
+    Raises:
+        RecipeError: the variant's `pdo_source.json` names a loader pdo-hub does not trust.
+        OfflineCacheMissError: offline and the variant is not cached.
+    """
+    ref = revision or revisions.DEFAULT_REVISION
+    request = Request(
+        key=published_key(repo_id, sha),
+        what=f"published pdo-hub variant {repo_id!r} at {ref!r} (commit {sha[:12]}, used as published)",
+        fetch_hint=f"pdo_hub.from_pretrained({repo_id!r}, revision={ref!r})",
+        offline=offline_reason is not None, offline_reason=offline_reason or "", verify=verify,
+    )
+
+    def write(folder: Path) -> None:
+        _download(folder, repo_id, sha, cache_dir=cache_dir, token=token)
+
+    model = load_or_build(request, lambda entry: load_published_entry(entry, repo_id), write, cache)
+    if offline_reason is None:
+        revisions.record_ref(cache, repo_id, revision, sha)
+    _explain_ignored(repo_id, json.loads((Path(model.pdo_cache_path) / SOURCE_NAME).read_text(encoding="utf-8")), asked)
+    return model
+
+
+def load_published_entry(entry: CacheEntry, repo_id: str) -> nn.Module:
+    """Rebuild the model of a published variant's entry (no network), after checking its source record."""
+    source = check_source(entry.read_json(SOURCE_NAME), repo_id)
+    loader = source["loader"]
+    if loader["library"] == "transformers":
+        model = transformers_models.load_entry(entry)
+        model.config._name_or_path = repo_id  # it came from the published repo, not from the base
+        return model
+    import torchvision.models
+
+    builder = torchvision.models.get_model_builder(_builder_name(loader))
+    with bypass():  # inside intercept() the builder must not fetch and optimize the original
+        fresh = skeleton.builder_skeleton(builder, **loader.get("kwargs", {}))
+    return load_optimized(entry.path, fresh, assign=True)
+
+
+def check_source(record: Any, repo_id: str) -> dict[str, Any]:
+    """Check a downloaded `pdo_source.json`: it may only name loaders pdo-hub trusts.
+
+    transformers: `kind` huggingface or local, `auto_class` a transformers Auto model class.
+    torchvision: a registered torchvision builder with plain (JSON scalar) arguments, none that downloads.
+
+    Raises:
+        RecipeError: naming what is wrong and what to do.
+    """
+    def refuse(why: str) -> RecipeError:
+        return RecipeError(
+            f"{repo_id!r} holds a pdo-hub variant whose {SOURCE_NAME} {why}; pdo-hub does not load it. Ask its "
+            "publisher to push it again with `pdo-hub push`, or load the base model with pdo_hub.from_pretrained."
+        )
+
+    if not isinstance(record, dict) or not isinstance(record.get("loader"), dict):
+        raise refuse("is not a JSON object with a 'loader' object")
+    loader, kind = record["loader"], record.get("kind")
+    library = loader.get("library")
+    if library == "transformers":
+        if kind not in ("huggingface", "local"):
+            raise refuse(f"pairs a transformers loader with source kind {kind!r}")
+        try:
+            transformers_models.auto_class_named(loader.get("auto_class"))
+        except ConfigError as err:
+            raise refuse(f"names auto_class {loader.get('auto_class')!r}, not a transformers Auto model class") from err
+        return record
+    if (library, kind) not in (("torchvision", "torchvision"), ("torch", "local")):
+        raise refuse(f"names loader library {library!r} with source kind {kind!r} (pdo-hub loads transformers and "
+                     "torchvision variants)")
+    import torchvision.models
+
+    name = _builder_name(loader)
+    if name not in torchvision.models.list_models():
+        raise refuse(f"names {name!r}, not a registered torchvision model")
+    kwargs = loader.get("kwargs", {})
+    if not isinstance(kwargs, dict) or any(not isinstance(k, str) or k in _DOWNLOADING_KWARGS or not _plain(v)
+                                           for k, v in kwargs.items()):
+        raise refuse(f"gives builder arguments pdo-hub does not pass on ({kwargs!r}): only plain values, no weights")
+    return record
+
+
+def _builder_name(loader: dict[str, Any]) -> Any:
+    if loader.get("library") == "torch":  # a local state dict loaded into a torchvision architecture
+        architecture = loader.get("architecture")
+        return architecture.removeprefix("torchvision:") if isinstance(architecture, str) and \
+            architecture.startswith("torchvision:") else None
+    return loader.get("builder")
+
+
+def _plain(value: Any) -> bool:
+    if isinstance(value, (list, tuple)):
+        return all(_plain(item) for item in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+def _download(folder: Path, repo_id: str, sha: str, *, cache_dir: str | None, token: str | bool | None) -> None:
+    """Download the variant's files and copy them into the entry folder, checked before they enter the cache."""
+    from huggingface_hub import snapshot_download
+
+    snapshot = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache_dir, token=token,
+                                      allow_patterns=_ALLOW_PATTERNS, ignore_patterns=_IGNORE_PATTERNS))
+    missing = [name for name in ("model.safetensors", *sorted(MARKERS)) if not (snapshot / name).is_file()]
+    if missing:
+        raise RecipeError(f"{repo_id!r} at commit {sha[:12]} lacks {missing}: it is not a complete pdo-hub variant.")
+    try:
+        record = json.loads((snapshot / SOURCE_NAME).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RecipeError(f"{SOURCE_NAME} of {repo_id!r} at commit {sha[:12]} is not valid JSON: {err}.") from err
+    check_source(record, repo_id)
+    for path in sorted(snapshot.rglob("*")):
+        relative = path.relative_to(snapshot)
+        if path.is_file() and not any(part.startswith(".") for part in relative.parts):
+            target = folder / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target)  # follows the client cache's symlinks: entries hold real files
+
+
+def _explain_ignored(repo_id: str, source: dict[str, Any], asked: dict[str, Any]) -> None:
+    """Say (INFO) which of the caller's arguments a published variant cannot honour."""
+    loader = source.get("loader") or {}
+    ignored = []
+    if asked.get("config_hash") and asked["config_hash"] != source.get("config_hash"):
+        ignored.append(f"config (hash {asked['config_hash'][:12]}; the variant was optimized with "
+                       f"{str(source.get('config_hash'))[:12]})")
+    if loader.get("library") == "transformers" and asked.get("auto_class") not in (None, loader.get("auto_class")):
+        ignored.append(f"auto_class={asked['auto_class']!r} (the variant is {loader.get('auto_class')!r})")
+    if asked.get("kwargs"):
+        ignored.append(f"loader arguments {sorted(asked['kwargs'])}")
+    if ignored:
+        logger.info("%s is a published pdo-hub variant and is used as published; not applied: %s. To optimize the "
+                    "base model %r your way, call pdo_hub.from_pretrained on it.", repo_id, "; ".join(ignored),
+                    source.get("source_id"))
