@@ -38,7 +38,7 @@ def minilm_source_files() -> dict[str, Path]:
 def hub_server(tmp_path_factory) -> HubServer:
     """The session's Hub server on 127.0.0.1:HUB_PORT (what HF_ENDPOINT points at)."""
     store = RepoStore(tmp_path_factory.mktemp("hub_store"))
-    with HubServer(store, host="127.0.0.1", port=HUB_PORT) as server:
+    with HubServer(store, host="127.0.0.1", port=HUB_PORT, allow_anonymous_writes=True) as server:
         yield server
 
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import os
+import tracemalloc
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -29,14 +33,14 @@ from pdo_hub.core.errors import InvalidRepoIdError
 from pdo_hub.serve import HubServer, RepoStore, UnknownRevisionError
 
 
-def _raw(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict, bytes]:
-    """One plain HTTP request (no client logic in between): status, headers, body."""
+def _raw(url: str, method: str = "GET", headers: dict | None = None) -> tuple[int, Message, bytes]:
+    """One plain HTTP request (no client logic in between): status, headers (case-insensitive), body."""
     request = urllib.request.Request(url, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, dict(response.headers), response.read()
+            return response.status, response.headers, response.read()
     except urllib.error.HTTPError as err:
-        return err.code, dict(err.headers), err.read()
+        return err.code, err.headers, err.read()
 
 
 def _git_sha1(data: bytes) -> str:
@@ -175,6 +179,45 @@ def test_range_requests(minilm_repo):
     assert "X-Xet-Hash" not in headers
 
 
+def test_large_file_streams_in_chunks_with_range_and_head(tmp_path):
+    data = os.urandom(48 * 1024 * 1024 + 3)
+    store = RepoStore(tmp_path / "store")
+    sha = store.publish("org/big", {"model.safetensors": data})
+    with HubServer(store) as server:
+        url = f"{server.url}/org/big/resolve/main/model.safetensors"
+        metadata = get_hf_file_metadata(url)
+        assert (metadata.size, metadata.commit_hash) == (len(data), sha)
+        status, headers, body = _raw(url, method="HEAD")
+        assert (status, int(headers["Content-Length"]), body) == (200, len(data), b"")
+        status, headers, body = _raw(url, headers={"Range": f"bytes={len(data) - 10}-"})
+        assert (status, body, headers["Content-Range"]) == (206, data[-10:], f"bytes {len(data) - 10}-{len(data) - 1}/{len(data)}")
+        tracemalloc.start()
+        try:
+            digest = hashlib.sha256()
+            with urllib.request.urlopen(url, timeout=60) as response:
+                assert int(response.headers["Content-Length"]) == len(data)
+                while chunk := response.read(1024 * 1024):
+                    digest.update(chunk)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
+        assert peak < 16 * 1024 * 1024, f"serving a 48 MiB file peaked at {peak / 2**20:.1f} MiB: not streamed"
+        path = hf_hub_download("org/big", "model.safetensors", endpoint=server.url, cache_dir=tmp_path / "c")
+        assert Path(path).read_bytes() == data
+
+
+def test_sixteen_concurrent_clients_download_a_large_file_identically(tmp_path):
+    data = os.urandom(12 * 1024 * 1024 + 5)
+    store = RepoStore(tmp_path / "store")
+    store.publish("org/big", {"model.safetensors": data})
+    with HubServer(store) as server, ThreadPoolExecutor(16) as pool:
+        paths = list(pool.map(lambda n: hf_hub_download("org/big", "model.safetensors", endpoint=server.url,
+                                                        cache_dir=tmp_path / f"c{n}"), range(16)))
+    want = hashlib.sha256(data).hexdigest()
+    assert [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths] == [want] * 16
+
+
 def test_error_answers_carry_error_codes(minilm_repo):
     repo_id, sha = minilm_repo
     endpoint = HfApi().endpoint
@@ -288,6 +331,16 @@ def test_upload_with_stock_client_then_download_back(hub_server, tmp_path):
     proposal = api.upload_file(path_or_fileobj=b"proposed", path_in_repo="notes.txt", repo_id=repo_id, create_pr=True)
     assert proposal.pr_revision == "refs/pr/1" and hub_server.store.resolve(repo_id) == unchanged.oid
     assert hub_server.store.read_bytes(repo_id, "notes.txt", revision="refs/pr/1") == b"proposed"
+
+
+def test_large_inline_commit_is_spooled_and_decoded_in_slices(hub_server, tmp_path):
+    """A 12 MiB file travels as ~16 MiB of base64 in one NDJSON line: spooled to disk, decoded to a staging file."""
+    data = os.urandom(12 * 1024 * 1024 + 1)
+    api = HfApi(endpoint=hub_server.url, token=False)
+    api.create_repo("pdo-tests/big-inline")
+    info = api.upload_file(path_or_fileobj=data, path_in_repo="weights/big.bin", repo_id="pdo-tests/big-inline")
+    assert hub_server.store.resolve("pdo-tests/big-inline") == info.oid
+    assert hub_server.store.read_bytes("pdo-tests/big-inline", "weights/big.bin") == data
 
 
 # -- transformers ---------------------------------------------------------------------------------

@@ -23,13 +23,29 @@ def config_of(args: argparse.Namespace):
     return args.preset or args.config
 
 
-def _run(args: argparse.Namespace) -> int:
+def add_source_options(parser: argparse.ArgumentParser) -> None:
+    """SOURCE and how to build and calibrate it, shared by `optimize` and `push`."""
+    parser.add_argument("source", help="hf:org/name[@revision], torchvision:name[:weights], or a local file/folder")
+    add_config_options(parser)
+    parser.add_argument("--calibration", default=None,
+                        help="your inputs: a text file (one example per line) for text models, a folder of images for vision models")
+    parser.add_argument("--auto-class", default="AutoModel", help="transformers Auto class for Hub repos (default AutoModel)")
+    parser.add_argument("--architecture", default=None, help="torchvision model name for a local state-dict file")
+
+
+def optimized_source(args: argparse.Namespace, *, offline: bool = False):
+    """(spec, model): the source the options name, through the optimized cache, with progress lines."""
     from pdo_hub.sources import optimize_source, parse_source
 
     spec = parse_source(args.source)
     with progress(not args.json and not args.quiet):
         model = optimize_source(spec, config=config_of(args), calibration=args.calibration, auto_class=args.auto_class,
-                                architecture=args.architecture, local_files_only=args.offline)
+                                architecture=args.architecture, local_files_only=offline)
+    return spec, model
+
+
+def _run(args: argparse.Namespace) -> int:
+    spec, model = optimized_source(args, offline=args.offline)
     entry = Path(model.pdo_cache_path)
     report = model.pdo_report
     if args.out:
@@ -79,12 +95,7 @@ def _copy_entry(entry: Path, out: Path) -> None:
 def register(commands) -> None:
     parser = commands.add_parser("optimize", help="fetch and optimize one model through the optimized cache",
                                  description="SOURCE: hf:org/name[@revision], torchvision:name[:weights], or a local file/folder.")
-    parser.add_argument("source")
-    add_config_options(parser)
-    parser.add_argument("--calibration", default=None,
-                        help="your inputs: a text file (one example per line) for text models, a folder of images for vision models")
-    parser.add_argument("--auto-class", default="AutoModel", help="transformers Auto class for Hub repos (default AutoModel)")
-    parser.add_argument("--architecture", default=None, help="torchvision model name for a local state-dict file")
+    add_source_options(parser)
     parser.add_argument("--out", default=None, help="also copy the optimized model, recipe, report and card into this folder")
     parser.add_argument("--offline", action="store_true", help="no network: the optimized cache only")
     parser.add_argument("--json", action="store_true", help="print the result and full report as JSON")

@@ -119,7 +119,11 @@ def build_plan(plan: Plan, options: MirrorOptions) -> EntryResult:
         if plan.action == FETCH:
             from huggingface_hub import snapshot_download
 
+            from pdo_hub.hub.revisions import record_hf_cache_ref
+
             snapshot_download(entry.source.id, revision=plan.revision)
+            # Pinned to the sha, the client writes no refs/<branch>: write it so stock offline loads by branch work.
+            record_hf_cache_ref(entry.source.id, entry.source.revision, plan.revision, None)
             return _result(entry, "fetched", plan, started)
         model = _optimize(entry, plan)
         status = "skipped" if model.pdo_cache_status == "hit" else "optimized"
@@ -140,6 +144,8 @@ def _optimize(entry: MirrorEntry, plan: Plan):
                             architecture=entry.architecture)
     if entry.source.kind == "huggingface" and plan.revision:
         revisions.record_ref(OptimizedCache(), entry.source.id, entry.source.revision, plan.revision)
+        if model.pdo_cache_status == "built":  # the original was just downloaded by sha: name its branch too
+            revisions.record_hf_cache_ref(entry.source.id, entry.source.revision, plan.revision, None)
     return model
 
 

@@ -9,29 +9,89 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from pdo_hub.core.errors import InvalidRepoIdError
 from pdo_hub.serve._records import (
+    ReadOnlyRepoError,
     RepoExistsError,
     StaleParentError,
     UnknownEntryError,
     UnknownRepoError,
     UnknownRevisionError,
+    UpstreamError,
 )
 
 if TYPE_CHECKING:
-    from pdo_hub.serve.repo_store import RepoStore
+    from pdo_hub.serve.store_protocol import ReadableRepoStore
+    from pdo_hub.serve.tokens import TokenScope, TokenTable
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+DEFAULT_MAX_BODY = 1024**3  # 1 GiB: inline base64 commits carry whole files
+_MAX_JSON_BODY = 64 * 1024**2  # JSON documents (create repo, preupload) are small; NDJSON commits are streamed
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What every request of one server shares.
+
+    Attributes:
+        store: The store served (writes are offered only if it implements `WritableRepoStore`).
+        base_url: `http://host:port` (or the configured public URL) for URLs in answers; never taken
+            from the request's Host header, which a client controls.
+        tokens: Valid tokens and their scopes; None means there are none.
+        allow_anonymous_writes: Requests without a valid token may create repos and commit.
+        max_body_bytes: Largest request body accepted (413 beyond).
+        extra_routes: More endpoints, `{(method, "/decoded/path"): endpoint(Request) -> Response}`,
+            matched exactly before the Hub routes (they check access themselves, e.g. with
+            `_access.require_write`).
+    """
+
+    store: ReadableRepoStore
+    base_url: str
+    tokens: TokenTable | None = None
+    allow_anonymous_writes: bool = False
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    extra_routes: Mapping[tuple[str, str], Callable[[Request], Response]] = field(default_factory=dict)
+
+
+class Body:
+    """A request body received in full, held in a spooled temporary file (memory, then disk)."""
+
+    def __init__(self, file: IO[bytes] | None = None, size: int = 0) -> None:
+        self._file, self.size = file, size
+
+    def read(self, limit: int = _MAX_JSON_BODY) -> bytes:
+        """The whole body (for small JSON documents).
+
+        Raises:
+            HubHTTPError: 413 when the body is larger than `limit`.
+        """
+        if self.size > limit:
+            raise HubHTTPError(413, "PayloadTooLarge", f"A JSON request body of {self.size} bytes is over {limit}.")
+        if self._file is None:
+            return b""
+        self._file.seek(0)
+        return self._file.read()
+
+    def lines(self) -> Iterator[bytes]:
+        """The body line by line, so an NDJSON commit is never held in memory as a whole."""
+        if self._file is None:
+            return
+        self._file.seek(0)
+        yield from iter(self._file.readline, b"")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
 
 
 @dataclass
 class Request:
-    """One parsed request, as the endpoint functions see it.
+    """One parsed request, as the endpoint functions see it (no web framework types).
 
     Attributes:
         method: `GET`, `HEAD`, `POST`, ...
@@ -40,27 +100,31 @@ class Request:
         query: Query parameters (last value wins).
         headers: Request headers (case-insensitive mapping).
         body: The request body (empty for GET/HEAD).
-        user: User name of a valid bearer token, or None.
-        base_url: `http://host:port` as the client reached the server, for URLs in answers.
-        store: The repo store being served.
-        open_writes: True when the server has no token set, so anyone may create repos and commit.
+        token: The scope of the request's valid bearer token, or None.
+        config: The server's shared settings (store, base URL, tokens, write policy).
     """
 
     method: str
     segments: list[str]
     query: dict[str, str]
     headers: Mapping[str, str]
-    body: bytes
-    user: str | None
-    base_url: str
-    store: RepoStore
-    open_writes: bool
+    body: Body
+    token: TokenScope | None
+    config: ServeConfig
+
+    @property
+    def store(self) -> ReadableRepoStore:
+        return self.config.store
+
+    @property
+    def base_url(self) -> str:
+        return self.config.base_url
 
     def json(self) -> dict:
         """The body parsed as a JSON object, or a 400 error."""
         try:
-            data = json.loads(self.body or b"{}")
-        except ValueError as err:
+            data = json.loads(self.body.read() or b"{}")
+        except ValueError as err:  # also UnicodeDecodeError
             raise HubHTTPError(400, "BadRequest", f"Request body is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise HubHTTPError(400, "BadRequest", "Request body must be a JSON object.")
@@ -73,18 +137,22 @@ class Request:
 
 @dataclass
 class Response:
-    """What to answer: a status, headers, and either an in-memory body or a byte range of a stored file."""
+    """What to answer: a status, headers, and an in-memory body or a byte range of a local file.
+
+    `length` is the Content-Length: the byte count of the range of `file`, or for a HEAD answer the
+    size of the content that a GET would send; None means `len(body)`.
+    """
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     file: Path | None = None
     offset: int = 0
-    length: int = 0
+    length: int | None = None
 
     @property
     def content_length(self) -> int:
-        return self.length if self.file is not None else len(self.body)
+        return len(self.body) if self.length is None else self.length
 
 
 class HubHTTPError(Exception):
@@ -122,8 +190,12 @@ def error_for(exc: Exception) -> HubHTTPError | None:
         return HubHTTPError(409, "Conflict", str(exc))
     if isinstance(exc, StaleParentError):
         return HubHTTPError(412, "PreconditionFailed", str(exc))
+    if isinstance(exc, ReadOnlyRepoError):
+        return HubHTTPError(403, "ReadOnly", str(exc))
     if isinstance(exc, InvalidRepoIdError):
         return HubHTTPError(400, "BadRequest", str(exc))
+    if isinstance(exc, UpstreamError):
+        return HubHTTPError(502, "UpstreamError", str(exc))
     return None
 
 

@@ -18,7 +18,7 @@ from pdo_hub.serve._http import HubHTTPError
 from pdo_hub.serve._records import CommitRecord, FileEntry, RepoRefs, RepoSettings, iso_z
 
 if TYPE_CHECKING:
-    from pdo_hub.serve.repo_store import RepoStore
+    from pdo_hub.serve.store_protocol import ReadableRepoStore
 
 logger = logging.getLogger(__name__)
 
@@ -31,9 +31,9 @@ def lfs_pointer_size(entry: FileEntry) -> int:
     return len(pointer.encode())
 
 
-def model_info(store: RepoStore, repo_id: str, commit: CommitRecord, settings: RepoSettings) -> dict:
+def model_info(store: ReadableRepoStore, repo_id: str, commit: CommitRecord, settings: RepoSettings) -> dict:
     """The `/api/models/{repo}` document for one commit."""
-    card = _card_data(store, commit)
+    card = _card_data(store, repo_id, commit)
     siblings = []
     for path in sorted(commit.files):
         entry = commit.files[path]
@@ -65,7 +65,7 @@ def model_info(store: RepoStore, repo_id: str, commit: CommitRecord, settings: R
             info[key] = card[key]
     if card:
         info["cardData"] = card
-    config = _model_config(store, commit)
+    config = _model_config(store, repo_id, commit)
     if config:
         info["config"] = config
     return info
@@ -127,13 +127,13 @@ def _folder_oid(commit: CommitRecord, folder: str) -> str:
     return digest.hexdigest()
 
 
-def _small_text(store: RepoStore, commit: CommitRecord, path: str) -> str | None:
+def _small_text(store: ReadableRepoStore, repo_id: str, commit: CommitRecord, path: str) -> str | None:
     entry = commit.files.get(path)
     if entry is None or entry.size > _METADATA_MAX_BYTES:
         return None
     try:
-        return store.blob_path(entry.sha256).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        return store.open_file(repo_id, commit.sha, entry).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):  # metadata is optional: a file we cannot read just leaves it out
         return None
 
 
@@ -152,8 +152,8 @@ def parse_front_matter(text: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _card_data(store: RepoStore, commit: CommitRecord) -> dict:
-    text = _small_text(store, commit, "README.md")
+def _card_data(store: ReadableRepoStore, repo_id: str, commit: CommitRecord) -> dict:
+    text = _small_text(store, repo_id, commit, "README.md")
     if not text:
         return {}
     try:
@@ -174,9 +174,9 @@ def _tags(card: dict) -> list[str]:
     return tags
 
 
-def _model_config(store: RepoStore, commit: CommitRecord) -> dict:
+def _model_config(store: ReadableRepoStore, repo_id: str, commit: CommitRecord) -> dict:
     """The small part of config.json the Hub echoes in model info (architectures, model_type)."""
-    text = _small_text(store, commit, "config.json")
+    text = _small_text(store, repo_id, commit, "config.json")
     if not text:
         return {}
     try:

@@ -10,7 +10,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from pdo_hub.core.errors import InvalidRepoIdError, PdoHubError
 
@@ -47,6 +47,14 @@ class RepoExistsError(RepoStoreError):
 
 class StaleParentError(RepoStoreError):
     """A commit named a parent that is no longer the head of its branch (someone committed in between)."""
+
+
+class ReadOnlyRepoError(RepoStoreError):
+    """The repository (or the whole store) accepts no writes: it is served from a read-only source."""
+
+
+class UpstreamError(PdoHubError, ConnectionError):
+    """A pass-through store could not get an answer (or the promised bytes) from its upstream Hub."""
 
 
 def validate_repo_id(repo_id: object) -> str:
@@ -121,6 +129,24 @@ def validate_ref_name(name: object, *, kind: str = "branch") -> str:
     return name
 
 
+_NO_NAMESPACE = "@"  # not a valid org name, so `name` and `org/name` can never share a folder
+
+
+def repo_folder(root: Path, repo_id: str) -> Path:
+    """The folder of a repo under `root`: `<org>/<name>`, or `@/<name>` for a repo without namespace.
+
+    Raises:
+        InvalidRepoIdError: The id is not valid (so it can never escape `root`).
+    """
+    namespace, _, name = validate_repo_id(repo_id).rpartition("/")
+    return root / (namespace or _NO_NAMESPACE) / name
+
+
+def repo_id_of_folder(namespace: str, name: str) -> str:
+    """The inverse of `repo_folder` for the last two parts of a folder path."""
+    return name if namespace == _NO_NAMESPACE else f"{namespace}/{name}"
+
+
 def is_commit_sha(revision: str) -> bool:
     """True for exactly 40 lowercase hex characters, which clients treat as an immutable commit."""
     return bool(_SHA1_HEX.match(revision))
@@ -156,7 +182,9 @@ class FileEntry:
         path: Path inside the repository (`/`-separated).
         size: Size in bytes.
         oid: Git blob sha1 of the content (the Hub's `oid`/`blobId`).
-        sha256: sha256 of the content; names the stored blob and is the ETag of LFS files.
+        sha256: sha256 of the content; names the stored blob and is the ETag of LFS files. A
+            pass-through store may leave it empty ("unknown") for files that are not LFS files,
+            which need only `oid`.
     """
 
     path: str

@@ -1,62 +1,46 @@
-"""Upload endpoints: whoami, create repo, README metadata check, preupload and commit.
+"""Upload endpoints: create repo, README metadata check, preupload and commit.
 
 Preupload answers `uploadMode: "regular"` for every file, so clients send content inline as base64
 in the commit and never go through Xet or the LFS batch API (Xet uploads have no fallback: a server
-without Xet must not ask for LFS mode). Large files therefore travel in memory; fine for a mirror's
-own pushes, not meant for multi-GB uploads.
+without Xet must not ask for LFS mode). The commit body is spooled to disk while it arrives and
+parsed line by line (`_commit_lines`), so big files cost disk space, not memory.
+
+Every endpoint asks `_access.require_write` first: who may write is decided there.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import logging
+import tempfile
+from pathlib import Path
 from urllib.parse import quote
 
 import yaml
 
+from pdo_hub.serve._access import require_write
+from pdo_hub.serve._commit_lines import parse_commit
 from pdo_hub.serve._http import HubHTTPError, Request, Response, json_response
 from pdo_hub.serve._payloads import parse_front_matter
 from pdo_hub.serve._records import RepoExistsError, UnknownEntryError, is_commit_sha, validate_path, validate_repo_id
 
 logger = logging.getLogger(__name__)
 
-_LOCAL_USER = "local"  # whoami name on a server started without tokens (anyone may write)
-
-
-def require_writer(request: Request) -> str | None:
-    """The user allowed to write, or None on an open server.
-
-    Raises:
-        HubHTTPError: 401 when the server has tokens and the request carries no valid one.
-    """
-    if request.open_writes or request.user is not None:
-        return request.user
-    raise HubHTTPError(401, "Unauthorized", "Invalid credentials in Authorization header")
-
-
-def whoami(request: Request) -> Response:
-    """GET /api/whoami-v2."""
-    name = request.user or (_LOCAL_USER if request.open_writes else None)
-    if name is None:
-        raise HubHTTPError(401, "Unauthorized", "Invalid credentials in Authorization header")
-    return json_response({"type": "user", "id": name, "name": name, "fullname": name, "orgs": [],
-                          "auth": {"type": "access_token", "accessToken": {"role": "write"}}})
-
 
 def create_repo(request: Request) -> Response:
     """POST /api/repos/create {"name", "organization", "visibility"?, "private"?, "type"?}.
 
-    Without an organization the repo goes to the token's user; on an open server (no tokens) it gets
-    no namespace, so that the client's later calls with the bare name find it.
+    Without an organization the repo goes to the token's user; without a token (a server that
+    allows anonymous writes) it gets no namespace, so that the client's later calls with the bare
+    name find it.
     """
-    user = require_writer(request)
     data = request.json()
     if data.get("type") not in (None, "model"):
         raise HubHTTPError(400, "BadRequest", f"This server only hosts model repos, not {data.get('type')!r}.")
-    name, organization = data.get("name"), data.get("organization") or user
-    repo_id = validate_repo_id(f"{organization}/{name}" if organization else str(name))
+    name, organization = data.get("name"), data.get("organization") or (request.token and request.token.user)
+    if not isinstance(name, str) or not isinstance(organization, (str, type(None))):
+        raise HubHTTPError(400, "BadRequest", "'name' and 'organization' must be strings.")
+    repo_id = validate_repo_id(f"{organization}/{name}" if organization else name)
+    require_write(request, repo_id)
     private = data.get("visibility") == "private" or bool(data.get("private"))
     url = f"{request.base_url}/{repo_id}"
     try:
@@ -86,11 +70,14 @@ def preupload(request: Request, repo_id: str, revision: str) -> Response:
 
     The current file's git sha1 comes back as `oid`, so the client drops unchanged files from the commit.
     """
-    require_writer(request)
+    require_write(request, repo_id)
     store = request.store
     files_now = store.get_commit(repo_id, store.resolve(repo_id, revision)).files
+    items = request.json().get("files", [])
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise HubHTTPError(400, "BadRequest", "'files' must be a list of {path, sample, size} objects.")
     answers = []
-    for item in request.json().get("files", []):
+    for item in items:
         path = validate_path(item.get("path"))
         existing = files_now.get(path)
         answers.append({"path": path, "uploadMode": "regular", "shouldIgnore": False,
@@ -100,75 +87,30 @@ def preupload(request: Request, repo_id: str, revision: str) -> Response:
 
 def commit(request: Request, repo_id: str, revision: str) -> Response:
     """POST /api/models/{repo}/commit/{rev}: NDJSON header, file, lfsFile, deletedFile, deletedFolder lines."""
-    require_writer(request)
+    require_write(request, repo_id)
     store = request.store
     if is_commit_sha(revision) or revision in store.refs(repo_id).tags:
         raise HubHTTPError(400, "BadRequest", f"Can only commit to a branch, not to {revision!r}.")
-    header, add, delete, delete_folders = _parse_commit_lines(request)
-    branch, pr_url = revision, None
-    if request.flag("create_pr"):
-        branch = store.open_pull_request(repo_id, revision)
-        pr_url = f"{request.base_url}/{repo_id}/discussions/{branch.rsplit('/', 1)[-1]}"
-    try:
-        sha = store.commit(repo_id, branch=branch, add=add, delete=delete, delete_folders=delete_folders,
-                           message=str(header.get("summary") or "Upload files"),
-                           description=str(header.get("description") or ""),
-                           parent_commit=header.get("parentCommit"))
-    except UnknownEntryError as err:
-        raise HubHTTPError(404, "EntryNotFound", f"{err} A file with this name doesn't exist.") from err
-    logger.info("Commit %s on %s@%s from %s", sha, repo_id, branch, request.user or "anonymous")
-    return json_response({"commitOid": sha, "commitUrl": f"{request.base_url}/{repo_id}/commit/{sha}",
-                          "pullRequestUrl": pr_url, "success": True,
-                          "ref": quote(branch, safe="")})
-
-
-def _parse_commit_lines(request: Request) -> tuple[dict, dict, list[str], list[str]]:
-    header: dict = {}
-    add: dict = {}
-    delete: list[str] = []
-    delete_folders: list[str] = []
-    for number, line in enumerate(request.body.splitlines(), start=1):
-        if not line.strip():
-            continue
+    with tempfile.TemporaryDirectory(prefix="pdo-hub-commit-") as staging:
+        plan = parse_commit(request.body, Path(staging))
+        for path, oid in plan.lfs.items():
+            if not store.has_blob(oid):  # we never ask for LFS uploads, so the content must already be here
+                raise HubHTTPError(422, "LfsObjectMissing",
+                                   f"LFS object {oid} for {path!r} was never uploaded; upload it inline.")
+            plan.add[path] = store.blob_path(oid)
+        branch, pr_url = revision, None
+        if request.flag("create_pr"):
+            branch = store.open_pull_request(repo_id, revision)
+            pr_url = f"{request.base_url}/{repo_id}/discussions/{branch.rsplit('/', 1)[-1]}"
         try:
-            item = json.loads(line)
-            key, value = item["key"], item["value"]
-        except (ValueError, KeyError, TypeError) as err:
-            raise HubHTTPError(400, "BadRequest", f"Commit line {number} is not a {{key, value}} JSON object.") from err
-        if key == "header":
-            header = value
-        elif key == "file":
-            add[validate_path(value.get("path"))] = _decode_content(value)
-        elif key == "lfsFile":
-            add[validate_path(value.get("path"))] = _stored_lfs_blob(request, value)
-        elif key == "deletedFile":
-            delete.append(validate_path(value.get("path")))
-        elif key == "deletedFolder":
-            delete_folders.append(validate_path(str(value.get("path", "")).rstrip("/")))
-        else:
-            raise HubHTTPError(400, "BadRequest", f"Commit line {number} has unsupported key {key!r}.")
-    return header, add, delete, delete_folders
-
-
-def _decode_content(value: dict) -> bytes:
-    encoding = value.get("encoding", "base64")
-    content = value.get("content", "")
-    if encoding != "base64":
-        return str(content).encode("utf-8")
-    try:
-        return base64.b64decode(content, validate=True)
-    except (binascii.Error, ValueError) as err:
-        raise HubHTTPError(400, "BadRequest", f"Content of {value.get('path')!r} is not valid base64.") from err
-
-
-def _stored_lfs_blob(request: Request, value: dict):
-    """An `lfsFile` line names content by sha256; it must already be stored (we never ask for LFS uploads)."""
-    oid = str(value.get("oid", ""))
-    try:
-        blob = request.store.blob_path(oid)
-    except ValueError as err:
-        raise HubHTTPError(400, "BadRequest", f"lfsFile {value.get('path')!r} has an invalid sha256 oid.") from err
-    if not blob.is_file():
-        raise HubHTTPError(422, "LfsObjectMissing",
-                           f"LFS object {oid} for {value.get('path')!r} was never uploaded; upload it inline.")
-    return blob
+            sha = store.commit(repo_id, branch=branch, add=plan.add, delete=plan.delete,
+                               delete_folders=plan.delete_folders,
+                               message=plan.header.get("summary") or "Upload files",
+                               description=plan.header.get("description") or "",
+                               parent_commit=plan.header.get("parentCommit"))
+        except UnknownEntryError as err:
+            raise HubHTTPError(404, "EntryNotFound", f"{err} A file with this name doesn't exist.") from err
+    who = request.token.user if request.token else "anonymous"
+    logger.info("Commit %s on %s@%s from %s", sha, repo_id, branch, who)
+    return json_response({"commitOid": sha, "commitUrl": f"{request.base_url}/{repo_id}/commit/{sha}",
+                          "pullRequestUrl": pr_url, "success": True, "ref": quote(branch, safe="")})

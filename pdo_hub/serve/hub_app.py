@@ -1,5 +1,6 @@
-"""The Hub-compatible HTTP handler: routing and the download endpoints.
+"""The Hub-compatible endpoints: routing and the download endpoints, free of any web framework.
 
+`answer(request)` turns a parsed `Request` into a `Response`; `asgi.py` adapts it to Starlette.
 Routes follow hub-protocol.md. Routing is done on the RAW path: it is split on `/` first and each
 segment is percent-decoded afterwards, because clients send revisions such as `refs/pr/1` as one
 segment `refs%2Fpr%2F1` and tree sub-paths as `1_Pooling%2Fconfig.json`.
@@ -9,132 +10,44 @@ from __future__ import annotations
 
 import logging
 import mimetypes
-from http.server import BaseHTTPRequestHandler
-from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
-from pdo_hub.serve import _payloads, _uploads
+from pdo_hub.serve import _access, _payloads, _uploads
+from pdo_hub.serve._access import check_read
 from pdo_hub.serve._http import HubHTTPError, Request, Response, error_for, json_response, parse_range
 from pdo_hub.serve._records import UnknownEntryError, validate_path
 
-if TYPE_CHECKING:
-    from pdo_hub.serve.server import _HubHTTPServer
-
 logger = logging.getLogger(__name__)
 
-_COPY_CHUNK = 1024 * 1024
-_MAX_BODY = 2 * 1024**3  # inline base64 commits of large files are held in memory: refuse absurd sizes
 #: Words that may follow a repo id in /api/models/...; used to tell `name/<action>` from `org/name`.
 _API_ACTIONS = {"revision", "tree", "refs", "preupload", "commit", "commits"}
 
 
-class HubRequestHandler(BaseHTTPRequestHandler):
-    """Answers one connection's requests (keep-alive, HTTP/1.1) for a `_HubHTTPServer`."""
+def split_path(raw_path: str) -> list[str]:
+    """Split a raw request path on `/`, then percent-decode each segment (strict UTF-8).
 
-    server: _HubHTTPServer
-    protocol_version = "HTTP/1.1"
-    server_version = "pdo-hub"
-    # An idle keep-alive connection ends after this many seconds instead of holding a thread forever.
-    timeout = 60
+    Raises:
+        HubHTTPError: 400 when a segment does not decode to UTF-8 text.
+    """
+    try:
+        return [unquote(part, errors="strict") for part in raw_path.split("/") if part]
+    except UnicodeDecodeError as err:
+        raise HubHTTPError(400, "BadRequest", "The request path has a percent-encoding that is not UTF-8.") from err
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        self._handle()
 
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._handle()
+def answer(request: Request) -> Response:
+    """The response to a request: the endpoint's answer, or the error it raised as a Hub error answer.
 
-    def do_POST(self) -> None:  # noqa: N802
-        self._handle()
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._handle()
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._handle()
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (signature of the base class)
-        logger.debug("%s - %s", self.address_string(), format % args)
-
-    def _handle(self) -> None:
-        raw_path, _, raw_query = self.path.partition("?")
-        self.server.record_request(self.command, raw_path)
-        try:
-            body = self._read_body()
-            request = self._build_request(raw_path, raw_query, body)
-            response = route(request)
-        except Exception as exc:  # every failure becomes an answer; the connection stays usable
-            http_error = error_for(exc)
-            if http_error is None:
-                logger.exception("Internal error on %s %s", self.command, raw_path)
-                http_error = HubHTTPError(500, "InternalError", f"Internal server error: {type(exc).__name__}")
-            response = http_error.to_response()
-        self._send(response)
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            return self._read_chunked()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > _MAX_BODY:
-            self.close_connection = True  # the unread body would otherwise be parsed as the next request
-            raise HubHTTPError(413, "PayloadTooLarge", f"Request body of {length} bytes is over {_MAX_BODY}.")
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _read_chunked(self) -> bytes:
-        parts, total = [], 0
-        while True:
-            size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                    pass  # trailers
-                return b"".join(parts)
-            total += size
-            if total > _MAX_BODY:
-                self.close_connection = True
-                raise HubHTTPError(413, "PayloadTooLarge", f"Chunked request body is over {_MAX_BODY} bytes.")
-            parts.append(self.rfile.read(size))
-            self.rfile.readline()
-
-    def _build_request(self, raw_path: str, raw_query: str, body: bytes) -> Request:
-        segments = [unquote(part) for part in raw_path.split("/") if part]
-        auth = self.headers.get("Authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-        host = self.headers.get("Host") or f"{self.server.server_address[0]}:{self.server.server_address[1]}"
-        return Request(
-            method=self.command,
-            segments=segments,
-            query=dict(parse_qsl(raw_query, keep_blank_values=True)),
-            headers=self.headers,
-            body=body,
-            user=self.server.user_for(token),
-            base_url=f"http://{host}",
-            store=self.server.store,
-            open_writes=self.server.tokens is None,
-        )
-
-    def _send(self, response: Response) -> None:
-        try:
-            self.send_response(response.status)
-            for name, value in response.headers.items():
-                self.send_header(name, value)
-            self.send_header("Content-Length", str(response.content_length))
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            if response.file is None:
-                self.wfile.write(response.body)
-                return
-            with open(response.file, "rb") as handle:
-                handle.seek(response.offset)
-                remaining = response.length
-                while remaining > 0:
-                    chunk = handle.read(min(_COPY_CHUNK, remaining))
-                    if not chunk:
-                        raise OSError(f"{response.file} is shorter than expected")
-                    self.wfile.write(chunk)
-                    remaining -= len(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            logger.debug("Client closed the connection during %s %s", self.command, self.path)
-            self.close_connection = True
+    Unexpected exceptions become a 500 with a generic message (the details go to the log only).
+    """
+    try:
+        return route(request)
+    except Exception as exc:  # every failure becomes an answer; the connection stays usable
+        http_error = error_for(exc)
+        if http_error is None:
+            logger.exception("Internal error on %s /%s", request.method, "/".join(request.segments))
+            http_error = HubHTTPError(500, "InternalError", "Internal server error (see the server log).")
+        return http_error.to_response()
 
 
 def route(request: Request) -> Response:
@@ -144,9 +57,14 @@ def route(request: Request) -> Response:
         HubHTTPError: The route does not exist or the endpoint refused the request.
     """
     seg, method = request.segments, request.method
+    extra = request.config.extra_routes.get((method, "/" + "/".join(seg)))
+    if extra is not None:
+        return extra(request)
     if seg[:1] == ["api"]:
         if seg == ["api", "whoami-v2"] and method == "GET":
-            return _uploads.whoami(request)
+            return json_response(_access.whoami(request))
+        if seg == ["api", "models"] and method == "GET":
+            return list_models(request)
         if seg == ["api", "repos", "create"] and method == "POST":
             return _uploads.create_repo(request)
         if seg == ["api", "validate-yaml"] and method == "POST":
@@ -205,27 +123,27 @@ def _resolve_split(request: Request, seg: list[str]) -> tuple[str, str, str] | N
     return None
 
 
-def check_read(request: Request, repo_id: str, *, content: bool) -> None:
-    """Refuse private repos without a valid token, and gated repos' files without one.
-
-    Raises:
-        HubHTTPError: 404 RepoNotFound (missing), 401 RepoNotFound (private), 401 GatedRepo (gated file).
-    """
-    settings = request.store.settings(repo_id)  # UnknownRepoError -> 404 RepoNotFound
-    if request.user is not None:
-        return
-    if settings.private:
-        raise HubHTTPError(401, "RepoNotFound", f"Repository {repo_id!r} is private: send a valid token.")
-    if content and settings.gated:
-        raise HubHTTPError(401, "GatedRepo", f"Access to files of gated repo {repo_id!r} needs a valid token.")
-
-
 def model_info(request: Request, repo_id: str, revision: str | None) -> Response:
     """GET /api/models/{repo}[/revision/{rev}]."""
     check_read(request, repo_id, content=False)
     store = request.store
     commit = store.get_commit(repo_id, store.resolve(repo_id, revision))
     return json_response(_payloads.model_info(store, repo_id, commit, store.settings(repo_id)))
+
+
+def list_models(request: Request) -> Response:
+    """GET /api/models[?author=&search=]: the repos the caller may see (one page: no pagination)."""
+    author, search = request.query.get("author"), request.query.get("search", "").lower()
+    found = []
+    for repo_id in request.store.list_repos():
+        if (author and _access.namespace_of(repo_id) != author) or search not in repo_id.lower():
+            continue
+        try:
+            check_read(request, repo_id, content=False)
+        except HubHTTPError:
+            continue  # private and not covered by the caller's token: not listed
+        found.append({"id": repo_id, "modelId": repo_id, "private": request.store.settings(repo_id).private})
+    return json_response(found)
 
 
 def list_tree(request: Request, repo_id: str, revision: str, path: str) -> Response:
@@ -268,8 +186,10 @@ def resolve_file(request: Request, repo_id: str, revision: str, path: str) -> Re
         "Content-Type": content_type,
         "Cache-Control": "public, max-age=31536000, immutable" if revision == sha else "no-cache",
     }
-    blob = store.blob_path(entry.sha256)
-    window = None if request.method == "HEAD" else parse_range(request.headers.get("Range"), entry.size)
+    if request.method == "HEAD":  # the true size, and no content to locate (a pass-through store would fetch it)
+        return Response(200, headers, length=entry.size)
+    window = parse_range(request.headers.get("Range"), entry.size)
+    blob = store.open_file(repo_id, sha, entry)
     if window is None:
         return Response(200, headers, file=blob, offset=0, length=entry.size)
     offset, length = window

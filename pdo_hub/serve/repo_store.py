@@ -40,14 +40,13 @@ from pdo_hub.serve._records import (
     git_blob_sha1_header,
     is_commit_sha,
     pr_number,
+    repo_folder,
+    repo_id_of_folder,
     validate_path,
     validate_ref_name,
-    validate_repo_id,
 )
 
 logger = logging.getLogger(__name__)
-
-_NO_NAMESPACE = "@"  # not a valid org name, so `name` and `org/name` can never share a folder
 
 
 class RepoStore:
@@ -82,7 +81,7 @@ class RepoStore:
         ids = []
         for refs in (self.root / "repos").glob("*/*/refs.json"):
             namespace, name = refs.parent.parent.name, refs.parent.name
-            ids.append(name if namespace == _NO_NAMESPACE else f"{namespace}/{name}")
+            ids.append(repo_id_of_folder(namespace, name))
         return sorted(ids)
 
     def create_repo(self, repo_id: str, *, private: bool = False, gated: bool = False, exist_ok: bool = False) -> str:
@@ -266,6 +265,10 @@ class RepoStore:
             raise UnknownEntryError(f"{path!r} does not exist in {repo_id!r} at {sha}.")
         return entry
 
+    def open_file(self, repo_id: str, sha: str, entry: FileEntry) -> Path:
+        """The stored file holding `entry`'s content (blobs are shared by every repo and commit)."""
+        return self.blob_path(entry.sha256)
+
     def blob_path(self, sha256: str) -> Path:
         """Where the content with this sha256 is (or would be) stored."""
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -283,8 +286,7 @@ class RepoStore:
 
     # -- internals ------------------------------------------------------------------------------
     def _repo_dir(self, repo_id: str) -> Path:
-        namespace, _, name = validate_repo_id(repo_id).rpartition("/")
-        return self.root / "repos" / (namespace or _NO_NAMESPACE) / name
+        return repo_folder(self.root / "repos", repo_id)
 
     def _existing_repo_dir(self, repo_id: str) -> Path:
         repo_dir = self._repo_dir(repo_id)
