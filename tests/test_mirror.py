@@ -171,3 +171,17 @@ def test_jobs_build_entries_in_worker_processes(mirror_repo, resnet18_weights, t
     code, result = _mirror(capsys, str(path), "--jobs", "2")
     assert code == 0 and [e["status"] for e in result["entries"]] == ["optimized", "optimized"]
     assert all(Path(e["entry"]).is_dir() for e in result["entries"])
+
+
+def test_push_option_publishes_each_variant_and_the_pushed_repo_loads_as_published(mirror_repo, hub_server, tmp_path, capsys):
+    path = _manifest(tmp_path, [{"source": f"hf:{mirror_repo}", "config": {**FAST_CONFIG, "seed": 9}}])
+    code, result = _mirror(capsys, str(path), "--push", "pdo-mirror-org")
+    assert code == 0, result
+    entry = result["entries"][0]
+    from pdo_hub.mirror import push_name
+
+    target = "pdo-mirror-org/" + push_name(load_manifest(path).entries[0])
+    assert target.startswith("pdo-mirror-org/mirror-bert-pdo-")
+    assert entry["status"] == "optimized" and target in entry["pushed_to"]
+    pushed = hub_server.store.list_files(target, hub_server.store.resolve(target))
+    assert {"model.safetensors", "pdo_recipe.json", "pdo_source.json", "README.md"} <= {f.path for f in pushed}

@@ -15,6 +15,7 @@ from pdo_hub.core.errors import PdoHubError
 
 # Command modules, in the order `pdo-hub --help` lists them.
 _COMMANDS = ("_demo", "_optimize", "_mirror", "_push", "_serve", "_cache")
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "PDO_HUB_OFFLINE")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,10 +49,10 @@ def _quiet_third_party() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    saved = {name: os.environ.get(name) for name in _OFFLINE_VARIABLES}
     if getattr(args, "offline", False):
         # Before huggingface_hub is imported (it reads HF_HUB_OFFLINE once, at import): no request at all.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["PDO_HUB_OFFLINE"] = "1"
+        os.environ.update({name: "1" for name in _OFFLINE_VARIABLES})
     _quiet_third_party()
     try:
         return args.run(args)
@@ -61,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pdo-hub: interrupted", file=sys.stderr)
         return 130
+    finally:  # main() is also called in-process (tests, scripts): leave the environment as it was
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 if __name__ == "__main__":
