@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-from pdo_hub.cache import MANIFEST_NAME, CacheEntry, validate_source_id
+from pdo_hub.cache import MANIFEST_NAME, RESERVED_NAMES, CacheEntry, validate_source_id
 from pdo_hub.cache.manifest import find_problems, read_manifest
 from pdo_hub.core.errors import PushError
 from pdo_hub.hub.card import CARD_NAME, build_card
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 #: Files every pushed variant has: pdo-hub cannot load it from the Hub without them.
 REQUIRED_FILES = ("model.safetensors", "pdo_recipe.json", "optimization_report.json", SOURCE_NAME)
 # The cache's bookkeeping, meaningful only in the local cache.
-_NOT_PUSHED = frozenset({MANIFEST_NAME, ".pdo_access"})
+_NOT_PUSHED = RESERVED_NAMES
 # Source-record fields that describe this machine, not the model (a local source's path).
 _PRIVATE_SOURCE_FIELDS = ("path",)
 

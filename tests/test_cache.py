@@ -6,6 +6,10 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,7 +25,10 @@ from pdo_hub.cache import (
     entry_folder_name,
     repo_folder_name,
 )
-from pdo_hub.core.errors import CacheError, ConfigError, InvalidRepoIdError
+from pdo_hub.cache.layout import holder_path, lock_path
+from pdo_hub.cache.locking import describe_holder, read_holder
+from pdo_hub.core import constants
+from pdo_hub.core.errors import CacheError, CacheLockTimeoutError, ConfigError, InvalidRepoIdError
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 SHA_B = "89abcdef0123456789abcdef0123456789abcdef"
@@ -274,7 +281,7 @@ def _flip_byte(path: Path) -> None:
     ],
     ids=["truncated", "modified-byte", "missing-file", "missing-manifest", "corrupt-manifest", "unsafe-manifest"],
 )
-def test_damaged_entry_is_a_miss_and_removed(tmp_path, caplog, damage):
+def test_damaged_entry_is_a_miss_left_in_place_then_quarantined_by_the_rebuild(tmp_path, caplog, damage):
     cache = OptimizedCache(tmp_path)
     key = hf_key()
     entry = cache.commit(key, write_files(MODEL_FILES))
@@ -282,21 +289,80 @@ def test_damaged_entry_is_a_miss_and_removed(tmp_path, caplog, damage):
     with caplog.at_level(logging.WARNING, logger="pdo_hub.cache"):
         assert cache.lookup(key) is None
     assert "damaged" in caplog.text
-    assert not entry.path.exists()
-    assert visible_entries(tmp_path) == []
-    # The next commit rebuilds it.
-    rebuilt = cache.get_or_create(key, write_files(MODEL_FILES))
+    assert entry.path.exists()  # a lookup without the key's lock never moves anything
+    # get_or_create takes the lock, sets the damaged folder aside (never deletes it) and rebuilds.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pdo_hub.cache"):
+        rebuilt = cache.get_or_create(key, write_files(MODEL_FILES))
+    [moved] = leftovers(tmp_path / ".quarantine", "models--org--model")
+    assert moved.name.startswith(entry.path.name) and str(moved) in caplog.text and str(entry.path) in caplog.text
     assert cache.lookup(key) == rebuilt
+    assert rebuilt.file_path("model.safetensors").read_bytes() == MODEL_FILES["model.safetensors"]
 
 
-def test_same_size_change_needs_verify(tmp_path):
+def _as_if_files_were_settled(monkeypatch) -> None:
+    """Move the clock past the racy-timestamp margin: files that fresh are hashed on every use, older ones
+    only when their identity changed."""
+    import pdo_hub.cache._verified as verified_module
+
+    monkeypatch.setattr(verified_module, "_now_ns", lambda: time.time_ns() + 10 * verified_module.RACY_NS)
+
+
+def _flip_byte_keeping_mtime(path: Path) -> None:
+    before = path.stat()
+    _flip_byte(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # hide the edit from size and mtime
+
+
+def _edit_recipe_same_size(path: Path) -> None:
+    path.write_text(path.read_text().replace("dynamic", "static "))  # same size, another method
+
+
+@pytest.mark.parametrize(
+    ("name", "edit"),
+    [("model.safetensors", _flip_byte), ("model.safetensors", _flip_byte_keeping_mtime),
+     ("pdo_recipe.json", _edit_recipe_same_size)],
+    ids=["flipped-byte", "flipped-byte-mtime-restored", "edited-recipe"],
+)
+def test_same_size_change_is_found_without_verify(tmp_path, monkeypatch, name, edit):
+    _as_if_files_were_settled(monkeypatch)  # so the hits below trust recorded identities instead of hashing
     cache = OptimizedCache(tmp_path)
     key = hf_key()
     entry = cache.commit(key, write_files(MODEL_FILES))
-    _flip_byte(entry.path / "model.safetensors")
-    # Sizes only: same-size damage goes unnoticed; that is the documented cost of verify=False.
-    assert cache.lookup(key, verify=False) is not None
-    assert cache.lookup(key) is None
+    assert cache.lookup(key, verify=False) is not None and (entry.path / ".pdo_verified").is_file()
+    edit(entry.path / name)
+    # Not a full re-hash: the file's identity (its ctime above all) changed, so it is hashed again.
+    assert cache.lookup(key, verify=False) is None
+
+
+def test_hits_hash_only_files_changed_since_their_last_check(tmp_path, monkeypatch):
+    import pdo_hub.cache.manifest as manifest_module
+
+    cache = OptimizedCache(tmp_path)
+    key = hf_key()
+    entry = cache.commit(key, write_files(MODEL_FILES))
+    _as_if_files_were_settled(monkeypatch)
+    hashed = []
+    real = manifest_module.sha256_file
+    monkeypatch.setattr(manifest_module, "sha256_file", lambda path: hashed.append(Path(path).name) or real(path))
+    assert cache.lookup(key, verify=False) == entry
+    assert sorted(hashed) == sorted(Path(name).name for name in MODEL_FILES)  # first use: every file
+    hashed.clear()
+    for _ in range(3):
+        assert cache.lookup(key, verify=False) == entry
+    assert hashed == []  # later hits only stat them
+    time.sleep(0.05)  # a tick later, so rewrites get new timestamps even where they are coarse
+    vocab = entry.path / "tokenizer" / "vocab.txt"
+    vocab.write_bytes(vocab.read_bytes())  # same bytes, new identity: hashed once, then trusted again
+    assert cache.lookup(key, verify=False) == entry and cache.lookup(key, verify=False) == entry
+    assert hashed == ["vocab.txt"]
+    manifest = entry.path / MANIFEST_NAME
+    manifest.write_text(manifest.read_text())  # a rewritten manifest invalidates every recorded check
+    hashed.clear()
+    assert cache.lookup(key, verify=False) == entry
+    assert sorted(hashed) == sorted(Path(name).name for name in MODEL_FILES)
+    hashed.clear()
+    assert cache.lookup(key, verify=True) == entry and len(hashed) == len(MODEL_FILES)  # verify: every byte
 
 
 def test_newer_format_manifest_is_a_miss_kept_in_place(tmp_path, caplog):
@@ -390,7 +456,7 @@ def test_concurrent_commit_that_lands_first_wins(tmp_path):
     assert leftovers(tmp_path, ".tmp") == []
 
 
-def test_commit_replaces_damaged_entry(tmp_path):
+def test_commit_quarantines_damaged_entry_in_its_way(tmp_path):
     cache = OptimizedCache(tmp_path)
     key = hf_key()
     old = cache.commit(key, write_files({"model.safetensors": b"old"}))
@@ -398,6 +464,8 @@ def test_commit_replaces_damaged_entry(tmp_path):
     new = cache.commit(key, write_files({"model.safetensors": b"new"}))
     assert new.file_path("model.safetensors").read_bytes() == b"new"
     assert cache.lookup(key) == new
+    [moved] = leftovers(tmp_path / ".quarantine", "models--org--model")
+    assert (moved / "model.safetensors").read_bytes() == b"rotten!"  # set aside, not deleted
 
 
 def test_get_or_create_hits_without_building(tmp_path):
@@ -415,11 +483,74 @@ def test_get_or_create_hits_without_building(tmp_path):
     assert (tmp_path / ".locks" / "models--org--model" / f"{entry_folder_name(key)}.lock").exists()
 
 
-def test_lock_is_a_context_manager(tmp_path):
+def test_lock_is_a_context_manager_that_records_its_holder(tmp_path):
     cache = OptimizedCache(tmp_path)
+    holder = holder_path(lock_path(tmp_path, hf_key()))
     with cache.lock(hf_key()) as held:
         assert held.is_locked
-    assert not held.is_locked
+        record = read_holder(holder)
+        assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+        assert record["started"] <= time.time()
+    assert not held.is_locked and not holder.exists()
+
+
+def test_lock_wait_is_bounded_by_default(monkeypatch):
+    monkeypatch.delenv("PDO_HUB_LOCK_TIMEOUT", raising=False)
+    assert constants.lock_timeout() == 1800
+    monkeypatch.setenv("PDO_HUB_LOCK_TIMEOUT", "2.5")
+    assert constants.lock_timeout() == 2.5
+    monkeypatch.setenv("PDO_HUB_LOCK_TIMEOUT", "soon")
+    with pytest.raises(ConfigError, match="PDO_HUB_LOCK_TIMEOUT"):
+        constants.lock_timeout()
+
+
+HOLD_LOCK = r"""
+import sys, time
+from pdo_hub.cache import CacheKey, OptimizedCache
+lock = OptimizedCache(sys.argv[1]).lock(CacheKey("huggingface", "org/model", sys.argv[2], sys.argv[3]))
+lock.acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.fixture
+def lock_holder(tmp_path):
+    """Another process holding the lock of `hf_key()` in the cache at `tmp_path`."""
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path), SHA, CONFIG],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().strip() == "locked"
+        yield process
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def test_lock_timeout_names_the_holding_process(tmp_path, lock_holder, monkeypatch):
+    monkeypatch.setenv("PDO_HUB_LOCK_TIMEOUT", "0.3")
+    started = time.monotonic()
+    with pytest.raises(CacheLockTimeoutError) as err:
+        OptimizedCache(tmp_path).get_or_create(hf_key(), write_files(MODEL_FILES))
+    assert time.monotonic() - started < 10
+    message = str(err.value)
+    assert f"process {lock_holder.pid} on host {socket.gethostname()}" in message
+    assert "PDO_HUB_LOCK_TIMEOUT" in message and "stale" not in message
+    assert isinstance(err.value, TimeoutError)
+
+
+def test_lock_of_a_sigkilled_holder_is_free_at_once_and_its_record_reported_stale(tmp_path, lock_holder, caplog):
+    lock_holder.send_signal(signal.SIGKILL)
+    lock_holder.wait(timeout=30)
+    record = read_holder(holder_path(lock_path(tmp_path, hf_key())))
+    assert record["pid"] == lock_holder.pid  # a killed holder cannot clean up its record...
+    assert "no longer running" in describe_holder(record)  # ...which is then reported as stale
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="pdo_hub.cache"):
+        entry = OptimizedCache(tmp_path).get_or_create(hf_key(), write_files(MODEL_FILES), lock_timeout=30)
+    assert time.monotonic() - started < 2, "the kernel releases the lock of a dead process"
+    assert entry.file_path("model.safetensors").read_bytes() == MODEL_FILES["model.safetensors"]
+    assert f"process {lock_holder.pid}" in caplog.text and "did not finish" in caplog.text
 
 
 def test_stale_temp_folders_are_cleaned(tmp_path):

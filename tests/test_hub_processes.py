@@ -1,5 +1,6 @@
 """Real processes: two ask for the same model at once (one optimizes, the other waits and reuses it),
-then a third loads it with the Hub server stopped and HF_HUB_OFFLINE=1, with identical outputs."""
+then a third loads it with the Hub server stopped and HF_HUB_OFFLINE=1, with identical outputs; and a
+hung build holds up others only until PDO_HUB_LOCK_TIMEOUT, and not at all once it is killed."""
 
 from __future__ import annotations
 
@@ -80,3 +81,49 @@ def test_concurrent_processes_optimize_once_then_offline_reuse_with_server_stopp
     outputs = [load_file(str(tmp_path / f"{name}.safetensors"))["out"] for name in "abc"]
     assert torch.equal(outputs[0], outputs[2]) and torch.equal(outputs[1], outputs[2])
 
+
+
+HANGING_BUILD = r"""
+import json, sys, time
+sys.path.insert(0, sys.argv[2])
+import pdo_hub.hub.local as local
+from tiny_models import MLP
+
+def hang(config):
+    print("building", flush=True)
+    time.sleep(600)
+
+local.create_post_download_optimizer = hang
+local.load_local(sys.argv[1], architecture=MLP, config=json.loads(sys.argv[3]))
+"""
+
+
+def test_hung_build_times_out_naming_its_process_and_a_killed_one_frees_the_lock(tmp_path, monkeypatch, caplog):
+    from safetensors.torch import save_file
+    from tiny_models import MLP
+
+    from pdo_hub.core.errors import CacheLockTimeoutError
+    from pdo_hub.hub.local import load_local
+
+    weights = tmp_path / "mlp.safetensors"
+    save_file(MLP().state_dict(), weights)
+    cache_dir = tmp_path / "pdo_cache"
+    monkeypatch.setenv("PDO_HUB_CACHE", str(cache_dir))
+    env = dict(os.environ, PDO_HUB_CACHE=str(cache_dir))
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    hung = subprocess.Popen([sys.executable, "-c", HANGING_BUILD, str(weights), str(Path(__file__).parent),
+                             json.dumps(FAST_CONFIG)], env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert hung.stdout.readline().strip() == "building"  # it holds the key's lock now
+        monkeypatch.setenv("PDO_HUB_LOCK_TIMEOUT", "1")
+        with pytest.raises(CacheLockTimeoutError, match=f"process {hung.pid} on host"):
+            load_local(weights, architecture=MLP, config=FAST_CONFIG)
+        hung.kill()  # SIGKILL: no clean-up runs; the kernel drops its lock
+        hung.wait(timeout=30)
+        with caplog.at_level("WARNING", logger="pdo_hub"):
+            model = load_local(weights, architecture=MLP, config=FAST_CONFIG)
+        assert model.pdo_cache_status == "built"
+        assert f"process {hung.pid}" in caplog.text and "did not finish" in caplog.text
+    finally:
+        hung.kill()
+        hung.wait(timeout=30)

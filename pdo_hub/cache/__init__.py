@@ -17,12 +17,13 @@ from pdo_hub.cache.keys import (
     validate_source_id,
 )
 from pdo_hub.cache.layout import entry_folder_name, repo_folder_name
-from pdo_hub.cache.manifest import MANIFEST_NAME, sha256_file
+from pdo_hub.cache.manifest import MANIFEST_NAME, RESERVED_NAMES, sha256_file
 from pdo_hub.cache.store import OptimizedCache
 
 __all__ = [
     "CACHE_FORMAT_VERSION",
     "MANIFEST_NAME",
+    "RESERVED_NAMES",
     "SOURCE_KINDS",
     "STALE_TMP_SECONDS",
     "CacheEntry",

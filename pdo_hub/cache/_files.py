@@ -23,6 +23,7 @@ from pdo_hub.cache.layout import (
     TMP_DIR,
     TRASH_DIR,
     children,
+    holder_path,
 )
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ def release_lock(path: Path, dry_run: bool = False) -> bool:
     try:
         with filelock.FileLock(path, timeout=0):
             if not dry_run:
+                holder_path(path).unlink(missing_ok=True)  # a crashed holder's record goes with its lock
                 path.unlink(missing_ok=True)
     except (filelock.Timeout, OSError) as err:
         logger.debug("Keeping lock %s: %s", path, err)

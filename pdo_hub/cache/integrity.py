@@ -1,7 +1,9 @@
 """Checking entry folders against their manifests: one entry on lookup, or the whole cache on demand.
 
-`examine` is the single judgement of an entry folder: usable, damaged (safe to remove: it will be
-rebuilt), or unusable but not ours to remove (written by a newer pdo-hub, or another key's entry).
+`examine` is the single judgement of an entry folder: usable, damaged (to be set aside and rebuilt), or
+unusable but not ours to touch (written by a newer pdo-hub, or another key's entry). How much it reads is
+the caller's choice (`Check`): sizes only, only the files changed since they were last verified (what
+every cache hit does), or every byte.
 """
 
 from __future__ import annotations
@@ -9,13 +11,23 @@ from __future__ import annotations
 import os
 import uuid
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 
+from pdo_hub.cache._verified import identity, read_stamp, write_stamp
 from pdo_hub.cache.entry import CacheEntry
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
 from pdo_hub.cache.layout import QUARANTINE_DIR, entry_dir
-from pdo_hub.cache.manifest import ManifestError, find_problems, read_manifest
+from pdo_hub.cache.manifest import MANIFEST_NAME, ManifestError, find_problems, read_manifest
 from pdo_hub.core.errors import CacheError, InvalidRepoIdError
+
+
+class Check(Enum):
+    """How thoroughly `examine` compares files with the manifest."""
+
+    SIZES = "sizes"  #: presence and size only (cheap; listing, selecting)
+    CHANGED = "changed"  #: sha256 of the files whose identity changed since their last check (every hit)
+    FULL = "full"  #: sha256 of every file (`verify=True`, `pdo-hub cache verify`, before replacing a folder)
 
 
 @dataclass(frozen=True)
@@ -42,17 +54,21 @@ class Verdict:
         return "; ".join(self.problems)
 
 
-def examine(root: Path, path: Path, check_hashes: bool, key: CacheKey | None = None) -> Verdict:
-    """Check one entry folder: manifest, format version, key, and every file's size (and sha256).
+def examine(root: Path, path: Path, check: Check, key: CacheKey | None = None) -> Verdict:
+    """Check one entry folder: manifest, format version, key, and every file against the manifest.
+
+    With `Check.CHANGED` or `Check.FULL`, the identities of the files found intact are recorded in the
+    entry's stamp, so the next `Check.CHANGED` only stats them (see `pdo_hub.cache._verified`).
 
     Args:
         root: The cache root.
         path: The entry folder.
-        check_hashes: Recompute every sha256 (sizes are always checked).
+        check: How much to read (see `Check`).
         key: The key the caller expects here. Without it, the manifest's own key must map to `path`.
     """
     if path.is_symlink() or not path.is_dir():
         return Verdict(path, None, ("not a folder",), True)
+    manifest_identity = identity(path / MANIFEST_NAME)  # before reading: a later edit then invalidates the stamp
     try:
         manifest = read_manifest(path)
     except ManifestError as err:
@@ -71,9 +87,13 @@ def examine(root: Path, path: Path, check_hashes: bool, key: CacheKey | None = N
         return Verdict(path, None, (f"it belongs to another key ({stored})",), key=stored)
     if key is None and entry_dir(root, stored) != path:
         return Verdict(path, None, (f"its manifest names the entry at {entry_dir(root, stored)}",), True, stored)
-    problems = find_problems(path, manifest, check_hashes)
+    verified = {} if check is Check.FULL else read_stamp(path, manifest_identity) if check is Check.CHANGED else None
+    known = dict(verified or {})
+    problems = find_problems(path, manifest, check is not Check.SIZES, verified)
     if problems:
         return Verdict(path, None, tuple(problems), True, stored)
+    if verified is not None and verified != known:
+        write_stamp(path, manifest_identity, verified)
     return Verdict(path, CacheEntry(stored, path, manifest), key=stored)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from pdo_hub.cache._files import discard, last_access_ns
 from pdo_hub.cache.entry import CacheEntry
-from pdo_hub.cache.integrity import Verdict, examine, quarantine
+from pdo_hub.cache.integrity import Check, Verdict, examine, quarantine
 from pdo_hub.cache.keys import CacheKey
 from pdo_hub.cache.layout import CONFIG_HASH_PREFIX, entry_folders, parse_repo_folder
 from pdo_hub.cache.store import OptimizedCache
@@ -149,11 +149,11 @@ def verify(cache: OptimizedCache, selection: EntryFilter = EntryFilter(), *, rep
     checked, damaged, skipped, moved = 0, [], [], {}
     for path in entry_folders(root):
         # Sizes first (cheap), so the selection can use the manifest's key before any file is hashed.
-        verdict = examine(root, path, check_hashes=False)
+        verdict = examine(root, path, Check.SIZES)
         if not _folder_selected(selection, verdict):
             continue
         if verdict.entry is not None:
-            verdict = examine(root, path, check_hashes=True)
+            verdict = examine(root, path, Check.FULL)
         checked += 1
         if verdict.damaged:
             damaged.append(verdict)

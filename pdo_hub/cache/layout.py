@@ -12,11 +12,14 @@ already know (and `refs/` resolution) read the same way::
             entries/{revision}--{config_hash[:16]}--v{format}/
                 pdo_manifest.json         size and sha256 of every file of the entry
                 .pdo_access               its modification time is the last access (for eviction)
+                .pdo_verified             identities of the files already checked against the manifest
                 model.safetensors, ...
         .locks/{repo folder}/{entry}.lock per-key file locks (only avoid duplicate work)
+        .locks/{repo folder}/{entry}.lock.holder  pid, host and start time of the current holder
         .tmp/                             unique temp folders, renamed into place when complete
         .trash/                           entries being deleted (renamed out first, so removal is atomic)
-        .quarantine/{repo folder}/{entry}.{id}  damaged entries set aside by `pdo-hub cache verify --quarantine`
+        .quarantine/{repo folder}/{entry}.{id}  damaged entries set aside (by a load that rebuilds them, or by
+                                          `pdo-hub cache verify --quarantine`), kept for inspection
 
 Every name is built from validated ids (`pdo_hub.cache.keys`), so nothing here can point outside the
 root.
@@ -37,6 +40,8 @@ TMP_DIR = ".tmp"
 TRASH_DIR = ".trash"
 QUARANTINE_DIR = ".quarantine"
 ACCESS_STAMP = ".pdo_access"
+VERIFIED_STAMP = ".pdo_verified"
+HOLDER_SUFFIX = ".holder"
 CACHEDIR_TAG = "CACHEDIR.TAG"
 CACHEDIR_TAG_CONTENT = (
     "Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -118,3 +123,8 @@ def ref_path(root: Path, kind: str, source_id: str, ref_name: str) -> Path:
 def lock_path(root: Path, key: CacheKey) -> Path:
     """Lock file of one key (kept out of the entry folder, which appears only when complete)."""
     return root / LOCKS_DIR / repo_folder_name(key.kind, key.source_id) / f"{entry_folder_name(key)}.lock"
+
+
+def holder_path(lock: Path) -> Path:
+    """The side file naming the process that holds `lock` (written by the holder after acquiring it)."""
+    return lock.with_name(lock.name + HOLDER_SUFFIX)

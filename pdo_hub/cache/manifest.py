@@ -1,7 +1,8 @@
 """The manifest of a cache entry: the key, when it was made, and the size and sha256 of every file.
 
 The manifest is what makes an entry trustworthy: it is written last, inside the temp folder, and a
-lookup re-checks every file against it, so a truncated or edited file is noticed instead of loaded.
+lookup checks every file against it (re-hashing the ones changed since their last check, see
+`pdo_hub.cache._verified`), so a truncated or edited file is noticed instead of loaded.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pdo_hub.cache._verified import Identity, identity, settled
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
-from pdo_hub.cache.layout import ACCESS_STAMP
+from pdo_hub.cache.layout import ACCESS_STAMP, VERIFIED_STAMP
 from pdo_hub.core.errors import CacheError
 
 MANIFEST_NAME = "pdo_manifest.json"
 # Files that belong to the cache machinery, not to the entry: a writer may not create them and they
 # are not listed in the manifest.
-RESERVED_NAMES = frozenset({MANIFEST_NAME, ACCESS_STAMP})
+RESERVED_NAMES = frozenset({MANIFEST_NAME, ACCESS_STAMP, VERIFIED_STAMP})
 _CHUNK = 1024 * 1024
 
 
@@ -118,13 +120,18 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def find_problems(folder: Path, manifest: dict[str, Any], check_hashes: bool = True) -> list[str]:
+def find_problems(
+    folder: Path, manifest: dict[str, Any], check_hashes: bool = True, verified: dict[str, Identity] | None = None
+) -> list[str]:
     """Compare the files under `folder` with `manifest`.
 
     Args:
         folder: The entry folder.
         manifest: Its manifest, as returned by `read_manifest`.
-        check_hashes: Also recompute every sha256 (sizes are always checked).
+        check_hashes: Also compare sha256 (sizes are always checked).
+        verified: Identities of files already found intact (see `pdo_hub.cache._verified`): a file whose
+            identity is unchanged is not re-hashed. Updated in place with every file hashed and found intact
+            whose identity is `settled`.
 
     Returns:
         One message per problem (missing file, wrong size, wrong sha256); empty when the entry is intact.
@@ -132,18 +139,17 @@ def find_problems(folder: Path, manifest: dict[str, Any], check_hashes: bool = T
     problems = []
     for name, info in manifest["files"].items():
         path = folder / name
-        try:
-            size = path.stat().st_size if path.is_file() and not path.is_symlink() else None
-        except OSError:
-            size = None
-        if size is None:
+        current = identity(path)
+        if current is None:
             problems.append(f"{name}: missing")
-        elif size != info["size"]:
-            problems.append(f"{name}: size {size}, expected {info['size']}")
-        elif check_hashes:
+        elif current[2] != info["size"]:
+            problems.append(f"{name}: size {current[2]}, expected {info['size']}")
+        elif check_hashes and (verified is None or verified.get(name) != current):
             try:
                 if sha256_file(path) != info["sha256"]:
                     problems.append(f"{name}: sha256 differs from the manifest")
+                elif verified is not None and settled(current):
+                    verified[name] = current  # the identity seen before hashing: a later write changes it
             except OSError as err:
                 problems.append(f"{name}: unreadable ({err})")
     return problems

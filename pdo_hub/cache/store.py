@@ -4,6 +4,10 @@ Guarantees: an entry is complete or absent. A writer fills a unique temp folder 
 (same filesystem), the manifest is written last, and one `os.rename` puts the folder into place. The
 per-key file lock only keeps two processes from optimizing the same model twice; if locking fails or
 is bypassed, the rename still decides a single winner and nothing half-written is ever visible.
+
+Nothing is deleted behind the user's back: a damaged entry is moved to `.quarantine/` (by a lookup of a
+caller holding the key's lock, or by a commit that finds it in the way), an entry of a newer pdo-hub is
+left alone, and only `remove`, `evict` and `prune` delete.
 """
 
 from __future__ import annotations
@@ -13,8 +17,6 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-
-import filelock
 
 from pdo_hub.cache import refs
 from pdo_hub.cache._files import (
@@ -27,18 +29,17 @@ from pdo_hub.cache._files import (
     release_lock,
     touch,
 )
+from pdo_hub.cache._place import place
 from pdo_hub.cache.entry import CacheEntry
-from pdo_hub.cache.integrity import examine
+from pdo_hub.cache.integrity import Check, Verdict, examine, quarantine
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
 from pdo_hub.cache.layout import TMP_DIR, entry_dir, entry_folder_name, entry_folders, lock_path
+from pdo_hub.cache.locking import KeyLock
 from pdo_hub.cache.manifest import ManifestError, build_manifest, read_manifest, write_manifest
 from pdo_hub.core import constants
 from pdo_hub.core.errors import CacheError, ConfigError, InvalidRepoIdError
 
 logger = logging.getLogger(__name__)
-
-# How often commit retries when a damaged folder sits where its entry must go.
-_PLACE_ATTEMPTS = 3
 
 
 class OptimizedCache:
@@ -64,31 +65,66 @@ class OptimizedCache:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def lookup(self, key: CacheKey, *, verify: bool = True) -> CacheEntry | None:
+    def lookup(self, key: CacheKey, *, verify: bool = True, repair: bool = False) -> CacheEntry | None:
         """Return the entry of `key` if it is present and intact, else None.
 
-        Every file listed in the manifest is checked for presence and size and, with `verify`, its
-        sha256. A damaged entry is logged as a warning, removed, and reported as a miss. An entry
-        written by a newer pdo-hub is a miss too (with a warning) but is left in place.
+        Every file listed in the manifest is checked against it (see `examine`). A damaged entry is a miss,
+        logged as a warning; it is moved to `.quarantine/` only with `repair` (pass it only while holding
+        `lock(key)`, so that no builder of the key sees its folder vanish), else left in place. An entry
+        written by a newer pdo-hub is a miss too and always left in place.
 
         Args:
             key: What to look for.
-            verify: Recompute the sha256 of every file (sizes are always checked). Turning it off saves
-                reading the whole model at each load, at the cost of missing same-size corruption.
+            verify: Re-hash every file. Without it only the files changed since their last check are hashed
+                (a few `stat` calls per hit); see `pdo_hub.cache._verified` for what that catches.
+            repair: Quarantine a damaged entry (the caller holds the key's lock).
+        """
+        verdict = self.examine(key, verify=verify)
+        if verdict is None:
+            return None
+        if verdict.entry is not None:
+            self.mark_used(verdict.entry)
+            return verdict.entry
+        if verdict.damaged and repair:
+            self.quarantine(key, f"damaged: {verdict.reason}")
+        elif verdict.damaged:
+            logger.warning("Cache entry %s is damaged (%s); a miss, left in place until a build of it sets it aside.",
+                           verdict.path, verdict.reason)
+        else:
+            logger.warning("Cache entry %s cannot be used (%s); a miss, left in place.", verdict.path, verdict.reason)
+        return None
+
+    def examine(self, key: CacheKey, *, verify: bool = False) -> Verdict | None:
+        """Judge the folder of `key` without moving anything: None when absent, else a `Verdict` (usable,
+        damaged, or unusable but intact, e.g. from a newer pdo-hub). Files found intact are recorded in
+        the entry's verified stamp.
+
+        Args:
+            key: The key.
+            verify: Re-hash every file; without it only the files changed since their last check.
         """
         path = entry_dir(self.root, key)
         if not os.path.lexists(path):
             return None
-        verdict = examine(self.root, path, verify, key)
-        if verdict.entry is not None:
-            touch(path)
-            return verdict.entry
-        if verdict.damaged:
-            logger.warning("Cache entry %s is damaged (%s); removing it, it will be rebuilt.", path, verdict.reason)
-            discard(self.root, path)
-        else:
-            logger.warning("Cache entry %s cannot be used (%s); treating it as a miss.", path, verdict.reason)
-        return None
+        return examine(self.root, path, Check.FULL if verify else Check.CHANGED, key)
+
+    def quarantine(self, key: CacheKey, reason: str) -> Path | None:
+        """Move the folder of `key` to `.quarantine/` (kept for inspection, never deleted) and warn naming
+        both places. Call it while holding `lock(key)`. Returns where it went (None if it was gone).
+
+        Raises:
+            CacheError: when it cannot be moved (then nothing was changed).
+        """
+        path = entry_dir(self.root, key)
+        if not os.path.lexists(path):
+            return None
+        target = quarantine(self.root, path)
+        logger.warning("Cache entry %s cannot be used (%s); moved it to %s. It will be rebuilt.", path, reason, target)
+        return target
+
+    def mark_used(self, entry: CacheEntry) -> None:
+        """Record a use of `entry` for least-recently-used eviction (best effort)."""
+        touch(entry.path)
 
     def list_entries(self) -> list[CacheEntry]:
         """Every entry with a readable manifest, sorted by path (files are not re-hashed here)."""
@@ -148,7 +184,7 @@ class OptimizedCache:
             writer(tmp)
             manifest = build_manifest(tmp, key)
             write_manifest(tmp, manifest)
-            entry = self._place(key, tmp, entry_dir(root, key), manifest)
+            entry = place(root, key, tmp, manifest)
         finally:
             if tmp.exists():
                 delete(tmp)
@@ -156,38 +192,48 @@ class OptimizedCache:
             self.evict(max_bytes, keep=key)
         return entry
 
-    def lock(self, key: CacheKey, timeout: float = -1) -> filelock.FileLock:
+    def lock(self, key: CacheKey, timeout: float | None = None) -> KeyLock:
         """A file lock for `key`, to use as a context manager around building it.
 
-        It only avoids duplicate work between processes; correctness never depends on it.
+        It only avoids duplicate work between processes; correctness never depends on it. The holder
+        records its pid, host and start time beside it, for the message of a waiter that gives up.
 
         Args:
             key: The key to lock.
-            timeout: Seconds to wait; -1 waits forever. On expiry `filelock.Timeout` is raised.
+            timeout: Seconds to wait; None: `PDO_HUB_LOCK_TIMEOUT` (default 1800); negative waits forever.
+
+        Raises:
+            CacheLockTimeoutError: on entering, when the wait expires (the message names the holder).
+            ConfigError: when `PDO_HUB_LOCK_TIMEOUT` is not a number.
         """
         path = lock_path(self.root, key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return filelock.FileLock(path, timeout=timeout)
+        wait = constants.lock_timeout() if timeout is None else timeout
+        return KeyLock(path, wait, f"{key.kind}:{key.source_id}@{key.revision[:12]} ({entry_folder_name(key)})")
 
     def get_or_create(
-        self, key: CacheKey, build: Callable[[Path], None], *, verify: bool = True, lock_timeout: float = -1
+        self, key: CacheKey, build: Callable[[Path], None], *, verify: bool = True, lock_timeout: float | None = None
     ) -> CacheEntry:
         """Return the entry of `key`, building it with `build` (as in `commit`) when it is missing.
 
         On a miss the key's lock is taken and the cache looked up again, so a process that waited for
-        another one's build reuses its result instead of building again.
+        another one's build reuses its result instead of building again; a damaged entry is moved to
+        `.quarantine/` then (under the lock) and rebuilt.
 
         Args:
             key: The key.
             build: Writer for `commit`, called only on a miss.
             verify: Passed to `lookup`.
-            lock_timeout: Seconds to wait for the lock (-1: forever); `filelock.Timeout` on expiry.
+            lock_timeout: Seconds to wait for the lock (None: `PDO_HUB_LOCK_TIMEOUT`; negative: forever).
+
+        Raises:
+            CacheLockTimeoutError: when another process holds the lock longer than `lock_timeout`.
         """
         entry = self.lookup(key, verify=verify)
         if entry is not None:
             return entry
         with self.lock(key, timeout=lock_timeout):
-            entry = self.lookup(key, verify=verify)
+            entry = self.lookup(key, verify=verify, repair=True)
             if entry is not None:
                 logger.debug("Another process built %s while this one waited for the lock.", entry.path)
                 return entry
@@ -267,35 +313,3 @@ class OptimizedCache:
     def resolve_ref(self, kind: str, source_id: str, ref_name: str) -> str | None:
         """The revision `ref_name` points to, or None when unknown; no network. See `refs.resolve_ref`."""
         return refs.resolve_ref(self.root, kind, source_id, ref_name)
-
-    # --- internals -----------------------------------------------------------------------------
-
-    def _place(self, key: CacheKey, tmp: Path, final: Path, manifest: dict) -> CacheEntry:
-        try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise CacheError(f"Cannot create {final.parent} for the new cache entry: {err}.") from err
-        for _ in range(_PLACE_ATTEMPTS):
-            try:
-                # Atomic: readers see no folder or the complete one. It fails when `final` exists and is
-                # not an empty folder, which is how a concurrent winner is detected.
-                os.rename(tmp, final)
-            except OSError as err:
-                if not os.path.lexists(final):
-                    raise CacheError(f"Cannot move the new cache entry into {final}: {err}.") from err
-                verdict = examine(self.root, final, True, key)
-                if verdict.entry is not None:
-                    logger.info("Cache entry %s already exists; keeping it and discarding the new one.", final)
-                    touch(final)
-                    return verdict.entry
-                if not verdict.damaged:
-                    raise CacheError(
-                        f"Cannot store the entry at {final}: the folder is taken ({verdict.reason}). Upgrade pdo-hub "
-                        "or point PDO_HUB_CACHE at another folder."
-                    ) from err
-                logger.warning("Replacing damaged cache entry %s (%s).", final, verdict.reason)
-                discard(self.root, final)
-            else:
-                touch(final)
-                return CacheEntry(key, final, manifest)
-        raise CacheError(f"Cannot place the new cache entry at {final}: it kept being replaced; try again.")

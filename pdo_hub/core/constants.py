@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import ConfigError
 from .sizes import parse_size
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -28,6 +29,30 @@ def cache_max_size() -> int | None:
     """
     value = os.environ.get("PDO_HUB_CACHE_MAX_SIZE", "").strip()
     return parse_size(value, "PDO_HUB_CACHE_MAX_SIZE") if value else None
+
+
+#: Default wait for another process's build of the same entry: an optimization can take minutes.
+DEFAULT_LOCK_TIMEOUT = 1800.0
+
+
+def lock_timeout() -> float:
+    """Seconds to wait for the lock of an entry another process is building: `$PDO_HUB_LOCK_TIMEOUT`.
+
+    Default 1800; a negative value waits forever (a hung build then blocks every other process).
+
+    Raises:
+        ConfigError: when the value is not a number (the message names the variable).
+    """
+    value = os.environ.get("PDO_HUB_LOCK_TIMEOUT", "").strip()
+    if not value:
+        return DEFAULT_LOCK_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if seconds != seconds:  # NaN: neither a wait nor "forever"
+        raise ConfigError(f"PDO_HUB_LOCK_TIMEOUT={value!r}: use a number of seconds (negative waits forever).")
+    return seconds
 
 
 def offline() -> bool:

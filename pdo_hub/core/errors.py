@@ -49,3 +49,25 @@ class InvalidRepoIdError(PdoHubError, ValueError):
 
 class PushError(PdoHubError, OSError):
     """Publishing a variant to the Hub failed (credentials, permissions, network, or a refused commit)."""
+
+
+class IncompatibleCacheEntryError(CacheError):
+    """A cache entry is intact but this install cannot use it: it was written by a newer pdo-hub, or its
+    recipe needs a method or an optional package that is not installed. The entry is left in place; the
+    message says what to upgrade or install."""
+
+
+class DamagedCacheEntryError(OfflineCacheMissError):
+    """Offline, a cache entry failed its integrity check or could not be loaded. It is left untouched
+    (nothing is deleted or moved offline); the message says how to rebuild or restore it."""
+
+
+class CacheLockTimeoutError(CacheError, TimeoutError):
+    """Waiting for another process's build of the same cache entry took longer than the lock timeout
+    (`PDO_HUB_LOCK_TIMEOUT`); the message names the process holding the lock."""
+
+
+class FetchError(PdoHubError, ConnectionError):
+    """Downloading from the Hub kept failing (server errors, rate limits, timeouts, cut connections, files
+    that do not match the Hub's sizes and hashes) through every bounded retry. Nothing partial was kept:
+    the message names what failed, how, after how many attempts, and what to do."""

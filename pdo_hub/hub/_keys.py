@@ -5,6 +5,10 @@ with other loader arguments (`num_labels=3`, `dtype`), or calibrated on other in
 models, so they must be different entries. The cache key's hash is therefore the sha256 of the config
 hash together with those facts (the "variant hash"); the config hash itself is kept in the entry's
 source record and model card.
+
+Loader arguments that carry credentials (`token`, the legacy `use_auth_token`, anything named like a
+token, auth, password or secret) never change the built model: they are left out of keys and records,
+so no secret is ever hashed into a key or written into an entry (and pushed with it).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from pdo_hub.core.errors import ConfigError
 INPUTS_VERSION = "inputs-v1"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_SECRET_WORDS = ("token", "auth", "password", "passwd", "secret", "credential", "api_key", "apikey")
+# Names about tokens that are model settings, not credentials (`pad_token_id=0` changes the config).
+_NOT_SECRET_SUFFIXES = ("_id", "_ids")
 
 
 def variant_hash(config: PostDownloadOptimizationConfig, loader: Mapping[str, Any]) -> str:
@@ -36,12 +43,36 @@ def variant_hash(config: PostDownloadOptimizationConfig, loader: Mapping[str, An
 
 
 def canonical_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-    """JSON form of loader keyword arguments, so they can be part of a key.
+    """JSON form of loader keyword arguments, so they can be part of a key; credentials are left out.
 
     Raises:
         ConfigError: for a value that has no stable JSON form (the key would not be reproducible).
     """
-    return {name: _canonical(name, value) for name, value in sorted(kwargs.items())}
+    return {name: _canonical(name, value) for name, value in sorted(public_kwargs(kwargs).items())}
+
+
+def is_secret_name(name: str) -> bool:
+    """True for an argument name that may carry a credential (`token`, `use_auth_token`, `hf_password`)."""
+    lowered = str(name).lower()
+    return any(word in lowered for word in _SECRET_WORDS) and not lowered.endswith(_NOT_SECRET_SUFFIXES)
+
+
+def public_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """`kwargs` without the arguments that may carry credentials (see `is_secret_name`)."""
+    return {name: value for name, value in kwargs.items() if not is_secret_name(name)}
+
+
+def public_source(source: Mapping[str, Any]) -> dict[str, Any]:
+    """A source record safe to write into an entry: loader arguments that may carry credentials removed.
+
+    The callers build the loader with `canonical_kwargs` already; this is the last gate before the disk,
+    whatever the caller.
+    """
+    record = dict(source)
+    loader = record.get("loader")
+    if isinstance(loader, Mapping) and isinstance(loader.get("kwargs"), Mapping):
+        record["loader"] = {**loader, "kwargs": public_kwargs(loader["kwargs"])}
+    return record
 
 
 def _canonical(name: str, value: Any) -> Any:

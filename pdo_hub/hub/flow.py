@@ -1,15 +1,27 @@
 """The fetch -> optimize -> cache -> load flow every source shares.
 
-A hit loads from the entry with no network and no optimizer. A miss takes the key's file lock, looks
-again (another process may have built it while this one waited), and only then builds. The model is
-always returned as loaded back from the entry, so the first load and every later (offline) load give
-identical outputs.
+A hit loads from the entry with no network and no optimizer. A miss takes the key's file lock (a bounded
+wait, `PDO_HUB_LOCK_TIMEOUT`), looks again (another process may have built it while this one waited), and
+only then builds. The model is always returned as loaded back from the entry, so the first load and
+every later (offline) load give identical outputs.
+
+Every hit checks the entry's files against its manifest (re-hashing those changed since their last
+check, see `pdo_hub.cache._verified`), so a flipped byte, a truncated file or an edited recipe is never
+loaded. Nothing is lost when an entry cannot be used:
+
+- damaged, or failing to load: online, it is moved to the cache's `.quarantine/` under the key's lock
+  (a warning names both places) and rebuilt; offline, it is left untouched and `DamagedCacheEntryError`
+  says what is wrong and how to rebuild it;
+- intact but not for this install (written by a newer pdo-hub, or its recipe needs a method or optional
+  package that is not installed): left in place, online and offline, with `IncompatibleCacheEntryError`
+  saying what to upgrade or install (rebuilding would only hide the problem).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,15 +29,20 @@ from typing import Callable
 
 import torch.nn as nn
 
-from pdo_hub.cache import CacheEntry, CacheKey, OptimizedCache
-from pdo_hub.core.errors import OfflineCacheMissError
+from pdo_hub.cache import RESERVED_NAMES, CacheEntry, CacheKey, OptimizedCache
+from pdo_hub.core.errors import DamagedCacheEntryError, IncompatibleCacheEntryError, OfflineCacheMissError
+from pdo_hub.hub import _keys
+from pdo_hub.hub._entry_checks import incompatibility, missing_package
 from pdo_hub.hub.card import CARD_NAME, build_card
 from pdo_hub.optimizers import save_optimized
+from pdo_hub.optimizers.storage import RECIPE_NAME, REPORT_NAME, WEIGHTS_NAME
 
 logger = logging.getLogger(__name__)
 
 #: Name of the JSON record in each entry that says where the original came from and how to rebuild it.
 SOURCE_NAME = "pdo_source.json"
+#: Names pdo-hub writes into an entry itself: a source file with one of these names is not copied.
+OWN_FILE_NAMES = RESERVED_NAMES | {WEIGHTS_NAME, RECIPE_NAME, REPORT_NAME, SOURCE_NAME, CARD_NAME}
 
 
 @dataclass(frozen=True)
@@ -38,7 +55,7 @@ class Request:
         fetch_hint: What to run online to fill the cache, for the offline-miss error.
         offline: No network allowed (an offline miss raises).
         offline_reason: Which setting made it offline (for the error message).
-        verify: Re-hash every file of the entry on load (sizes are always checked).
+        verify: Re-hash every file of the entry on load (otherwise only files changed since their last check).
     """
 
     key: CacheKey
@@ -67,10 +84,13 @@ def load_or_build(
         The model, with `pdo_cache_status` set to `"hit"` or `"built"` and `pdo_cache_path` to the entry.
 
     Raises:
-        OfflineCacheMissError: offline and the entry is missing or damaged.
+        OfflineCacheMissError: offline and the entry is missing.
+        DamagedCacheEntryError: offline and the entry is damaged or fails to load (it is left untouched).
+        IncompatibleCacheEntryError: the entry needs a newer pdo-hub or a package that is not installed.
+        CacheLockTimeoutError: another process held the key's lock longer than `PDO_HUB_LOCK_TIMEOUT`.
     """
     cache = cache or OptimizedCache()
-    model = _load_existing(cache, request, load)
+    model = _load_existing(cache, request, load, locked=False)
     if model is not None:
         return model
     if request.offline:
@@ -85,7 +105,7 @@ def load_or_build(
         waited = time.perf_counter() - started
         if waited > 0.5:
             logger.info("Waited %.1f s for another process building %s.", waited, request.what)
-        model = _load_existing(cache, request, load)
+        model = _load_existing(cache, request, load, locked=True)
         if model is not None:
             return model
         logger.info("Optimizing %s (cache miss).", request.what)
@@ -94,18 +114,54 @@ def load_or_build(
     return _mark(model, entry, "built")
 
 
-def _load_existing(cache: OptimizedCache, request: Request, load: Callable[[CacheEntry], nn.Module]) -> nn.Module | None:
-    entry = cache.lookup(request.key, verify=request.verify)
-    if entry is None:
+def _load_existing(cache: OptimizedCache, request: Request, load: Callable[[CacheEntry], nn.Module], *,
+                   locked: bool) -> nn.Module | None:
+    """The model from the entry of `request`, or None to build it; quarantines only when `locked`."""
+    verdict = cache.examine(request.key, verify=request.verify)
+    if verdict is None:
         return None
-    try:
-        model = load(entry)
-    except Exception as err:  # any failure to rebuild means the entry cannot be trusted: rebuild it
-        logger.warning("Cache entry %s cannot be loaded (%s: %s); removing it.", entry.path, type(err).__name__, err)
-        cache.remove(request.key)
-        return None
-    logger.debug("Loaded %s from %s.", request.what, entry.path)
-    return _mark(model, entry, "hit")
+    if verdict.entry is None and not verdict.damaged:
+        raise IncompatibleCacheEntryError(
+            f"The optimized cache entry of {request.what} at {verdict.path} cannot be used: {verdict.reason}. "
+            "It was left in place."
+        )
+    failure: Exception | None = None
+    if verdict.entry is None:
+        problem = f"damaged: {verdict.reason}"
+    else:
+        entry = verdict.entry
+        _raise_if_incompatible(entry, request, incompatibility(entry))
+        try:
+            model = load(entry)
+        except MemoryError:
+            raise  # not the entry's fault: quarantining or rebuilding would not help
+        except Exception as err:
+            _raise_if_incompatible(entry, request, missing_package(err), err)
+            problem, failure = f"it fails to load: {type(err).__name__}: {err}", err
+        else:
+            cache.mark_used(entry)
+            logger.debug("Loaded %s from %s.", request.what, entry.path)
+            return _mark(model, entry, "hit")
+    if request.offline:
+        raise DamagedCacheEntryError(
+            f"The optimized cache entry of {request.what} at {verdict.path} cannot be used ({problem}), and offline "
+            f"mode is on ({request.offline_reason}); it was left untouched. Run once with network access to set it "
+            f"aside in {cache.root / '.quarantine'} and rebuild it: {request.fetch_hint}. `pdo-hub cache verify` "
+            "lists every damaged entry."
+        ) from failure
+    if locked:
+        cache.quarantine(request.key, problem)
+    else:
+        logger.info("Cache entry %s cannot be used (%s); taking the lock to rebuild it.", verdict.path, problem)
+    return None
+
+
+def _raise_if_incompatible(entry: CacheEntry, request: Request, reason: str | None,
+                           cause: Exception | None = None) -> None:
+    if reason is not None:
+        raise IncompatibleCacheEntryError(
+            f"The optimized cache entry of {request.what} at {entry.path} {reason}. The entry was left in place."
+        ) from cause
 
 
 def _mark(model: nn.Module, entry: CacheEntry, status: str) -> nn.Module:
@@ -115,8 +171,32 @@ def _mark(model: nn.Module, entry: CacheEntry, status: str) -> nn.Module:
     return model
 
 
+def copy_source_file(file: Path, folder: Path, relative: str) -> bool:
+    """Copy one file of the source into an entry folder, unless its name is one of pdo-hub's own.
+
+    A source repo may hold a file named like pdo-hub's (`pdo_manifest.json`, `pdo_recipe.json`, ...): it is
+    skipped with a log line instead of failing the build or being mistaken for pdo-hub's. Links are
+    followed (the Hub client cache links into its blobs): entries hold real files.
+
+    Returns:
+        True when copied.
+    """
+    if relative in OWN_FILE_NAMES:
+        logger.info("Not copying %s from the source: %r is the name of a file pdo-hub writes itself.", file, relative)
+        return False
+    target = folder / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(file, target)
+    return True
+
+
 def write_entry(folder: Path, optimized: nn.Module, report: dict, source: dict) -> None:
-    """Write the files every entry has: weights + recipe + report, the source record, the model card."""
+    """Write the files every entry has: weights + recipe + report, the source record, the model card.
+
+    The source record holds JSON values only (loader arguments are canonical already) and never a
+    credential (`_keys.public_source`).
+    """
+    source = _keys.public_source(source)
     save_optimized(optimized, folder, report=report)
-    (folder / SOURCE_NAME).write_text(json.dumps(source, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    (folder / SOURCE_NAME).write_text(json.dumps(source, indent=2, sort_keys=True), encoding="utf-8")
     build_card(report, source).save(folder / CARD_NAME)

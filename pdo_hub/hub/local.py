@@ -1,7 +1,8 @@
 """Local models: transformers save folders, `.safetensors` and `.pt`/`.pth` state dicts.
 
 Keyed by content (sha256 of the file, or of every file of the folder), so editing the file means a new
-entry. State dicts are loaded with `weights_only=True` (never unpickling code) and need the
+entry; the source record keeps only the file or folder name (never an absolute path, which would say
+where the user keeps files and would be pushed with the entry). State dicts are loaded with `weights_only=True` (never unpickling code) and need the
 architecture: a torchvision model name or a callable returning a fresh `nn.Module`.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import shutil
 from pathlib import Path
 from typing import Callable, Mapping
 
@@ -22,7 +22,7 @@ from pdo_hub.core.errors import ConfigError
 from pdo_hub.hub import _keys, examples, skeleton
 from pdo_hub.hub._context import bypass
 from pdo_hub.hub._files import sha256_of, tree_sha256
-from pdo_hub.hub.flow import Request, load_or_build, write_entry
+from pdo_hub.hub.flow import Request, copy_source_file, load_or_build, write_entry
 from pdo_hub.hub.transformers_models import IGNORE_PATTERNS, SMALL_FILE_PATTERNS, auto_class_named, load_entry, offline_reason
 from pdo_hub.optimizers import create_post_download_optimizer, load_optimized
 
@@ -85,13 +85,18 @@ def _request(key: CacheKey, what: str, hint: str, local_files_only: bool, verify
     return Request(key=key, what=what, fetch_hint=hint, offline=reason is not None, offline_reason=reason or "", verify=verify)
 
 
+def _source_record(key: CacheKey, path: Path, loader: dict, opt_config: PostDownloadOptimizationConfig) -> dict:
+    # The name only: an absolute path says where the user keeps files, and would be pushed with the entry.
+    return {"kind": "local", "source_id": key.source_id, "revision": key.revision, "path": path.absolute().name,
+            "loader": loader, "config_hash": opt_config.config_hash(), "key_hash": key.config_hash}
+
+
 def _load_folder(path: Path, auto_class: str, opt_config: PostDownloadOptimizationConfig, local_files_only: bool,
                  verify: bool) -> nn.Module:
     auto_cls = auto_class_named(auto_class)
     loader = {"library": "transformers", "auto_class": auto_class, "kwargs": {}}
     key = CacheKey("local", _keys.safe_source_name(path.name), tree_sha256(path), _keys.variant_hash(opt_config, loader))
-    source = {"kind": "local", "source_id": key.source_id, "revision": key.revision, "path": str(path), "loader": loader,
-              "config_hash": opt_config.config_hash(), "key_hash": key.config_hash}
+    source = _source_record(key, path, loader, opt_config)
     request = _request(key, f"local folder {path} ({auto_class})", f"load {path} once without offline mode", local_files_only, verify)
 
     def write(folder: Path) -> None:
@@ -110,8 +115,7 @@ def _load_folder(path: Path, auto_class: str, opt_config: PostDownloadOptimizati
             relative = file.relative_to(path).as_posix()
             if file.is_file() and any(fnmatch.fnmatch(relative, p) for p in SMALL_FILE_PATTERNS) \
                     and not any(fnmatch.fnmatch(relative, p) for p in IGNORE_PATTERNS):
-                (folder / relative).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(file, folder / relative)
+                copy_source_file(file, folder, relative)
         original.config.save_pretrained(folder)
         write_entry(folder, optimized, report, source)
 
@@ -123,8 +127,7 @@ def _load_state_dict_file(path: Path, architecture: Architecture, opt_config: Po
     make, arch_name, vision = _architecture(architecture)
     loader = {"library": "torch", "architecture": arch_name}
     key = CacheKey("local", _keys.safe_source_name(path.name), sha256_of(path), _keys.variant_hash(opt_config, loader))
-    source = {"kind": "local", "source_id": key.source_id, "revision": key.revision, "path": str(path), "loader": loader,
-              "config_hash": opt_config.config_hash(), "key_hash": key.config_hash}
+    source = _source_record(key, path, loader, opt_config)
     request = _request(key, f"local file {path} ({arch_name})", f"load {path} once without offline mode", local_files_only, verify)
 
     def write(folder: Path) -> None:

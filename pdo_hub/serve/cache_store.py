@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pdo_hub.cache import CacheKey, OptimizedCache
 from pdo_hub.cache.layout import CONFIG_HASH_PREFIX, ENTRIES_DIR, entry_dir, repo_dir
-from pdo_hub.cache.manifest import MANIFEST_NAME, ManifestError, read_manifest
+from pdo_hub.cache.manifest import RESERVED_NAMES, ManifestError, read_manifest
 from pdo_hub.core.errors import InvalidRepoIdError
 from pdo_hub.serve._records import (
     CommitRecord,
@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 VARIANT_BRANCH_PREFIX = "pdo-"
 # Served kinds and the namespace their repos get (Hub repos keep their own id).
 _KIND_NAMESPACE = {"torchvision": "torchvision"}
-_HIDDEN_FILES = {MANIFEST_NAME, ".pdo_access"}
+_HIDDEN_FILES = RESERVED_NAMES  # the manifest and the stamps stay private to the cache
 
 
 def repo_id_of(key: CacheKey) -> str:
