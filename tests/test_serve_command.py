@@ -169,3 +169,16 @@ def test_serve_command_prints_its_url_serves_and_stops_on_interrupt(variant, ser
         process.send_signal(signal.SIGINT)
         process.wait(timeout=30)
     assert process.returncode == 0
+
+
+def test_post_models_download_without_optimize_fetches_the_original(served_repo, variant, tmp_path):
+    with build_server(ServeOptions(port=0, cache=variant, allow_downloads=True)) as server:
+        answer = httpx.post(f"{server.url}/models/download",
+                            json={"source": "huggingface", "model_id": served_repo, "optimize": False}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["optimized"] is False and "model.safetensors" in body["files"]
+    from huggingface_hub import snapshot_download
+
+    local = Path(snapshot_download(served_repo, revision=body["revision"], local_files_only=True))
+    assert (local / "model.safetensors").is_file(), "the original is in the server's Hub client cache"

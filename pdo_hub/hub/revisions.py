@@ -45,9 +45,9 @@ def resolve_hf_revision(repo_id: str, revision: str | None, *, offline: bool, ca
                 f"network access: pdo_hub.from_pretrained({repo_id!r}, revision={revision!r}), or pass a 40-hex commit sha."
             )
         return sha
-    from huggingface_hub import HfApi
+    from pdo_hub.hub import _retry
 
-    sha = HfApi().model_info(repo_id, revision=revision, token=token).sha
+    sha = _retry.model_info(repo_id, revision=revision, token=token).sha  # with a timeout and bounded retries
     if not sha or not is_commit_sha(sha):
         raise InvalidRepoIdError(f"The Hub answered no commit sha for {repo_id!r} at {revision!r} (got {sha!r}).")
     return sha

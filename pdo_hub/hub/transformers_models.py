@@ -10,7 +10,6 @@ other small files, and `pdo_source.json`. Loading it = config -> skeleton withou
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from pdo_hub.core.errors import ConfigError
 from pdo_hub.hub import _keys, examples, revisions, skeleton
 from pdo_hub.hub._context import bypass
 from pdo_hub.hub.calibration import Calibration, read_calibration
-from pdo_hub.hub.flow import SOURCE_NAME, Request, load_or_build, write_entry
+from pdo_hub.hub.flow import SOURCE_NAME, Request, copy_source_file, load_or_build, write_entry
 from pdo_hub.optimizers import create_post_download_optimizer, load_optimized
 
 logger = logging.getLogger(__name__)
@@ -193,11 +192,20 @@ def _build_entry(folder: Path, source: dict, auto_cls: Any, opt_config: PostDown
                  calibration: Calibration | None = None) -> None:
     from huggingface_hub import snapshot_download
 
+    from pdo_hub.hub import _blob_check, _retry
+
     repo_id, sha = source["source_id"], source["revision"]
-    small_files = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache_dir, token=token,
-                                         allow_patterns=SMALL_FILE_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
-    with bypass():
-        original = auto_cls.from_pretrained(repo_id, revision=sha, cache_dir=cache_dir, token=token, **model_kwargs)
+
+    def download() -> tuple[Path, Any]:  # pinned to the sha: a branch that moves meanwhile changes nothing
+        files = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache_dir, token=token,
+                                       allow_patterns=SMALL_FILE_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
+        with bypass():
+            return files, auto_cls.from_pretrained(repo_id, revision=sha, cache_dir=cache_dir, token=token,
+                                                   **model_kwargs)
+
+    small_files, original = _retry.with_retries(
+        f"{repo_id!r} at commit {sha[:12]}", download,
+        check=lambda: _blob_check.remove_damaged(repo_id, sha, cache_dir, ignore=_blob_check.EXPORT_PATTERNS))
     revisions.record_hf_cache_ref(repo_id, source["ref"], sha, cache_dir)
     original.eval()
     inputs = _text_inputs(small_files, original, opt_config.calibration_samples, calibration)
@@ -225,8 +233,8 @@ def _text_inputs(files: Path, model: nn.Module, count: int, calibration: Calibra
 
 
 def _copy_small_files(snapshot: Path, folder: Path) -> None:
+    """Copy the snapshot's small files into the entry (following the client cache's links), skipping any
+    named like one of pdo-hub's own files (`pdo_manifest.json`, ...) with a log line."""
     for path in sorted(snapshot.rglob("*")):
         if path.is_file():
-            target = folder / path.relative_to(snapshot)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, target)  # follows the client cache's symlinks: entries hold real files
+            copy_source_file(path, folder, path.relative_to(snapshot).as_posix())

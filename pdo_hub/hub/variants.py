@@ -77,9 +77,9 @@ def resolve(repo_id: str, revision: str | None, *, offline: bool, cache: Optimiz
     if offline or revisions.is_commit_sha(ref):
         return Resolved(revisions.resolve_hf_revision(repo_id, revision, offline=offline, cache=cache, token=token,
                                                       cache_dir=cache_dir, offline_reason=offline_reason))
-    from huggingface_hub import HfApi
+    from pdo_hub.hub import _retry
 
-    info = HfApi().model_info(repo_id, revision=ref, token=token)
+    info = _retry.model_info(repo_id, revision=ref, token=token)  # with a timeout and bounded retries
     if not info.sha or not revisions.is_commit_sha(info.sha):
         raise InvalidRepoIdError(f"The Hub answered no commit sha for {repo_id!r} at {ref!r} (got {info.sha!r}).")
     return Resolved(info.sha, frozenset(sibling.rfilename for sibling in info.siblings or []))
@@ -104,9 +104,9 @@ def is_published(repo_id: str, resolved: Resolved, *, cache: OptimizedCache, ori
     if files is None:
         if offline or cache.lookup(original_key, verify=False) is not None:
             return False
-        from huggingface_hub import HfApi
+        from pdo_hub.hub import _retry
 
-        info = HfApi().model_info(repo_id, revision=resolved.sha, token=token)
+        info = _retry.model_info(repo_id, revision=resolved.sha, token=token)
         files = frozenset(sibling.rfilename for sibling in info.siblings or [])
     return MARKERS <= files
 
@@ -160,9 +160,16 @@ def load_published_entry(entry: CacheEntry, repo_id: str) -> nn.Module:
         return model
     import torchvision.models
 
-    builder = torchvision.models.get_model_builder(_builder_name(loader))
+    name = _builder_name(loader)
+    builder = torchvision.models.get_model_builder(name)
     with bypass():  # inside intercept() the builder must not fetch and optimize the original
-        fresh = skeleton.builder_skeleton(builder, **loader.get("kwargs", {}))
+        try:
+            fresh = skeleton.builder_skeleton(builder, **loader.get("kwargs", {}))
+        except (ArithmeticError, AssertionError, AttributeError, LookupError, RuntimeError, TypeError, ValueError) as err:
+            # check_source lets only plain values through, but a builder may still refuse a name or a value
+            # (torchvision asserts on some): a downloaded record's mistake, not a traceback from the builder.
+            raise RecipeError(f"{repo_id!r}: the builder arguments in its {SOURCE_NAME} do not build {name!r} "
+                              f"({type(err).__name__}: {err}).") from err
     return load_optimized(entry.path, fresh, assign=True)
 
 
@@ -224,10 +231,11 @@ def _plain(value: Any) -> bool:
 
 def _download(folder: Path, repo_id: str, sha: str, *, cache_dir: str | None, token: str | bool | None) -> None:
     """Download the variant's files and copy them into the entry folder, checked before they enter the cache."""
-    from huggingface_hub import snapshot_download
+    from pdo_hub.hub import _retry
 
-    snapshot = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache_dir, token=token,
-                                      allow_patterns=_ALLOW_PATTERNS, ignore_patterns=_IGNORE_PATTERNS))
+    snapshot = _retry.download_snapshot(repo_id, sha, what=f"published variant {repo_id!r} at commit {sha[:12]}",
+                                        cache_dir=cache_dir, token=token, allow_patterns=_ALLOW_PATTERNS,
+                                        ignore_patterns=_IGNORE_PATTERNS)
     missing = [name for name in ("model.safetensors", *sorted(MARKERS)) if not (snapshot / name).is_file()]
     if missing:
         raise RecipeError(f"{repo_id!r} at commit {sha[:12]} lacks {missing}: it is not a complete pdo-hub variant.")

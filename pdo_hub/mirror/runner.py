@@ -117,11 +117,10 @@ def build_plan(plan: Plan, options: MirrorOptions) -> EntryResult:
     entry, started = plan.entry, time.perf_counter()
     try:
         if plan.action == FETCH:
-            from huggingface_hub import snapshot_download
-
+            from pdo_hub.hub import _retry
             from pdo_hub.hub.revisions import record_hf_cache_ref
 
-            snapshot_download(entry.source.id, revision=plan.revision)
+            _retry.download_snapshot(entry.source.id, plan.revision)  # bounded retries, files checked
             # Pinned to the sha, the client writes no refs/<branch>: write it so stock offline loads by branch work.
             record_hf_cache_ref(entry.source.id, entry.source.revision, plan.revision, None)
             return _result(entry, "fetched", plan, started)

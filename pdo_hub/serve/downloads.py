@@ -90,15 +90,19 @@ def _fetch(spec, optimize: bool, preset: str | None, cache: OptimizedCache) -> d
     if not optimize:
         if spec.kind != "huggingface":
             raise ConfigError("optimize=false fetches Hub originals only; torchvision weights are fetched when optimized.")
-        from huggingface_hub import snapshot_download
+        from pdo_hub.hub import _retry, revisions
 
-        path = snapshot_download(spec.id, revision=spec.revision)
-        return {"status": "success", "source": str(spec), "optimized": False, "optimizations_applied": [], "original": path}
+        sha = revisions.resolve_hf_revision(spec.id, spec.revision, offline=False, cache=OptimizedCache())
+        files = _retry.download_snapshot(spec.id, sha)
+        revisions.record_hf_cache_ref(spec.id, spec.revision, sha, None)
+        # The server's own paths stay private: the answer names the commit and the files fetched.
+        return {"status": "success", "source": str(spec), "optimized": False, "optimizations_applied": [],
+                "revision": sha, "files": sorted(p.relative_to(files).as_posix() for p in files.rglob("*") if p.is_file())}
     with _cache_root(cache):
         model = optimize_source(spec, config=preset)
     report = model.pdo_report
-    from pdo_hub.cache.manifest import read_manifest
     from pdo_hub.cache import CacheKey
+    from pdo_hub.cache.manifest import read_manifest
 
     key = CacheKey.from_dict(read_manifest(model.pdo_cache_path)["key"])
     return {"status": "success", "source": str(spec), "optimized": True, "cache_status": model.pdo_cache_status,
