@@ -35,16 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _quiet_third_party() -> None:
     """Keep the terminal for pdo-hub's own output: torchao's import-time notices and transformers' bars."""
     import logging
-    import os
 
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    # transformers reads this when it is imported; importing it here would cost a cached mirror run ~1 s.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
+    if "transformers" in sys.modules:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,9 @@ whose key is cached is skipped. A new upstream commit is a new key, so it is pic
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from dataclasses import dataclass
 
 from pdo_hub.cache import CacheKey, OptimizedCache
@@ -20,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 #: What an entry needs.
 SKIP, OPTIMIZE, FETCH, MISSING = "skip", "optimize", "fetch", "missing"
+# Under the cache root (dot folders are not entries): what torchvision weights specs resolve to.
+_MEMO_NAME = ".mirror/torchvision_weights.json"
 
 
 @dataclass(frozen=True)
@@ -72,19 +76,68 @@ def _hub_key(entry: MirrorEntry, sha: str) -> CacheKey:
 
 
 def _vision_key(entry: MirrorEntry, cache: OptimizedCache) -> tuple[str | None, CacheKey | None]:
-    import torchvision.models
-
     from pdo_hub.hub import _keys
-    from pdo_hub.hub.torchvision_models import known_revision, resolve_weights, vision_loader_record, weights_source_id
+    from pdo_hub.hub.torchvision_models import vision_loader_record
 
-    builder = torchvision.models.get_model_builder(entry.source.id)
-    member = resolve_weights(builder, entry.source.weights or "DEFAULT")
-    source_id = weights_source_id(member)
-    sha = known_revision(source_id, member, cache)
+    source_id, file_name = _weights_names(entry.source.id, entry.source.weights or "DEFAULT", cache)
+    sha = cache.resolve_ref("torchvision", source_id, file_name) or _hashed_weights_file(file_name)
     if sha is None:
         return None, None
     loader = vision_loader_record(entry.source.id, {}, read_calibration(entry.calibration))
     return sha, CacheKey("torchvision", source_id, sha, _keys.variant_hash(entry.config, loader))
+
+
+def _weights_names(name: str, weights: str, cache: OptimizedCache) -> tuple[str, str]:
+    """(weights source id, weights file name) of `name:weights`, remembered per torchvision version.
+
+    Resolving `DEFAULT` needs torchvision's enums, and importing torchvision costs more than the whole
+    rest of a cached mirror run; what a name resolves to only changes with the torchvision version.
+    """
+    from importlib.metadata import version
+
+    memo_path = cache.root / _MEMO_NAME
+    memo_key = f"{name}:{weights}@torchvision=={version('torchvision')}"
+    memo = _read_memo(memo_path)
+    if isinstance(memo.get(memo_key), list) and len(memo[memo_key]) == 2:
+        return tuple(memo[memo_key])
+    import torchvision.models
+
+    from pdo_hub.hub.torchvision_models import resolve_weights, weights_file, weights_source_id
+
+    member = resolve_weights(torchvision.models.get_model_builder(name), weights)
+    names = (weights_source_id(member), weights_file(member).name)
+    _write_memo(memo_path, {**memo, memo_key: list(names)})
+    return names
+
+
+def _hashed_weights_file(file_name: str) -> str | None:
+    """sha256 of the weights file in the torch hub cache, when it was downloaded but never recorded."""
+    from pathlib import Path
+
+    import torch.hub
+
+    from pdo_hub.hub._files import sha256_of
+
+    path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    return sha256_of(path) if path.is_file() else None
+
+
+def _read_memo(path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_memo(path, data: dict) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, path)  # atomic: a concurrent reader sees the old or the new memo
+    except OSError as err:  # a read-only cache: the next run resolves again
+        logger.debug("Cannot remember torchvision weights names in %s: %s", path, err)
 
 
 def _original_cached(repo_id: str, sha: str) -> bool:
