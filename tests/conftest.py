@@ -35,6 +35,9 @@ os.environ.update(
         "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         "DISABLE_SAFETENSORS_CONVERSION": "1",
         "TORCH_HOME": str(_SESSION_ROOT / "torch_home"),
+        # Defaults under ~/.cache (the demo's work folder, matplotlib's) must not outlive a run: a folder
+        # left by another checkout or version would make the tests depend on it.
+        "XDG_CACHE_HOME": str(_SESSION_ROOT / "xdg_cache"),
         "TOKENIZERS_PARALLELISM": "false",
     }
 )

@@ -32,7 +32,7 @@ def test_demo_command_with_optimization_disabled(tmp_path, capsys):
     config = tmp_path / "off.yaml"
     config.write_text(yaml.safe_dump({"post_download_optimization": {"enable_optimization": False}}))
 
-    assert main(["demo", "--config", str(config)]) == 0
+    assert main(["demo", "--config", str(config), "--workdir", str(tmp_path / "demo")]) == 0
 
     out = capsys.readouterr().out
     assert "Optimization disabled" in out
