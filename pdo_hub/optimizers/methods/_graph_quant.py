@@ -4,6 +4,9 @@ torch.ao's FX flow traces the model, fuses conv-bn-relu and add-relu, puts obser
 and converts to int8 modules (per-channel weights, x86 backend). Because it works on the traced graph,
 a module called twice (torchvision's BasicBlock reuses one ReLU) is just two nodes: no model edits.
 
+Activations use x86's default 7-bit range (`reduce_range`), the guard torch.ao keeps for CPUs without
+VNNI, so the records are portable (`_int8_isa`).
+
 Reloading never needs calibration data: `rebuild` re-runs prepare/convert on the fresh skeleton with
 the recorded settings and zero inputs of the recorded shapes (the graph depends on structure only),
 then the strict safetensors load fills in the int8 weights, scales and zero-points.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from typing import Any, Iterable
 
 import torch
@@ -20,12 +24,14 @@ import torch.nn as nn
 
 from ...core.errors import OptimizationError, RecipeError
 from ..inputs import Inputs, call_model
+from . import _int8_isa
 from ._fast_graph import QuantizedGraph
 from ._torch_ao import quiet_torch_ao
 
 logger = logging.getLogger(__name__)
 
 BACKEND = "x86"
+_MAX_INPUT_ELEMENTS = 2**26  # elements of the zero inputs a record may ask `rebuild` to trace with
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
@@ -53,9 +59,15 @@ def input_spec(args: tuple[torch.Tensor, ...]) -> list[dict[str, Any]]:
 def spec_inputs(spec: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
     dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
     try:
-        return tuple(torch.zeros(item["shape"], dtype=dtypes[item["dtype"]]) for item in spec)
+        shapes = [item["shape"] for item in spec]
+        # A downloaded recipe could ask for zeros of any size; real example inputs are far below the limit.
+        if not all(isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape) for shape in shapes) or \
+                sum(math.prod(shape) for shape in shapes) > _MAX_INPUT_ELEMENTS:
+            raise RecipeError(f"The recipe's input shapes {str(shapes)[:200]} are not lists of sizes up to "
+                              f"{_MAX_INPUT_ELEMENTS} elements in all.")
+        return tuple(torch.zeros(shape, dtype=dtypes[item["dtype"]]) for shape, item in zip(shapes, spec))
     except (KeyError, TypeError) as err:
-        raise RecipeError(f"The recipe's input spec {spec!r} is not valid: {err}.") from err
+        raise RecipeError(f"The recipe's input spec {str(spec)[:200]} is not valid: {err}.") from err
 
 
 def qconfig_mapping(float_layers: Iterable[str] = (), *, qat: bool = False):
@@ -139,6 +151,7 @@ def make_record(method: str, args: tuple[torch.Tensor, ...], quantized: list[str
     record: dict[str, Any] = {
         "method": method, "backend": BACKEND, "flow": flow, "inputs": input_spec(args),
         "int8_layers": len(quantized), "engine": torch.backends.quantized.engine,
+        _int8_isa.FIELD: _int8_isa.portable("7-bit activations (torch.ao's x86 default)"),
     }
     if float_layers:
         record["float_layers"] = float_layers
