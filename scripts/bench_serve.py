@@ -22,6 +22,7 @@ import concurrent.futures
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,6 +32,9 @@ import time
 from pathlib import Path
 
 REPO = "sentence-transformers/all-MiniLM-L6-v2"
+# The original is pushed to the server under its own id: a repo is answered by one store, and REPO is
+# the optimized variant's (from the cache).
+ORIGINAL = "bench/all-MiniLM-L6-v2-original"
 MIB = 1024 * 1024
 
 LOAD_SCRIPT = """
@@ -43,9 +47,9 @@ if kind == "pdo":
 else:
     from transformers import AutoModel
     started = time.perf_counter()
-    model = AutoModel.from_pretrained(%(repo)r)
+    model = AutoModel.from_pretrained(%(original)r)
 print(json.dumps({"seconds": time.perf_counter() - started, "status": getattr(model, "pdo_cache_status", None)}))
-""" % {"repo": REPO}
+""" % {"repo": REPO, "original": ORIGINAL}
 
 
 def main() -> None:
@@ -55,6 +59,8 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pdo-bench-serve-"))
     cache = work / "cache"
+    for stale in [*work.glob("dl*"), *work.glob("client-*")]:  # a cached file would not be downloaded again
+        shutil.rmtree(stale)
     _prepare(work, cache)
     server = subprocess.Popen([sys.executable, "-m", "pdo_hub.cli", "serve", "--port", "0", "--cache", str(cache),
                                "--repos", str(work / "repos")], stdout=subprocess.PIPE, text=True)
@@ -63,7 +69,7 @@ def main() -> None:
         from huggingface_hub import hf_hub_download
 
         started = time.perf_counter()
-        first = Path(hf_hub_download(REPO, "model.safetensors", revision="original", endpoint=url, cache_dir=work / "dl0"))
+        first = Path(hf_hub_download(ORIGINAL, "model.safetensors", endpoint=url, cache_dir=work / "dl0"))
         seconds = time.perf_counter() - started
         size = first.stat().st_size
         print(f"1 client: {size / MIB:.1f} MiB in {seconds:.3f} s = {size / MIB / seconds:.0f} MiB/s (target >= 200 MB/s)")
@@ -73,7 +79,7 @@ def main() -> None:
         peak.start()
         started = time.perf_counter()
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            paths = list(pool.map(lambda i: Path(hf_hub_download(REPO, "model.safetensors", revision="original",
+            paths = list(pool.map(lambda i: Path(hf_hub_download(ORIGINAL, "model.safetensors",
                                                                  endpoint=url, cache_dir=work / f"dl{i + 1}")), range(16)))
         seconds = time.perf_counter() - started
         peak.stop()
@@ -87,14 +93,13 @@ def main() -> None:
 
 
 def _prepare(work: Path, cache: Path) -> None:
-    """The original on the server's pushed-repo store (branch `original`) and its optimized variant in the cache."""
+    """The original on the server's pushed-repo store (as ORIGINAL) and its optimized variant in the cache (REPO)."""
     from pdo_hub.mirror_demo import minilm_files
     from pdo_hub.serve import HubServer, RepoStore
 
     repos = RepoStore(work / "repos")
-    if not repos.exists(REPO):
-        repos.publish(REPO, minilm_files(), message="the original")
-        repos.create_branch(REPO, "original")
+    if not repos.exists(ORIGINAL):
+        repos.publish(ORIGINAL, minilm_files(), message="the original")
     if not any(cache.glob("models--*/entries/*")):
         upstream = RepoStore(work / "upstream")
         upstream.publish(REPO, minilm_files())
@@ -104,9 +109,7 @@ def _prepare(work: Path, cache: Path) -> None:
 
 
 def _loads(url: str, work: Path, rounds: int) -> None:
-    """Variant (pdo, from the cache store) vs original (stock, from the pushed store) through one server.
-
-    The pushed store answers `REPO` first, so the variant is asked for on its own branch."""
+    """Variant (pdo, REPO from the cache store) vs original (stock, ORIGINAL from the pushed store), one server."""
     env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_CACHE": str(work / "client-hf"), "PDO_HUB_CACHE": str(work / "client-pdo")}
     times: dict[str, list[float]] = {"pdo": [], "stock": []}
     for index in range(rounds + 1):  # the first round fills the client caches and is not counted
@@ -125,15 +128,15 @@ def _loads(url: str, work: Path, rounds: int) -> None:
 class _Peak(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+        self.pid, self.peak, self._done = pid, 0, threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             self.peak = max(self.peak, _rss(self.pid))
             time.sleep(0.02)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 

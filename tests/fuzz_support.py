@@ -1,7 +1,8 @@
 """What the hostile-input tests (`test_fuzz_*.py`) share: example counts and strategies for junk.
 
-CI runs `PDO_HUB_FUZZ_EXAMPLES` examples per property (default 100, small enough for a shared 2-core
-machine); set it higher for a long local run, e.g. `PDO_HUB_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_*.py`.
+Each property runs a share of `PDO_HUB_FUZZ_EXAMPLES` examples (default 100, small enough for a shared 2-core
+machine: cheap properties run up to 3 times as many, slow ones a third); set it higher for a long local run,
+e.g. `PDO_HUB_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_*.py`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ EXAMPLES = int(os.environ.get("PDO_HUB_FUZZ_EXAMPLES", "100"))
 
 
 def fuzz_settings(share: float = 1.0) -> settings:
-    """Settings for one property: `share` of `EXAMPLES` examples (at least 10), no deadline (CI is slow).
+    """Settings for one property: `share` of `EXAMPLES` examples (at least 10), no deadline (CI is slow), and
+    no example database (it would be written into the working directory; a failure prints its example).
 
     Function-scoped fixtures (tmp_path, the autouse cache fixture) are shared by the examples on purpose:
-    each property cleans up what it writes or writes nothing that matters to the next example.
+    each example overwrites the files it reads, so what an earlier one left cannot change the outcome.
     """
-    return settings(max_examples=max(10, int(EXAMPLES * share)), deadline=None,
+    return settings(max_examples=max(10, int(EXAMPLES * share)), deadline=None, database=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 

@@ -71,9 +71,9 @@ TRACE_CALLS = 3
 
 @dataclasses.dataclass
 class Timing:
-    """Latency of one model: the median of every timed call, and how much the rounds disagreed.
+    """Latency of one model: the median of its fastest round, and how much the rounds disagreed.
 
-    `spread` is (slowest - fastest round median) / median: the run-to-run noise this measurement
+    `spread` is (slowest - fastest round median) / fastest: the run-to-run noise this measurement
     saw (drift of the machine's load, thermal state, other processes).
     """
 
@@ -95,8 +95,8 @@ def benchmark_interleaved(
     the other are compared under different loads. Here every round visits every model, in
     alternating order (forward, then backward), so a drift affects them all alike; the first round
     starts with `warmup` (at least `TRACE_CALLS`) untimed calls per model (traces built, caches
-    warm), later rounds with one.
-    FPS is samples per second: batch size / median latency.
+    warm), later rounds with one. A model's latency is the median of its calls in its fastest round.
+    FPS is samples per second: batch size / latency.
     """
     inputs = to_device(inputs, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -117,10 +117,12 @@ def benchmark_interleaved(
     batch = batch_size(inputs)
     timings = []
     for per_round in samples:
-        median = statistics.median(t for times in per_round for t in times)
         round_medians = [statistics.median(times) for times in per_round]
-        spread = (max(round_medians) - min(round_medians)) / median if median > 0 else 0.0
-        timings.append(Timing(median * 1000.0, batch / median, batch, runs * rounds, spread, rounds))
+        # The fastest round: other processes only ever slow a round down, so the quietest one is the
+        # best estimate of the model's own speed (a model hit by a burst in one round keeps its rank).
+        latency = min(round_medians)
+        spread = (max(round_medians) - latency) / latency if latency > 0 else 0.0
+        timings.append(Timing(latency * 1000.0, batch / latency, batch, runs * rounds, spread, rounds))
     return timings
 
 

@@ -59,7 +59,7 @@ def performance_metrics(original: Timing | None, optimized: Timing | None, confi
         "timed_runs": optimized.runs,
         "warmup_runs": config.benchmark_warmup,
         "threads": config.benchmark_threads,
-        "statistic": "median",
+        "statistic": "median of the fastest of the interleaved rounds",
         "rounds": optimized.rounds,
         "original_latency_spread": round(original.spread, 4),
         "optimized_latency_spread": round(optimized.spread, 4),
@@ -77,7 +77,7 @@ def timing_section(original: Timing | None, noise: float, config: PostDownloadOp
         "runs_per_round": config.benchmark_runs,
         "order": "interleaved: every round times the original and every candidate, in alternating order",
         "noise": round(noise, 4),
-        "noise_statistic": "median over the timed models of (slowest - fastest round median) / median",
+        "noise_statistic": "median over the timed models of (slowest - fastest round median) / fastest",
     }
 
 

@@ -37,7 +37,8 @@ FLOW = "eager"
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-KERNELS = ("fbgemm",)  # x86 quantized Linear, and Conv wherever AVX512-VNNI is missing (else oneDNN)
+# x86 quantized Linear runs on fbgemm; Conv on oneDNN where cpuinfo reports AVX512-VNNI, else on fbgemm.
+KERNELS = ("fbgemm", "onednn")
 
 
 def _qconfig(portable: bool = True):
