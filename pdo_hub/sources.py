@@ -6,6 +6,7 @@ A source is written `hf:org/name[@revision]`, `torchvision:name[:weights]`, or a
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from pdo_hub.core.errors import ConfigError
+from pdo_hub.cache.keys import validate_source_id
+from pdo_hub.core.errors import ConfigError, InvalidRepoIdError
 
 SOURCE_KINDS = ("huggingface", "torchvision", "local")
 _HUB_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*(/[A-Za-z0-9_][A-Za-z0-9._-]*)?")
@@ -79,7 +81,7 @@ def parse_source(text: str, *, revision: str | None = None) -> SourceSpec:
         return SourceSpec("torchvision", name, weights=weights or "DEFAULT")
     if prefix == "local":
         return _local(rest, text)
-    if Path(text).expanduser().exists():
+    if existing_path(text) is not None:
         return _local(text, text)
     if _HUB_ID.fullmatch(text.partition("@")[0]):
         return _hub(text, revision, text)
@@ -93,6 +95,10 @@ def _hub(rest: str, revision: str | None, text: str) -> SourceSpec:
     repo_id, at, pinned = rest.partition("@")
     if not _HUB_ID.fullmatch(repo_id) or ".." in repo_id or "--" in repo_id:
         raise ConfigError(f"Source {text!r}: {repo_id!r} is not a Hub repo id (org/name).")
+    try:  # the cache's rules too (part length, first and last characters), so a bad id fails here, named
+        validate_source_id("huggingface", repo_id)
+    except InvalidRepoIdError as err:
+        raise ConfigError(f"Source {text!r}: {err}") from err
     if at and not pinned:
         raise ConfigError(f"Source {text!r}: nothing after '@'; write hf:{repo_id}@main or a commit sha.")
     if pinned and revision and pinned != revision:
@@ -101,9 +107,23 @@ def _hub(rest: str, revision: str | None, text: str) -> SourceSpec:
 
 
 def _local(path: str, text: str) -> SourceSpec:
-    if not path or not Path(path).expanduser().exists():
+    found = existing_path(path) if path else None
+    if found is None:
         raise ConfigError(f"Source {text!r}: the local path {path!r} does not exist.")
-    return SourceSpec("local", str(Path(path).expanduser()))
+    return SourceSpec("local", str(found))
+
+
+def existing_path(text: str) -> Path | None:
+    """The path `text` names, `~` expanded, when it exists, else None.
+
+    Also None where `Path.exists`/`Path.expanduser` would raise: a name too long for the file system, a NUL
+    byte, `~user` of an unknown user.
+    """
+    try:
+        path = os.path.expanduser(text)
+        return Path(path) if os.path.exists(path) else None
+    except ValueError:  # expanduser looking up "~user" with a NUL in the user name
+        return None
 
 
 def optimize_source(spec: SourceSpec, *, config: Any = None, calibration: Any = None, auto_class: str = "AutoModel",

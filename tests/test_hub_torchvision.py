@@ -1,13 +1,18 @@
 """pdo_hub.get_model: torchvision weights through torchvision's own cache, keyed by the file's sha256.
 
-No download.pytorch.org here: the torch hub cache is pre-seeded with a state dict under the real file
-name (torchvision checks the hash only on download, exactly as it would after a real download).
+No download.pytorch.org here. Most tests pre-seed the torch hub cache with a state dict under the real
+file name (torchvision checks the hash only on download, exactly as it would after a real download);
+`test_weights_are_downloaded_by_torchvision_with_the_hash_prefix_checked` serves one from 127.0.0.1 so
+that torchvision's own download and hash-prefix check run.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.server
+import io
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -77,3 +82,67 @@ def test_weights_none_returns_the_plain_model(resnet18_file):
 
     model = pdo_hub.get_model("resnet18", weights=None)
     assert type(model) is torchvision.models.ResNet and not hasattr(model, "pdo_recipe")
+
+
+@pytest.fixture()
+def weights_server():
+    """A plain HTTP server on 127.0.0.1 answering GET from `files` ({path: bytes}); `asked` lists the paths."""
+    files: dict[str, bytes] = {}
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            asked.append(self.path)
+            data = files.get(self.path)
+            if data is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", files, asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_weights_are_downloaded_by_torchvision_with_the_hash_prefix_checked(weights_server, monkeypatch):
+    import torchvision
+
+    base, files, asked = weights_server
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    member = torchvision.models.MobileNet_V3_Small_Weights.IMAGENET1K_V1
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), buffer)
+    data = buffer.getvalue()
+    sha = hashlib.sha256(data).hexdigest()
+
+    # A name whose hash prefix does not match the bytes: torchvision refuses them and keeps nothing.
+    wrong = "0000000000" if not sha.startswith("0000000000") else "1111111111"
+    files[f"/pdo-test-mnv3-{wrong}.pth"] = data
+    monkeypatch.setattr(member.value, "url", f"{base}/pdo-test-mnv3-{wrong}.pth")
+    with pytest.raises(RuntimeError, match="invalid hash value"):
+        pdo_hub.get_model("mobilenet_v3_small", weights=member, config=FAST_CONFIG)
+    assert asked == [f"/pdo-test-mnv3-{wrong}.pth"]
+    assert not torchvision_models.weights_file(member).exists()
+
+    # The right prefix: downloaded once by torchvision, then the variant is keyed by the file's sha256.
+    name = f"pdo-test-mnv3-{sha[:10]}.pth"
+    files[f"/{name}"] = data
+    monkeypatch.setattr(member.value, "url", f"{base}/{name}")
+    path = torchvision_models.weights_file(member)
+    assert path.name == name and not path.exists()
+    model = pdo_hub.get_model("mobilenet_v3_small", weights="IMAGENET1K_V1", config=FAST_CONFIG)
+    assert asked.count(f"/{name}") == 1, asked
+    assert path.read_bytes() == data
+    assert model.pdo_cache_status == "built" and Path(model.pdo_cache_path).name.startswith(sha)

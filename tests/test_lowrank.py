@@ -70,7 +70,8 @@ def test_basicblock_model_round_trips_and_meets_the_budget(method, tmp_path):
     assert not any(isinstance(m, nn.BatchNorm2d) for m in optimized.modules()), f"{method} left BatchNorms unfolded"
     expected, actual, _ = round_trip(optimized, tiny_resnet(seed=7), x, tmp_path)
     assert torch.equal(actual, expected), f"{method}: max diff {(actual - expected).abs().max()}"
-    assert "recovery" in records[0] and {"loss_before", "loss_after", "seconds", "steps"} <= set(records[0]["recovery"])
+    assert "recovery" in records[0] and {"loss_before", "loss_after", "steps"} <= set(records[0]["recovery"])
+    assert "seconds" not in records[0]["recovery"], "a time in the record would make the stored bytes depend on load"
 
 
 @pytest.mark.parametrize("method", FACTORIZATIONS + ["prune"])
@@ -128,9 +129,15 @@ def test_svd_ranks_differ_across_layers_of_a_real_model():
     _, records = apply_method("svd", model, x, target_compression_ratio=0.5, recovery_steps=0)
     assert records[-1]["folded_norms"], "the BatchNorms fold into the convs after factoring"
     records = [r for r in records if "module" in r]
-    fractions = {r["module"]: r["rank"] / min(r["rank"] + 1, 10**9) for r in records}
-    assert len({r["rank"] for r in records}) > 1 or len(records) == 1, f"uniform ranks: {records}"
-    assert all(r["whitened"] for r in records) and fractions
+    assert len(records) >= 2, f"one factored layer cannot show a per-layer allocation: {records}"
+    # Rank as a share of each layer's full rank: a uniform share would give different ranks to layers of
+    # different widths, so only the shares tell an error-driven allocation from a uniform one.
+    shares = {}
+    for record in records:
+        weight = model.get_submodule(record["module"]).weight
+        shares[record["module"]] = record["rank"] / min(weight.shape[0], weight[0].numel())
+    assert max(shares.values()) - min(shares.values()) > 0.2, f"near-uniform rank shares: {shares}"
+    assert all(r["whitened"] for r in records)
 
 
 def test_recovery_can_be_switched_off_and_is_bounded():

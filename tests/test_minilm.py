@@ -39,9 +39,10 @@ def test_seed_example_on_minilm_then_reload_in_a_fresh_process(minilm, tmp_path)
 
     assert report["optimizations_applied"], f"nothing applied: {report['candidates']}"
     assert report["model_size_metrics"]["size_reduction_percent"] > 10
-    assert report["accuracy_metrics"]["accuracy_loss"] <= config.preserve_accuracy_threshold
-    cosine = embedding_cosine(your_model, optimized_model, batches)
-    assert cosine >= 0.98, f"sentence-embedding cosine {cosine:.4f} is too low"
+    # The report's loss fits the budget by construction; the sentence embeddings of the 15 sentences the
+    # optimizer never saw (its example was batches[0]) must fit it too.
+    cosine = embedding_cosine(your_model, optimized_model, batches[1:])
+    assert 1 - cosine <= config.preserve_accuracy_threshold, f"sentence-embedding cosine {cosine:.4f} is too low"
 
     pdo_hub.save_optimized(optimized_model, tmp_path / "model", report=report)
     with torch.inference_mode():

@@ -14,6 +14,7 @@ import pdo_hub
 from helpers import apply_method, make_context
 from pdo_hub.core.errors import RecipeError
 from pdo_hub.optimizers.pruning_slices import replay
+from pdo_hub.optimizers.recipe import Recipe
 from pdo_hub.optimizers.registry import get_method
 from pdo_hub.optimizers.sizing import serialized_bytes, state_bytes
 from test_lowrank import tiny_resnet
@@ -84,7 +85,8 @@ def test_the_layer_producing_the_output_is_found_not_its_parent():
     from pdo_hub.optimizers.methods.prune import _untouchable_modules
 
     model, x = tiny_resnet(), torch.randn(1, 3, 16, 16)
-    outputs, reused = _untouchable_modules(model, x)
+    outputs, _, head_splits = _untouchable_modules(model, x)
+    assert not head_splits, "a CNN has no attention heads"
     assert outputs == {id(model.fc)}  # the model itself returns the same tensor; it must not count as producer
 
 
@@ -189,3 +191,33 @@ def test_norms_stay_when_the_conv_output_is_read_elsewhere():
     ctx = make_context(model, x)
     kept, pairs = fold_norms(model, ctx)
     assert kept is model and pairs == []
+
+
+def _tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256)
+    ids = torch.randint(5, 200, (1, 16))
+    return BertModel(config).eval(), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, config
+
+
+def test_attention_heads_are_left_whole_and_ffn_neurons_pruned(tmp_path):
+    # The seed's prune crashed all-MiniLM-L6-v2 in the head reshape (`shape '[1, 128, -1, 32]' is invalid`):
+    # q/k/v outputs split into heads must stay whole until head pruning exists; the FFNs can be pruned.
+    from transformers import BertModel
+
+    model, x, config = _tiny_bert()
+    ctx = make_context(model, x, target_compression_ratio=0.8, recovery_steps=2, recovery_max_seconds=600.0)
+    optimized, records = get_method("prune").apply(copy.deepcopy(model), ctx)
+    pruned = set(records[0]["modules"])
+    assert pruned == {f"encoder.layer.{i}.{part}.dense" for i in range(2) for part in ("intermediate", "output")}, pruned
+    assert optimized.encoder.layer[0].intermediate.dense.out_features < 256
+    assert any("attention-head reshape" in note and "left whole" in note for note in ctx.notes), ctx.notes
+    with torch.inference_mode():
+        expected = optimized(**x).last_hidden_state
+    optimized.pdo_recipe = Recipe(records)
+    pdo_hub.save_optimized(optimized, tmp_path)
+    reloaded = pdo_hub.load_optimized(tmp_path, BertModel(config))
+    with torch.inference_mode():
+        assert torch.equal(reloaded(**x).last_hidden_state, expected)

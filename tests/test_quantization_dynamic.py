@@ -56,7 +56,11 @@ def test_dynamic_mixes_schemes_by_sensitivity(tmp_path):
     expected_types = {"full_range": FullRangeDynamicLinear, "per_token": TokenInt8Linear}
     for path, scheme in schemes.items():
         assert type(optimized.get_submodule(path)) is expected_types[scheme]
-    assert ctx.measure_loss(optimized) <= 0.004 + 1e-6
+    # On the calibration inputs the loss fits the budget by construction (the method searched for it there);
+    # on inputs it never saw nothing makes it hold but the quantization itself.
+    fresh = [torch.randn(16, 32, generator=torch.Generator().manual_seed(seed)) for seed in range(4)]
+    loss = fidelity(optimized, fresh, reference_outputs(model, fresh, ctx.device), ctx.device).loss
+    assert loss <= 0.004, f"output cosine loss {loss:.5f} on fresh inputs"
     optimized.pdo_recipe = Recipe(records)
     _roundtrip(optimized, lambda: MLP(width=256), torch.randn(3, 32), tmp_path)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import filelock
 
+from pdo_hub.cache._tmp import abandoned
 from pdo_hub.cache.entry import CacheEntry
 from pdo_hub.cache.layout import (
     ACCESS_STAMP,
@@ -25,11 +26,13 @@ from pdo_hub.cache.layout import (
     children,
     holder_path,
 )
+from pdo_hub.core._crashpoints import crashpoint
 
 logger = logging.getLogger(__name__)
 
 #: Temp folders (and free lock files of missing entries) older than this are left over by a crashed
-#: process: temp folders are removed on commit, both by `OptimizedCache.prune`.
+#: process: temp folders are removed on commit, both by `OptimizedCache.prune`. A temp folder whose
+#: writer has ended goes at once (see `pdo_hub.cache._tmp`); the age only decides for the others.
 STALE_TMP_SECONDS = 24 * 3600
 
 
@@ -48,11 +51,13 @@ def prepare_root(root: Path) -> None:
 
 
 def leftovers(root: Path, now: float | None = None) -> list[Path]:
-    """Temp folders older than `STALE_TMP_SECONDS` and everything in the trash: safe to delete."""
+    """Temp folders of ended writers or older than `STALE_TMP_SECONDS`, and everything in the trash: safe
+    to delete."""
     cutoff = (time.time() if now is None else now) - STALE_TMP_SECONDS
     found = [path for path in children(root / TMP_DIR) if _mtime(path) < cutoff]
+    found = sorted(dict.fromkeys(found + abandoned(root / TMP_DIR)))
     # Whatever is in the trash was already renamed out of the cache: removing it is always safe.
-    return sorted(found) + sorted(children(root / TRASH_DIR))
+    return found + sorted(children(root / TRASH_DIR))
 
 
 def orphan_locks(root: Path, now: float | None = None) -> list[Path]:
@@ -103,6 +108,7 @@ def discard(root: Path, path: Path) -> None:
         trash.mkdir(parents=True, exist_ok=True)
         target = trash / f"{path.name}.{uuid.uuid4().hex}"
         os.rename(path, target)
+        crashpoint("discard.renamed")
     except FileNotFoundError:
         return  # someone else removed it already
     except OSError as err:

@@ -11,6 +11,7 @@ from pdo_hub.cache.entry import CacheEntry
 from pdo_hub.cache.integrity import Check, examine, quarantine
 from pdo_hub.cache.keys import CacheKey
 from pdo_hub.cache.layout import entry_dir
+from pdo_hub.core._crashpoints import crashpoint
 from pdo_hub.core.errors import CacheError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ def place(root: Path, key: CacheKey, tmp: Path, manifest: dict) -> CacheEntry:
         try:
             # Atomic: readers see no folder or the complete one. It fails when `final` exists and is
             # not an empty folder, which is how a concurrent winner is detected.
+            crashpoint("place.renaming")
             os.rename(tmp, final)
         except OSError as err:
             if not os.path.lexists(final):
@@ -54,6 +56,7 @@ def place(root: Path, key: CacheKey, tmp: Path, manifest: dict) -> CacheEntry:
             moved = quarantine(root, final)
             logger.warning("Cache entry %s was damaged (%s); moved it to %s.", final, verdict.reason, moved)
         else:
+            crashpoint("place.renamed")
             touch(final)
             return CacheEntry(key, final, manifest)
     raise CacheError(f"Cannot place the new cache entry at {final}: it kept being replaced; try again.")

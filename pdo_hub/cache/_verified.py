@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 from pdo_hub.cache.layout import VERIFIED_STAMP
+from pdo_hub.core._crashpoints import crashpoint
 
 logger = logging.getLogger(__name__)
 
@@ -92,9 +93,14 @@ def write_stamp(folder: Path, manifest_identity: Identity | None, files: dict[st
     payload = json.dumps({"version": _VERSION, "manifest": manifest_identity, "files": files}, sort_keys=True)
     tmp = None
     try:
+        # A writer killed before its rename left its temp file; one of a concurrent writer may go too,
+        # which only loses that writer's record (best effort, as here).
+        for leftover in folder.glob(f"{VERIFIED_STAMP}.*.tmp"):
+            leftover.unlink(missing_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f"{VERIFIED_STAMP}.", suffix=".tmp", dir=folder)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(payload)
+        crashpoint("verified.replacing")
         os.replace(tmp, folder / VERIFIED_STAMP)
     except OSError as err:
         logger.debug("Cannot record verified files in %s (%s); the next use re-hashes them.", folder, err)

@@ -68,7 +68,7 @@ class CacheEntry:
         path = self.file_path(name)
         try:
             return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:  # also UnicodeDecodeError; JSON nested too deep
             raise CacheError(
                 f"Cannot read {name!r} of cache entry {self.path}: {err}. Remove the entry so it is rebuilt."
             ) from err

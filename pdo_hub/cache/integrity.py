@@ -19,6 +19,7 @@ from pdo_hub.cache.entry import CacheEntry
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
 from pdo_hub.cache.layout import QUARANTINE_DIR, entry_dir
 from pdo_hub.cache.manifest import MANIFEST_NAME, ManifestError, find_problems, read_manifest
+from pdo_hub.core._crashpoints import crashpoint
 from pdo_hub.core.errors import CacheError, InvalidRepoIdError
 
 
@@ -106,7 +107,9 @@ def quarantine(root: Path, path: Path) -> Path:
     target = root / QUARANTINE_DIR / path.parent.parent.name / f"{path.name}.{uuid.uuid4().hex[:8]}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+        crashpoint("quarantine.moving")
         os.rename(path, target)  # one rename: readers see the entry or nothing, never half of it
+        crashpoint("quarantine.moved")
     except OSError as err:
         raise CacheError(f"Cannot move {path} to {target}: {err}. Remove it with `pdo-hub cache verify --remove`.") from err
     return target

@@ -25,6 +25,7 @@ import filelock
 
 from pdo_hub.cache.layout import holder_path
 from pdo_hub.core.errors import CacheLockTimeoutError
+from pdo_hub.core._crashpoints import crashpoint
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,10 @@ class KeyLock:
         except filelock.Timeout as err:
             raise CacheLockTimeoutError(timeout_message(self._what, Path(self.lock_file), wait)) from err
         if self._lock.lock_counter == 1:
+            crashpoint("lock.acquired")
             try:
                 self._record_holder()
+                crashpoint("lock.recorded")
             except BaseException:
                 self._lock.release()  # a `with` block that fails to enter never exits: do not keep the lock
                 raise
@@ -77,6 +80,7 @@ class KeyLock:
                 self._holder.unlink(missing_ok=True)
             except OSError as err:  # a leftover record only makes the next holder's log line wrong
                 logger.debug("Cannot remove %s: %s", self._holder, err)
+            crashpoint("lock.releasing")
         self._lock.release()
 
     def __enter__(self) -> KeyLock:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pdo_hub.cache.keys import validate_revision
 from pdo_hub.cache.layout import ref_path
+from pdo_hub.core._crashpoints import crashpoint
 from pdo_hub.core.errors import CacheError, InvalidRepoIdError
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def set_ref(root: Path, kind: str, source_id: str, ref_name: str, revision: str)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(revision)
+            crashpoint("ref.replacing")
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from pdo_hub.cache._files import (
     touch,
 )
 from pdo_hub.cache._place import place
+from pdo_hub.cache._tmp import TempFolder
 from pdo_hub.cache.entry import CacheEntry
 from pdo_hub.cache.integrity import Check, Verdict, examine, quarantine
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
@@ -37,6 +37,7 @@ from pdo_hub.cache.layout import TMP_DIR, entry_dir, entry_folder_name, entry_fo
 from pdo_hub.cache.locking import KeyLock
 from pdo_hub.cache.manifest import ManifestError, build_manifest, read_manifest, write_manifest
 from pdo_hub.core import constants
+from pdo_hub.core._crashpoints import crashpoint
 from pdo_hub.core.errors import CacheError, ConfigError, InvalidRepoIdError
 
 logger = logging.getLogger(__name__)
@@ -173,21 +174,25 @@ class OptimizedCache:
         """
         root = self.root
         max_bytes = constants.cache_max_size()
+        temp = TempFolder(root / TMP_DIR, entry_folder_name(key))
         try:
             prepare_root(root)
-            tmp = Path(tempfile.mkdtemp(prefix=f"{entry_folder_name(key)}.", dir=root / TMP_DIR))
+            tmp = temp.create()
         except OSError as err:
             raise CacheError(
                 f"Cannot write to the optimized cache at {root}: {err}. Point PDO_HUB_CACHE at a writable folder."
             ) from err
         try:
+            crashpoint("commit.tmp_created")
             writer(tmp)
+            crashpoint("commit.written")
             manifest = build_manifest(tmp, key)
             write_manifest(tmp, manifest)
+            crashpoint("commit.manifest_written")
             entry = place(root, key, tmp, manifest)
+            crashpoint("commit.placed")
         finally:
-            if tmp.exists():
-                delete(tmp)
+            temp.close()  # deletes the folder unless it was renamed into place, then drops its lock
         if max_bytes is not None:
             self.evict(max_bytes, keep=key)
         return entry

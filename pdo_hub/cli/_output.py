@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from pdo_hub.optimizers.report import CANDIDATE_COLUMNS, candidate_rows
+
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], file=None) -> None:
     """Print `rows` under `headers` with aligned columns."""
@@ -37,12 +39,13 @@ def print_report(report: dict) -> None:
         print(f"Accuracy loss ({acc.get('metric')}): {acc['accuracy_loss']:.4f} (budget {acc.get('preserve_accuracy_threshold')})")
     if "sentence_embedding_cosine" in acc:
         print(f"Sentence-embedding cosine vs FP32: {acc['sentence_embedding_cosine']:.4f}")
-    candidates = report.get("candidates") or []
-    if candidates:
-        print("Candidates:")
-        rows = [("+".join(c["methods"]), c["status"], f"{c['score']:.3f}" if "score" in c else "", c.get("reason", ""))
-                for c in candidates]
-        table(("methods", "status", "score", "reason"), rows)
+    rows = candidate_rows(report)
+    if rows:
+        print("Candidates:")  # the model card's table
+        table(CANDIDATE_COLUMNS, rows)
+    noise = ((report.get("selection") or {}).get("timing") or {}).get("noise")
+    if noise is not None:
+        print(f"Timing noise: {100 * noise:.1f}% (speedups closer than this count as equal)")
     print(f"Optimization time: {report['optimization_time_seconds']:.1f} s")
     if "saved_to" in report:
         print(f"Saved to: {report['saved_to']}")

@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import os
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, Mapping
 import yaml
 
 from .errors import ConfigError
+from .yaml_text import load_yaml
 
 CONFIG_VERSION = 1
 YAML_SECTION = "post_download_optimization"
@@ -75,13 +77,31 @@ class PostDownloadOptimizationConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+        object.__setattr__(self, "_validated", True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # The seed sets keys after construction (`config.quantization_method = "dynamic"`): a bad value or a
+        # misspelt key must fail here, naming the key, not deep inside the optimizer. Until __post_init__ has
+        # run, the dataclass __init__ is assigning fields one by one and validate() checks them all at once.
+        if not self.__dict__.get("_validated", False):
+            object.__setattr__(self, name, value)
+            return
+        if name not in _FIELD_NAMES:
+            raise _unknown_key(name)
+        previous = self.__dict__[name]
+        object.__setattr__(self, name, value)
+        try:
+            self.validate()
+        except ConfigError:
+            object.__setattr__(self, name, previous)
+            raise
 
     # -- validation ---------------------------------------------------------------------------------
     def validate(self) -> None:
         """Check every field; raise `ConfigError` naming the key, the bad value and what is allowed."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            setattr(self, field.name, _check_type(field.name, value, field.type))
+            object.__setattr__(self, field.name, _check_type(field.name, value, field.type))
         _check_choice("quantization_method", self.quantization_method, QUANTIZATION_METHODS)
         _check_choice("low_rank_method", self.low_rank_method, LOW_RANK_METHODS)
         _check_choice("device", self.device, DEVICES)
@@ -100,7 +120,7 @@ class PostDownloadOptimizationConfig:
         ):
             if getattr(self, key) < low:
                 raise ConfigError(f"{key}={getattr(self, key)!r} is too small: allowed values are integers >= {low}.")
-        if self.recovery_max_seconds < 0:
+        if not self.recovery_max_seconds >= 0:  # also NaN
             raise ConfigError(f"recovery_max_seconds={self.recovery_max_seconds!r} is negative: allowed values are numbers >= 0.")
 
     # -- construction -------------------------------------------------------------------------------
@@ -113,13 +133,9 @@ class PostDownloadOptimizationConfig:
             data = data[YAML_SECTION]
             if not isinstance(data, Mapping):
                 raise ConfigError(f"The '{YAML_SECTION}' section must be a mapping of keys to values.")
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = [key for key in data if key not in known and key != "version"]
+        unknown = [key for key in data if key not in _FIELD_NAMES and key != "version"]
         if unknown:
-            key = unknown[0]
-            hint = difflib.get_close_matches(str(key), known, n=1)
-            suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
-            raise ConfigError(f"Unknown config key '{key}'.{suggestion} Allowed keys: {', '.join(known)}.")
+            raise _unknown_key(unknown[0])
         version = data.get("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
             raise ConfigError(
@@ -136,8 +152,8 @@ class PostDownloadOptimizationConfig:
     @classmethod
     def _from_yaml_file(cls, path: Path | Traversable) -> "PostDownloadOptimizationConfig":
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as err:
+            data = load_yaml(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"Cannot read config file {path}: {err}.") from err
         except yaml.YAMLError as err:
             raise ConfigError(f"Config file {path} is not valid YAML: {err}") from err
@@ -183,6 +199,15 @@ class PostDownloadOptimizationConfig:
         return hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
 
 
+_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(PostDownloadOptimizationConfig))
+
+
+def _unknown_key(key: Any) -> ConfigError:
+    hint = difflib.get_close_matches(str(key), _FIELD_NAMES, n=1)
+    suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+    return ConfigError(f"Unknown config key '{key}'.{suggestion} Allowed keys: {', '.join(_FIELD_NAMES)}.")
+
+
 def preset_file(name: str) -> Traversable:
     """The packaged YAML file of a preset (a `Traversable`: read it with `.read_text()`).
 
@@ -205,7 +230,7 @@ def load_config(source: "PostDownloadOptimizationConfig | Mapping[str, Any] | st
         return PostDownloadOptimizationConfig.from_preset(source)
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.is_file():
+        if not os.path.isfile(path):  # unlike Path.is_file, False (not OSError) for a name too long to look up
             raise ConfigError(
                 f"Config '{source}' is neither a preset ({', '.join(PRESET_NAMES)}) nor an existing YAML file."
             )
@@ -224,7 +249,10 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     elif expected == "float":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} has the wrong type: expected a number.")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError as err:  # an int past float range, e.g. 10**400 from YAML
+            raise ConfigError(f"{key}={value!r} is out of range: expected a number of float size.") from err
     elif expected == "str":
         if not isinstance(value, str):
             raise ConfigError(f"{key}={value!r} has the wrong type: expected a string.")

@@ -27,6 +27,12 @@ class RecipeError(PdoHubError, ValueError):
     """A recipe cannot be replayed: unknown format version, unknown method, or inconsistent content."""
 
 
+class UnsupportedCpuError(RecipeError):
+    """An int8 variant's kernels assume an instruction set (VNNI) this CPU does not have: its int8 layers
+    would saturate here and give wrong outputs. The message names what is missing and how to get a variant
+    built for this CPU."""
+
+
 class StorageError(PdoHubError, OSError):
     """Saved optimized weights are missing, damaged or do not match the recipe."""
 

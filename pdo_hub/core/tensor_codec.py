@@ -45,11 +45,14 @@ def decode_state_dict(tensors: dict[str, torch.Tensor], spec: dict[str, Any]) ->
     try:
         for key, entry in spec["entries"].items():
             state[key] = _decode_value(entry, tensors)
+        versions = spec.get("module_versions")
+        if versions is not None:
+            state._metadata = OrderedDict((name, dict(value)) for name, value in versions.items())  # type: ignore[attr-defined]
     except KeyError as err:
         raise StorageError(f"The weights file lacks tensor {err} named by its spec: the file is damaged or incomplete.") from err
-    versions = spec.get("module_versions")
-    if versions is not None:
-        state._metadata = OrderedDict((name, dict(value)) for name, value in versions.items())  # type: ignore[attr-defined]
+    except (ArithmeticError, AttributeError, LookupError, RuntimeError, TypeError, ValueError) as err:
+        # The spec is JSON from the file: any shape of junk there is a damaged file, not a bug to surface.
+        raise StorageError(f"The weights file's spec is malformed ({type(err).__name__}: {err}): the file is damaged.") from err
     return state
 
 

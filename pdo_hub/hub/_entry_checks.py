@@ -4,12 +4,15 @@ An entry whose files match their manifest is exactly what was built. If this pdo
 it because the recipe is newer than it reads, names a method it does not have, or needs an optional
 package that is not installed, rebuilding would only hide the problem (and set aside a good entry), so
 the flow leaves it in place and says what to upgrade or install.
+
+An entry whose int8 kernels need an instruction set this CPU lacks (`wrong_cpu`) is fine for the
+machines it was built for; only this one needs another variant, which the flow builds online.
 """
 
 from __future__ import annotations
 
 from pdo_hub.cache import CacheEntry
-from pdo_hub.core.errors import CacheError
+from pdo_hub.core.errors import CacheError, UnsupportedCpuError
 from pdo_hub.optimizers import available_methods
 from pdo_hub.optimizers.recipe import RECIPE_VERSION
 from pdo_hub.optimizers.storage import RECIPE_NAME
@@ -59,3 +62,15 @@ def missing_package(err: BaseException) -> str | None:
     module = current.name or "?"
     return (f"needs the Python module {module!r}, which cannot be imported ({current}). Install the package that "
             "provides it and retry")
+
+
+def wrong_cpu(err: BaseException) -> UnsupportedCpuError | None:
+    """The `UnsupportedCpuError` behind a failed load (its int8 kernels would saturate on this CPU), else None."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UnsupportedCpuError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

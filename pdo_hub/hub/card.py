@@ -1,9 +1,10 @@
 """Model cards for cache entries, built with huggingface_hub's `ModelCard` / `ModelCardData`.
 
 The card carries the lineage (`base_model`, `base_model_relation`), tags (`pdo-hub` and the methods
-applied), the measured results as a `model-index`, the config and its hash, the report as tables
-(size, speed, accuracy, every candidate tried), the environment it was measured on, and how to load
-the variant. It is built from the report and the source record only, so no token or other secret can
+applied), the measured results as a `model-index`, the seed's "Example Benchmark" summary, the
+Pareto chart (`pareto.png` beside the card: size vs speed of every candidate), the config and its
+hash, the report as tables (size, speed, accuracy, every candidate tried: the same table the CLI
+prints), the environment it was measured on, and how to load the variant. It is built from the report and the source record only, so no token or other secret can
 end up in it.
 
 `library_name` is `pdo-hub` for every variant: its weights are pdo-hub's format (int8 and factorized
@@ -18,6 +19,10 @@ import json
 from typing import Any, Mapping
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from pdo_hub.core.errors import RecipeError
+from pdo_hub.optimizers.chart import CHART_NAME, has_chart
+from pdo_hub.optimizers.report import CANDIDATE_COLUMNS, candidate_rows, example_benchmark
 
 CARD_NAME = "README.md"
 LIBRARY_NAME = "pdo-hub"
@@ -68,7 +73,8 @@ def task_of(source: Mapping[str, Any]) -> str | None:
     return next((task for part, task in _TORCHVISION_TASKS.items() if part in module), "image-classification")
 
 
-def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_as: str | None = None) -> ModelCard:
+def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_as: str | None = None,
+               chart: bool | None = None) -> ModelCard:
     """The card of one entry, or of the Hub repo it is pushed to.
 
     Args:
@@ -76,10 +82,26 @@ def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_a
         source: The entry's source record (`kind`, `source_id`, `revision`, `loader`, `config_hash`, ...).
         pushed_as: The Hub repo id the variant is published under (`pdo-hub push`): the card then names
             that repo and tells how to load it from there.
+        chart: Whether `pareto.png` lies beside the card (default: whenever the report has timed candidates).
 
     Returns:
         The card; `card.save(path)` writes it, `card.data` is its metadata.
+
+    Raises:
+        RecipeError: the report or the source record is not a mapping, or a field has the wrong shape.
     """
+    if not isinstance(report, Mapping) or not isinstance(source, Mapping):
+        raise RecipeError("The optimization report and the source record must be JSON objects; the card cannot be built.")
+    try:
+        return _card(report, source, pushed_as, chart)
+    except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as err:
+        # A published variant's report and source record were downloaded: a field of the wrong shape is a
+        # damaged record, to be reported as one, not as a traceback from inside the card's tables.
+        raise RecipeError(f"The optimization report or the source record is malformed ({type(err).__name__}: {err}); "
+                          "the card cannot be built. Load the model again to rebuild the entry.") from err
+
+
+def _card(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str | None, chart: bool | None) -> ModelCard:
     methods = sorted({m for c in report.get("candidates", []) if c.get("status") == "selected" for m in c["methods"]})
     tags = ["pdo-hub", *methods, *(report.get("optimizations_applied") or [])]
     loader = source.get("loader") or {}
@@ -107,7 +129,7 @@ def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_a
     if results:
         data.update(eval_results=results, model_name=pushed_as or f"{source.get('source_id', 'model')} (pdo-hub)")
     card_data = ModelCardData(**data)
-    body = "\n".join(_body(report, source, pushed_as))
+    body = "\n".join(_body(report, source, pushed_as, has_chart(report) if chart is None else chart))
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")
 
 
@@ -132,7 +154,7 @@ def eval_results(report: Mapping[str, Any], task: str | None) -> list[EvalResult
             for kind, name, value in metrics if isinstance(value, (int, float)) and not isinstance(value, bool)]
 
 
-def _body(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str | None) -> list[str]:
+def _body(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str | None, chart: bool) -> list[str]:
     name = source.get("source_id", report.get("model_name", "model"))
     applied = ", ".join(report.get("optimizations_applied") or []) or "none (the original was kept)"
     lines = [
@@ -142,6 +164,7 @@ def _body(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str |
         f"({source.get('kind')}, revision `{source.get('revision')}`). Optimizations applied: **{applied}**.",
         "",
         *_published(pushed_as),
+        *_benchmark(report, chart),
         "## Size",
         *_table(["original (MB)", "optimized (MB)", "reduction (%)"],
                 [[_get(report, "model_size_metrics", k) for k in ("original_size_mb", "optimized_size_mb", "size_reduction_percent")]]),
@@ -179,19 +202,31 @@ def _speed(report: Mapping[str, Any]) -> list[str]:
     if not perf.get("benchmarked"):
         return ["Not benchmarked (`benchmark_optimizations` was off)."]
     keys = ("original_latency_ms", "optimized_latency_ms", "speedup", "original_fps", "optimized_fps", "batch_size", "threads")
-    return _table(list(keys), [[perf.get(k) for k in keys]])
+    lines = _table(list(keys), [[perf.get(k) for k in keys]])
+    timing = (report.get("selection") or {}).get("timing") or {}
+    if timing.get("noise") is not None:
+        lines += ["", f"The original and every candidate were timed in the same {timing.get('rounds')} interleaved rounds; "
+                      f"the rounds disagreed by {100 * timing['noise']:.1f}% (median), and speedups closer than that "
+                      "counted as equal when choosing."]
+    return lines
+
+
+def _benchmark(report: Mapping[str, Any], chart: bool) -> list[str]:
+    """The seed's "Example Benchmark" block, then the Pareto chart."""
+    block = example_benchmark(report)
+    lines = ["## Example Benchmark", "", "```", *block, "```", ""] if block else []
+    if chart:
+        lines += [f"![Pareto]({CHART_NAME})", "",
+                  "Size against speed of every candidate tried (colour: accuracy loss; star: the chosen one; "
+                  "crosses: rejected; dashed: the Pareto front within the accuracy budget).", ""]
+    return lines
 
 
 def _candidates(report: Mapping[str, Any]) -> list[str]:
-    rows = []
-    for c in report.get("candidates") or []:
-        rows.append([
-            "+".join(c.get("methods", [])), c.get("status"), c.get("size_mb"), c.get("size_ratio"), c.get("speedup"),
-            c.get("output_cosine"), c.get("accuracy_loss"), c.get("score"), c.get("reason", ""),
-        ])
+    rows = candidate_rows(report)
     if not rows:
         return ["No candidate was tried."]
-    return _table(["methods", "status", "size (MB)", "size ratio", "speedup", "output cosine", "accuracy loss", "score", "reason"], rows)
+    return _table(list(CANDIDATE_COLUMNS), rows)
 
 
 def _published(pushed_as: str | None) -> list[str]:

@@ -14,7 +14,11 @@ loaded. Nothing is lost when an entry cannot be used:
   says what is wrong and how to rebuild it;
 - intact but not for this install (written by a newer pdo-hub, or its recipe needs a method or optional
   package that is not installed): left in place, online and offline, with `IncompatibleCacheEntryError`
-  saying what to upgrade or install (rebuilding would only hide the problem).
+  saying what to upgrade or install (rebuilding would only hide the problem);
+- intact but built for another CPU (full-range int8 kernels that need VNNI, which this CPU lacks, see
+  `pdo_hub.optimizers.methods._int8_isa`): online, it is set aside like a damaged entry and rebuilt, as
+  a portable variant that serves both kinds of CPU under the same key; offline, it is left in place and
+  `IncompatibleCacheEntryError` names the missing instruction set and how to rebuild it.
 """
 
 from __future__ import annotations
@@ -30,9 +34,10 @@ from typing import Callable
 import torch.nn as nn
 
 from pdo_hub.cache import RESERVED_NAMES, CacheEntry, CacheKey, OptimizedCache
+from pdo_hub.core._crashpoints import crashpoint
 from pdo_hub.core.errors import DamagedCacheEntryError, IncompatibleCacheEntryError, OfflineCacheMissError
 from pdo_hub.hub import _keys
-from pdo_hub.hub._entry_checks import incompatibility, missing_package
+from pdo_hub.hub._entry_checks import incompatibility, missing_package, wrong_cpu
 from pdo_hub.hub.card import CARD_NAME, build_card
 from pdo_hub.optimizers import save_optimized
 from pdo_hub.optimizers.storage import RECIPE_NAME, REPORT_NAME, WEIGHTS_NAME
@@ -109,8 +114,12 @@ def load_or_build(
         if model is not None:
             return model
         logger.info("Optimizing %s (cache miss).", request.what)
+        crashpoint("flow.building")
         entry = cache.commit(request.key, write)
+        crashpoint("flow.committed")
+    crashpoint("flow.released")
     model = load(entry)
+    crashpoint("flow.loaded")
     return _mark(model, entry, "built")
 
 
@@ -137,6 +146,9 @@ def _load_existing(cache: OptimizedCache, request: Request, load: Callable[[Cach
             raise  # not the entry's fault: quarantining or rebuilding would not help
         except Exception as err:
             _raise_if_incompatible(entry, request, missing_package(err), err)
+            if request.offline and wrong_cpu(err) is not None:
+                _raise_if_incompatible(entry, request, f"was built for another CPU ({wrong_cpu(err)}). Offline it is not "
+                                       f"rebuilt; run once with network access to rebuild it for this CPU: {request.fetch_hint}", err)
             problem, failure = f"it fails to load: {type(err).__name__}: {err}", err
         else:
             cache.mark_used(entry)
@@ -191,12 +203,18 @@ def copy_source_file(file: Path, folder: Path, relative: str) -> bool:
 
 
 def write_entry(folder: Path, optimized: nn.Module, report: dict, source: dict) -> None:
-    """Write the files every entry has: weights + recipe + report, the source record, the model card.
+    """Write the files every entry has: weights + recipe + report, the source record, the model card,
+    and the report's Pareto chart (`pareto.png`, when candidates were timed; the card shows it).
 
     The source record holds JSON values only (loader arguments are canonical already) and never a
     credential (`_keys.public_source`).
     """
+    from pdo_hub.optimizers.chart import write_pareto
+
     source = _keys.public_source(source)
     save_optimized(optimized, folder, report=report)
+    crashpoint("entry.weights_saved")
     (folder / SOURCE_NAME).write_text(json.dumps(source, indent=2, sort_keys=True), encoding="utf-8")
-    build_card(report, source).save(folder / CARD_NAME)
+    chart = write_pareto(report, folder)
+    build_card(report, source, chart=chart is not None).save(folder / CARD_NAME)
+    crashpoint("entry.card_written")

@@ -10,8 +10,14 @@ model back, so the builders are wrapped instead: in the registry that `get_model
 read (`BUILTIN_MODELS`) and under every `torchvision.models*` module attribute that holds the builder.
 Names bound before entering the block (`from torchvision.models import resnet18`) cannot be reached.
 
-Everything replaced is recorded and put back in reverse order on exit, also after an exception, so the
-originals are restored exactly (same objects).
+Threads: patching is process-wide, interception is not. The wrappers are installed when the first
+`intercept()` block of the process is entered and removed when the last one is left (a count under a
+lock), so blocks overlapping in several threads never leave them installed or remove them too early;
+everything replaced is put back in reverse order, the same objects. A wrapper optimizes only in a
+thread (or asyncio task) that is inside an `intercept()` block, reading its config from a context
+variable; everywhere else it calls the original, so other threads' models stay stock. Threads started
+inside a block are not inside it (run them with `contextvars.copy_context().run` to pass it on). When
+blocks nest, the innermost one decides (its config, and whether transformers/torchvision are on).
 """
 
 from __future__ import annotations
@@ -21,12 +27,27 @@ import functools
 import logging
 import os
 import sys
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from pdo_hub.core.config import PostDownloadOptimizationConfig, load_config
 from pdo_hub.hub._context import bypassing
+from pdo_hub.hub._imports import LAZY_IMPORTS
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """The innermost `intercept()` block of a thread or task."""
+
+    config: PostDownloadOptimizationConfig
+    families: frozenset[str]
+
+
+_SCOPE: ContextVar[_Scope | None] = ContextVar("pdo_hub_intercept", default=None)
 
 
 class _Patches:
@@ -50,10 +71,54 @@ class _Patches:
             self._undo.pop()()
 
 
+class _Installed:
+    """The wrappers of each family, installed while at least one block in the process uses them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users: dict[str, int] = {}
+        self._patches: dict[str, _Patches] = {}
+
+    def enter(self, families: list[str]) -> None:
+        with LAZY_IMPORTS, self._lock:  # installing imports transformers/torchvision modules
+            entered: list[str] = []
+            try:
+                for family in families:
+                    if not self._users.get(family):
+                        patches = _Patches()
+                        try:
+                            _INSTALLERS[family](patches)
+                        except BaseException:
+                            patches.restore()
+                            raise
+                        self._patches[family] = patches
+                    self._users[family] = self._users.get(family, 0) + 1
+                    entered.append(family)
+            except BaseException:
+                self._leave(entered)
+                raise
+
+    def leave(self, families: list[str]) -> None:
+        with self._lock:
+            self._leave(families)
+
+    def _leave(self, families: list[str]) -> None:
+        for family in reversed(families):
+            self._users[family] -= 1
+            if not self._users[family]:
+                self._patches.pop(family).restore()
+
+
+_INSTALLED = _Installed()
+
+
 @contextlib.contextmanager
 def intercept(config: PostDownloadOptimizationConfig | dict | str | None = None, *, transformers: bool = True,
               torchvision: bool = True) -> Iterator[None]:
     """Within the block, transformers Auto classes and torchvision builders return optimized models.
+
+    Only calls made by the thread (or asyncio task) that entered the block are intercepted; see the
+    module docstring.
 
     Args:
         config: Optimization config for every model loaded in the block (default: the seed's).
@@ -66,18 +131,25 @@ def intercept(config: PostDownloadOptimizationConfig | dict | str | None = None,
         ...     bert = transformers.AutoModel.from_pretrained("org/name")  # optimized too
     """
     opt_config = load_config(config)
-    patches = _Patches()
+    families = [name for name, wanted in (("transformers", transformers), ("torchvision", torchvision)) if wanted]
+    _INSTALLED.enter(families)
+    token = _SCOPE.set(_Scope(opt_config, frozenset(families)))
     try:
-        if transformers:
-            _patch_transformers(patches, opt_config)
-        if torchvision:
-            _patch_torchvision(patches, opt_config)
         yield
     finally:
-        patches.restore()
+        _SCOPE.reset(token)
+        _INSTALLED.leave(families)
 
 
-def _patch_transformers(patches: _Patches, opt_config: PostDownloadOptimizationConfig) -> None:
+def _active(family: str) -> PostDownloadOptimizationConfig | None:
+    """The config to optimize with when the caller is inside a block intercepting `family`, else None."""
+    scope = _SCOPE.get()
+    if scope is None or family not in scope.families or bypassing():
+        return None
+    return scope.config
+
+
+def _patch_transformers(patches: _Patches) -> None:
     import transformers.models.auto.modeling_auto  # noqa: F401  (defines every Auto model class)
     from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
@@ -91,14 +163,15 @@ def _patch_transformers(patches: _Patches, opt_config: PostDownloadOptimizationC
         pending.extend(cls.__subclasses__())
         original = vars(cls).get("from_pretrained")
         if isinstance(original, classmethod):
-            patches.set_attr(cls, "from_pretrained", classmethod(_wrap_from_pretrained(original, opt_config)))
+            patches.set_attr(cls, "from_pretrained", classmethod(_wrap_from_pretrained(original)))
 
 
-def _wrap_from_pretrained(original: classmethod, opt_config: PostDownloadOptimizationConfig) -> Callable:
+def _wrap_from_pretrained(original: classmethod) -> Callable:
     @functools.wraps(original.__func__)
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        opt_config = _active("transformers")
         # Positional model args have no place in a cache key; user subclasses have no Auto name to rebuild.
-        if bypassing() or model_args or not _is_transformers_auto(cls):
+        if opt_config is None or model_args or not _is_transformers_auto(cls):
             return original.__get__(None, cls)(pretrained_model_name_or_path, *model_args, **kwargs)
         return _optimized_pretrained(cls, str(pretrained_model_name_or_path), opt_config, kwargs)
 
@@ -125,7 +198,7 @@ def _optimized_pretrained(cls: type, name: str, opt_config: PostDownloadOptimiza
     )
 
 
-def _patch_torchvision(patches: _Patches, opt_config: PostDownloadOptimizationConfig) -> None:
+def _patch_torchvision(patches: _Patches) -> None:
     import torchvision.models  # noqa: F401  (registers every builder)
     from torchvision.models import _api
 
@@ -133,19 +206,20 @@ def _patch_torchvision(patches: _Patches, opt_config: PostDownloadOptimizationCo
     for name, builder in list(_api.BUILTIN_MODELS.items()):
         if ".quantization" in builder.__module__:
             continue  # already-quantized weights: nothing for pdo-hub to add
-        wrapper = _wrap_builder(name, builder, opt_config)
+        wrapper = _wrap_builder(name, builder)
         patches.set_item(_api.BUILTIN_MODELS, name, wrapper)
         for module in modules:
             if vars(module).get(builder.__name__) is builder:
                 patches.set_attr(module, builder.__name__, wrapper)
 
 
-def _wrap_builder(name: str, builder: Callable, opt_config: PostDownloadOptimizationConfig) -> Callable:
+def _wrap_builder(name: str, builder: Callable) -> Callable:
     @functools.wraps(builder)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         weights = kwargs.get("weights")
-        if bypassing() or args or (weights is None and not kwargs.get("pretrained")):
-            return builder(*args, **kwargs)  # random init: nothing to fetch or optimize
+        opt_config = _active("torchvision")
+        if opt_config is None or args or (weights is None and not kwargs.get("pretrained")):
+            return builder(*args, **kwargs)  # not intercepted here, or random init: nothing to optimize
         from pdo_hub.hub import torchvision_models
 
         kwargs.pop("weights", None)
@@ -153,3 +227,6 @@ def _wrap_builder(name: str, builder: Callable, opt_config: PostDownloadOptimiza
         return torchvision_models.get_model(name, weights, config=opt_config, builder=builder, **kwargs)
 
     return wrapper
+
+
+_INSTALLERS: dict[str, Callable[[_Patches], None]] = {"transformers": _patch_transformers, "torchvision": _patch_torchvision}

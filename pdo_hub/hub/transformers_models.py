@@ -17,10 +17,12 @@ import torch.nn as nn
 
 from pdo_hub.cache import CacheEntry, CacheKey, OptimizedCache
 from pdo_hub.core import constants
+from pdo_hub.core._crashpoints import crashpoint
 from pdo_hub.core.config import PostDownloadOptimizationConfig, load_config
 from pdo_hub.core.errors import ConfigError
 from pdo_hub.hub import _keys, examples, revisions, skeleton
 from pdo_hub.hub._context import bypass
+from pdo_hub.hub._imports import LAZY_IMPORTS
 from pdo_hub.hub.calibration import Calibration, read_calibration
 from pdo_hub.hub.flow import SOURCE_NAME, Request, copy_source_file, load_or_build, write_entry
 from pdo_hub.optimizers import create_post_download_optimizer, load_optimized
@@ -45,10 +47,11 @@ def auto_class_named(name: str) -> Any:
     Raises:
         ConfigError: when `name` is not an Auto model class of the installed transformers.
     """
-    import transformers
-    from transformers.models.auto.auto_factory import _BaseAutoModelClass
+    with LAZY_IMPORTS:  # see pdo_hub.hub._imports
+        import transformers
+        from transformers.models.auto.auto_factory import _BaseAutoModelClass
 
-    cls = getattr(transformers, name, None) if isinstance(name, str) and name.startswith("Auto") else None
+        cls = getattr(transformers, name, None) if isinstance(name, str) and name.startswith("Auto") else None
     if not (isinstance(cls, type) and issubclass(cls, _BaseAutoModelClass)):
         raise ConfigError(
             f"auto_class={name!r} is not a transformers Auto model class. Use e.g. 'AutoModel', "
@@ -197,8 +200,10 @@ def _build_entry(folder: Path, source: dict, auto_cls: Any, opt_config: PostDown
     repo_id, sha = source["source_id"], source["revision"]
 
     def download() -> tuple[Path, Any]:  # pinned to the sha: a branch that moves meanwhile changes nothing
+        crashpoint("fetch.start")
         files = Path(snapshot_download(repo_id, revision=sha, cache_dir=cache_dir, token=token,
                                        allow_patterns=SMALL_FILE_PATTERNS, ignore_patterns=IGNORE_PATTERNS))
+        crashpoint("fetch.small_files")
         with bypass():
             return files, auto_cls.from_pretrained(repo_id, revision=sha, cache_dir=cache_dir, token=token,
                                                    **model_kwargs)
@@ -206,13 +211,16 @@ def _build_entry(folder: Path, source: dict, auto_cls: Any, opt_config: PostDown
     small_files, original = _retry.with_retries(
         f"{repo_id!r} at commit {sha[:12]}", download,
         check=lambda: _blob_check.remove_damaged(repo_id, sha, cache_dir, ignore=_blob_check.EXPORT_PATTERNS))
+    crashpoint("fetch.downloaded")
     revisions.record_hf_cache_ref(repo_id, source["ref"], sha, cache_dir)
     original.eval()
     inputs = _text_inputs(small_files, original, opt_config.calibration_samples, calibration)
     optimizer = create_post_download_optimizer(opt_config)
+    crashpoint("optimize.start")
     optimized, report = optimizer.optimize_model(
         model=original, model_name=repo_id, example_inputs=inputs[0] if inputs else None, calibration_data=inputs,
     )
+    crashpoint("optimize.done")
     _copy_small_files(small_files, folder)
     # The config of the stored weights (loader arguments such as num_labels included) replaces the source's.
     original.config.save_pretrained(folder)

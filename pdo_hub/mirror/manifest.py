@@ -19,6 +19,7 @@ errors that name the key and the allowed ones.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,7 +28,8 @@ import yaml
 
 from pdo_hub.core.config import PRESET_NAMES, PostDownloadOptimizationConfig, load_config
 from pdo_hub.core.errors import ConfigError
-from pdo_hub.sources import SourceSpec, parse_source
+from pdo_hub.core.yaml_text import load_yaml
+from pdo_hub.sources import SourceSpec, existing_path, parse_source
 
 _SETTINGS = ("preset", "config", "auto_class", "calibration", "optimize", "push", "architecture")
 _MODEL_KEYS = ("source", "revision", *_SETTINGS)
@@ -74,8 +76,8 @@ def load_manifest(path: str | Path) -> Manifest:
     """
     path = Path(path).expanduser()
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"Cannot read the mirror manifest {path}: {err}.") from err
     except yaml.YAMLError as err:
         raise ConfigError(f"Mirror manifest {path} is not valid YAML: {err}") from err
@@ -157,9 +159,9 @@ def _config(settings: Mapping[str, Any], base: Path, where: str) -> tuple[PostDo
 
 
 def _path(value: Any, base: Path, key: str, where: str) -> Path:
-    path = Path(_string(value, key, where)).expanduser()
-    path = path if path.is_absolute() else base / path
-    if not path.exists():
+    text = _string(value, key, where)
+    path = existing_path(text if text.startswith("~") else os.path.join(base, text))  # join keeps an absolute text
+    if path is None:
         raise ConfigError(f"{where}: {key} {str(value)!r} does not exist (paths are relative to the manifest).")
     return path
 

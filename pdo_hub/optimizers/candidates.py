@@ -1,4 +1,4 @@
-"""Building and measuring one candidate pipeline."""
+"""Building one candidate pipeline and measuring its size and accuracy (speed is timed for all at once)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import logging
 import time
 from typing import Any
 
+import torch
 import torch.nn as nn
 
+from ..core._crashpoints import crashpoint
 from .context import MethodContext
-from .evaluate import Fidelity, Timing, benchmark, fidelity
+from .evaluate import Fidelity, Timing, fidelity
 from .recipe import Recipe
 from .registry import get_method
-from .selection import gain, score
 from .sizing import serialized_bytes
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,8 @@ class Candidate:
     size_bytes: int | None = None
     fidelity: Fidelity | None = None
     timing: Timing | None = None
+    speedup: float | None = None  # measured, against the original timed in the same rounds
+    score_speedup: float | None = None  # what the score used: speedups within the timing noise are one value
     accuracy: float | None = None
     accuracy_loss: float | None = None
     score: float | None = None
@@ -38,7 +41,7 @@ class Candidate:
     notes: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
 
-    def summary(self, original_bytes: int, original_timing: Timing | None) -> dict[str, Any]:
+    def summary(self, original_bytes: int) -> dict[str, Any]:
         from .report import size_metrics
 
         entry: dict[str, Any] = {"methods": list(self.methods), "optimizations": self.labels, "status": self.status}
@@ -47,9 +50,12 @@ class Candidate:
         if self.size_bytes is not None:
             entry["size_mb"] = size_metrics(original_bytes, self.size_bytes)["optimized_size_mb"]
             entry["size_ratio"] = round(self.size_bytes / original_bytes, 4)
-        if self.timing is not None and original_timing is not None:
-            entry["speedup"] = round(original_timing.median_latency_ms / self.timing.median_latency_ms, 3)
+        if self.timing is not None and self.speedup is not None:
+            entry["speedup"] = round(self.speedup, 3)
             entry["latency_ms"] = round(self.timing.median_latency_ms, 3)
+            entry["latency_spread"] = round(self.timing.spread, 4)
+            if self.score_speedup is not None and round(self.score_speedup, 3) != entry["speedup"]:
+                entry["speedup_for_score"] = round(self.score_speedup, 3)
         if self.fidelity is not None:
             entry["output_cosine"] = round(self.fidelity.cosine, 6)
             if self.fidelity.top1_agreement is not None:
@@ -66,27 +72,97 @@ class Candidate:
         return entry
 
 
-def build_candidate(methods: tuple[str, ...], base: nn.Module, ctx: MethodContext) -> Candidate:
-    """Apply `methods` in order to a copy of `base`; the returned candidate carries its recipe."""
+@dataclasses.dataclass
+class _Stage:
+    model: nn.Module
+    labels: list[str]
+    records: list[dict[str, Any]]
+    notes: list[str]
+    seconds: float
+    done: int  # how many of the pipeline's methods it holds
+
+
+class Prefixes:
+    """Intermediate models that later pipelines extend, built once.
+
+    With pruning, a factorization and int8 enabled, `prune`, `prune+svd` and `svd` are each the start
+    of two or three pipelines; rebuilding them (a distillation each time) would multiply the
+    optimization time. Every method is seeded before it runs (`build_candidate`), so a pipeline built
+    from a stored prefix is the same model as one built from scratch. A prefix that raised is not
+    tried again: the pipelines that start with it are rejected with its error.
+    """
+
+    def __init__(self, pipelines: list[tuple[str, ...]]) -> None:
+        self._pending = [tuple(p) for p in pipelines]
+        self._stored: dict[tuple[str, ...], _Stage] = {}
+        self._failed: dict[tuple[str, ...], Exception] = {}
+
+    def fail(self, prefix: tuple[str, ...], error: Exception) -> None:
+        """`prefix` raised `error`: every later pipeline starting with it is rejected for the same reason."""
+        self._failed[prefix] = error
+
+    def failure(self, methods: tuple[str, ...]) -> Exception | None:
+        return next((self._failed[methods[:n]] for n in range(1, len(methods) + 1) if methods[:n] in self._failed), None)
+
+    def wanted(self, prefix: tuple[str, ...]) -> bool:
+        """Whether a pipeline not started yet starts with `prefix`."""
+        return any(p[: len(prefix)] == prefix for p in self._pending)
+
+    def store(self, prefix: tuple[str, ...], stage: _Stage) -> None:
+        self._stored[prefix] = copy.deepcopy(stage)
+
+    def take(self, methods: tuple[str, ...]) -> _Stage | None:
+        """Start building `methods`: a copy of its longest stored prefix (None: start from the base
+        model); stored prefixes that no other pending pipeline needs are dropped."""
+        if methods in self._pending:
+            self._pending.remove(methods)
+        stage = next((self._stored[methods[:n]] for n in range(len(methods), 0, -1) if methods[:n] in self._stored), None)
+        stage = copy.deepcopy(stage) if stage is not None else None
+        for prefix in [p for p in self._stored if not self.wanted(p)]:
+            del self._stored[prefix]
+        return stage
+
+
+def build_candidate(methods: tuple[str, ...], base: nn.Module, ctx: MethodContext, prefixes: Prefixes | None = None) -> Candidate:
+    """Apply `methods` in order to a copy of `base` (or of a stored prefix); the candidate carries its recipe."""
     candidate = Candidate(methods)
     start = time.perf_counter()
-    model = copy.deepcopy(base)
-    records: list[dict[str, Any]] = []
+    stage = prefixes.take(methods) if prefixes is not None else None
+    failed = prefixes.failure(methods) if prefixes is not None else None
+    if failed is not None:
+        raise failed
+    stage = stage or _Stage(copy.deepcopy(base), [], [], [], 0.0, 0)
+    candidate.notes = stage.notes
     ctx.notes = candidate.notes
-    for name in methods:
+    model = stage.model
+    for index in range(stage.done, len(methods)):
+        name = methods[index]
         method = get_method(name)
         if method.cpu_only and ctx.device.type != "cpu":
             ctx.note(logger, f"{name}: torch has no {ctx.device.type} kernels for this method; skipped (run on CPU to use it).")
-            continue
-        model, new_records = method.apply(model, ctx)
-        if new_records:
-            candidate.labels.append(method.label)
-            records.extend(new_records)
+        else:
+            # Seeded per method, so its result depends on its inputs only: not on which candidates
+            # ran before it, nor on whether its input came from a stored prefix.
+            torch.manual_seed(ctx.config.seed)
+            try:
+                model, new_records = method.apply(model, ctx)
+            except Exception as err:
+                if prefixes is not None:
+                    prefixes.fail(methods[: index + 1], err)
+                raise
+            crashpoint("optimize.method_applied")
+            if new_records:
+                stage.labels.append(method.label)
+                stage.records.extend(new_records)
+        stage.model = model
+        prefix = methods[: index + 1]
+        if prefixes is not None and prefixes.wanted(prefix):
+            prefixes.store(prefix, dataclasses.replace(stage, seconds=stage.seconds + time.perf_counter() - start, done=index + 1))
     model.eval()
-    model.pdo_recipe = Recipe(records)
-    candidate.model = model
-    candidate.seconds = time.perf_counter() - start
-    if not records:
+    model.pdo_recipe = Recipe(stage.records)
+    candidate.model, candidate.labels = model, stage.labels
+    candidate.seconds = stage.seconds + time.perf_counter() - start
+    if not stage.records:
         candidate.status, candidate.reason = "rejected", "no method changed the model"
     return candidate
 
@@ -98,37 +174,26 @@ def accuracy_loss(model: nn.Module, ctx: MethodContext, original: dict[str, Any]
     return fidelity(model, ctx.calibration_inputs, original["calibration_references"], ctx.device).loss
 
 
-def measure_candidate(candidate: Candidate, ctx: MethodContext, references, original: dict[str, Any]) -> None:
-    """Size, fidelity, optional task accuracy and speed; then accept/reject against the budget and score."""
+def measure_candidate(candidate: Candidate, ctx: MethodContext, original: dict[str, Any]) -> None:
+    """Size, fidelity on the held-out inputs and optional task accuracy; rejects it over the accuracy budget."""
     config = ctx.config
     model = candidate.model
     candidate.size_bytes = serialized_bytes(model)
-    candidate.fidelity = fidelity(model, ctx.extras["held_out_inputs"], references, ctx.device)
+    candidate.fidelity = fidelity(model, ctx.extras["held_out_inputs"], original["references"], ctx.device)
     if ctx.eval_fn is not None:
         candidate.accuracy = float(ctx.eval_fn(model))
         candidate.accuracy_loss = max(0.0, original["accuracy"] - candidate.accuracy)
     else:
         candidate.accuracy_loss = candidate.fidelity.loss
-    if config.benchmark_optimizations:
-        candidate.timing = benchmark(
-            model, ctx.example_inputs, ctx.device,
-            warmup=config.benchmark_warmup, runs=config.benchmark_runs, threads=config.benchmark_threads,
-        )
-    speedup = original["timing"].median_latency_ms / candidate.timing.median_latency_ms if candidate.timing and original["timing"] else None
-    candidate.score = score(candidate.size_bytes / original["size_bytes"], speedup, candidate.accuracy_loss, config.preserve_accuracy_threshold)
     if candidate.accuracy_loss > config.preserve_accuracy_threshold:
         candidate.status = "rejected"
         candidate.reason = (
             f"accuracy loss {candidate.accuracy_loss:.4f} exceeds preserve_accuracy_threshold "
             f"{config.preserve_accuracy_threshold:.4f}"
         )
-    elif config.auto_select_best_method and gain(candidate.size_bytes / original["size_bytes"], speedup) <= 0:
-        candidate.status = "rejected"
-        candidate.reason = "no net gain: what it saves in size does not make up for what it loses in speed"
     else:
         candidate.status = "accepted"
     logger.info(
-        "candidate %s: %s, size %.1f%% of original, loss %.4f, score %.3f",
-        "+".join(candidate.methods), candidate.status, 100 * candidate.size_bytes / original["size_bytes"],
-        candidate.accuracy_loss, candidate.score,
+        "candidate %s: %s, size %.1f%% of original, loss %.4f", "+".join(candidate.methods), candidate.status,
+        100 * candidate.size_bytes / original["size_bytes"], candidate.accuracy_loss,
     )

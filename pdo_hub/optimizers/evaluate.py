@@ -62,32 +62,79 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+ROUNDS = 3  # interleaved timing rounds: enough to see the drift between them, cheap at batch 1
+# Untimed calls a model gets at least before its first timed one: `dynamic` builds its frozen trace
+# on the third call and TorchScript's profiling executor optimizes a trace after its first two, so
+# fewer would time the build into the first round (and report it as noise).
+TRACE_CALLS = 3
+
+
 @dataclasses.dataclass
 class Timing:
+    """Latency of one model: the median of its fastest round, and how much the rounds disagreed.
+
+    `spread` is (slowest - fastest round median) / fastest: the run-to-run noise this measurement
+    saw (drift of the machine's load, thermal state, other processes).
+    """
+
     median_latency_ms: float
     fps: float
     batch_size: int
     runs: int
+    spread: float = 0.0
+    rounds: int = 1
 
 
 @torch.inference_mode()
-def benchmark(model: nn.Module, inputs: Inputs, device: torch.device, *, warmup: int, runs: int, threads: int) -> Timing:
-    """Median latency of `runs` timed forward passes after `warmup` untimed ones, at `threads` threads.
+def benchmark_interleaved(
+    models: list[nn.Module], inputs: Inputs, device: torch.device, *, warmup: int, runs: int, threads: int, rounds: int = ROUNDS,
+) -> list[Timing]:
+    """Time `models` side by side: `rounds` rounds, each calling every model `runs` times.
 
-    FPS is samples per second: batch size / median latency.
+    Timings on a shared machine drift by tens of percent within minutes, so models timed one after
+    the other are compared under different loads. Here every round visits every model, in
+    alternating order (forward, then backward), so a drift affects them all alike; the first round
+    starts with `warmup` (at least `TRACE_CALLS`) untimed calls per model (traces built, caches
+    warm), later rounds with one. A model's latency is the median of its calls in its fastest round.
+    FPS is samples per second: batch size / latency.
     """
     inputs = to_device(inputs, device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = []
+    samples: list[list[list[float]]] = [[[] for _ in range(rounds)] for _ in models]
     with torch_threads(threads):
-        for _ in range(warmup):
-            call_model(model, inputs)
-        sync()
-        for _ in range(runs):
-            start = time.perf_counter()
-            call_model(model, inputs)
-            sync()
-            times.append(time.perf_counter() - start)
-    median = statistics.median(times)
+        for round_index in range(rounds):
+            order = range(len(models)) if round_index % 2 == 0 else reversed(range(len(models)))
+            for index in order:
+                model = models[index]
+                for _ in range(max(warmup, TRACE_CALLS) if round_index == 0 else min(1, warmup)):
+                    call_model(model, inputs)
+                sync()
+                for _ in range(runs):
+                    start = time.perf_counter()
+                    call_model(model, inputs)
+                    sync()
+                    samples[index][round_index].append(time.perf_counter() - start)
     batch = batch_size(inputs)
-    return Timing(median * 1000.0, batch / median, batch, runs)
+    timings = []
+    for per_round in samples:
+        round_medians = [statistics.median(times) for times in per_round]
+        # The fastest round: other processes only ever slow a round down, so the quietest one is the
+        # best estimate of the model's own speed (a model hit by a burst in one round keeps its rank).
+        latency = min(round_medians)
+        spread = (max(round_medians) - latency) / latency if latency > 0 else 0.0
+        timings.append(Timing(latency * 1000.0, batch / latency, batch, runs * rounds, spread, rounds))
+    return timings
+
+
+def benchmark(model: nn.Module, inputs: Inputs, device: torch.device, *, warmup: int, runs: int, threads: int) -> Timing:
+    """One model timed alone (`benchmark_interleaved` with one model)."""
+    return benchmark_interleaved([model], inputs, device, warmup=warmup, runs=runs, threads=threads)[0]
+
+
+def timing_noise(timings: list[Timing]) -> float:
+    """The relative noise of a set of interleaved timings: the median of their spreads.
+
+    The median, not the largest: one model disturbed once should not make every comparison a tie.
+    """
+    spreads = [t.spread for t in timings if t is not None]
+    return float(statistics.median(spreads)) if spreads else 0.0

@@ -1,7 +1,9 @@
-"""Calling a model on "inputs" of any common shape: a tensor, a tuple of tensors, or a dict (transformers)."""
+"""Calling a model on "inputs" of any common shape: a tensor, a tuple of tensors, or a mapping of
+keyword arguments (a dict, or a tokenizer's `BatchEncoding`, which is a `UserDict`, not a dict)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Iterable
 
 import torch
@@ -9,11 +11,21 @@ import torch.nn as nn
 
 from ..core.errors import OptimizationError
 
-Inputs = Any  # torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
+Inputs = Any  # torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor]
+
+
+def normalize_inputs(inputs: Inputs) -> Inputs:
+    """The same inputs with every mapping turned into a plain dict (a `BatchEncoding` included), so
+    the methods, traces and recipes downstream only ever see tensors, tuples, lists and dicts."""
+    if isinstance(inputs, Mapping):
+        return {key: normalize_inputs(value) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(normalize_inputs(value) for value in inputs)
+    return inputs
 
 
 def call_model(model: nn.Module, inputs: Inputs) -> Any:
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         return model(**inputs)
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
@@ -40,7 +52,7 @@ def output_tensor(output: Any) -> torch.Tensor:
 def to_device(inputs: Inputs, device: torch.device | str) -> Inputs:
     if isinstance(inputs, torch.Tensor):
         return inputs.to(device)
-    if isinstance(inputs, dict):
+    if isinstance(inputs, Mapping):
         return {key: to_device(value, device) for key, value in inputs.items()}
     if isinstance(inputs, (tuple, list)):
         return type(inputs)(to_device(value, device) for value in inputs)
@@ -95,14 +107,14 @@ def infer_example_inputs(model: nn.Module) -> Inputs:
         if isinstance(module, nn.Embedding):
             return torch.randint(0, module.num_embeddings, (1, 128))
     raise OptimizationError(
-        f"Cannot guess an input for {type(model).__name__}: pass example_inputs= (a tensor, tuple or dict of tensors)."
+        f"Cannot guess an input for {type(model).__name__}: pass example_inputs= (a tensor, tuple, or dict / BatchEncoding of tensors)."
     )
 
 
 def _tensors(inputs: Inputs) -> Iterable[torch.Tensor]:
     if isinstance(inputs, torch.Tensor):
         yield inputs
-    elif isinstance(inputs, dict):
+    elif isinstance(inputs, Mapping):
         for value in inputs.values():
             yield from _tensors(value)
     elif isinstance(inputs, (tuple, list)):
@@ -111,7 +123,7 @@ def _tensors(inputs: Inputs) -> Iterable[torch.Tensor]:
 
 
 def _perturb(value: Inputs, generator: torch.Generator) -> Inputs:
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {key: (val if key in ("attention_mask", "token_type_ids") else _perturb(val, generator)) for key, val in value.items()}
     if isinstance(value, (tuple, list)):
         return type(value)(_perturb(item, generator) for item in value)

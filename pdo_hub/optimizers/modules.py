@@ -1,4 +1,4 @@
-"""Helpers to find and swap submodules by dotted path, aliases included."""
+"""Helpers to find and swap submodules by dotted path, aliases included, and to count their work."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import RecipeError
+from .inputs import call_model
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -46,3 +47,26 @@ def model_device(model: nn.Module) -> torch.device:
 
 def match_dtype_device(new: nn.Module, like: torch.Tensor) -> nn.Module:
     return new.to(device=like.device, dtype=like.dtype if like.is_floating_point() else None)
+
+
+def multiply_adds(model: nn.Module, example) -> dict[int, int]:
+    """id(module) -> multiply-adds of its forward(s) on `example`, for every Conv/Linear and RNN layer."""
+    counts: dict[int, int] = {}
+
+    def hook(module, _args, out):
+        if isinstance(module, nn.RNNBase):  # every step multiplies by all weight matrices once
+            steps = out[0].shape[:-1].numel() if isinstance(out, tuple) and isinstance(out[0], torch.Tensor) else 0
+            weights = sum(p.numel() for name, p in module.named_parameters() if name.startswith("weight"))
+            counts[id(module)] = counts.get(id(module), 0) + steps * weights
+        elif isinstance(out, torch.Tensor):
+            per_output = module.weight[0].numel()  # (in / groups) x kernel for a conv, in_features for a Linear
+            counts[id(module)] = counts.get(id(module), 0) + out.numel() * per_output
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.RNNBase))]
+    try:
+        with torch.no_grad():
+            call_model(model, example)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return counts

@@ -14,13 +14,15 @@ import torch.nn as nn
 from ..core.config import PostDownloadOptimizationConfig, load_config
 from ..core.errors import ConfigError
 from .artifacts import write_seed_artifacts
-from .candidates import Candidate, accuracy_loss, build_candidate, measure_candidate
+from .candidates import Candidate, Prefixes, accuracy_loss, build_candidate, measure_candidate
 from .context import MethodContext
-from .evaluate import benchmark, reference_outputs
-from .inputs import Inputs, infer_example_inputs, split_held_out, synthesize_inputs, to_device
+from .evaluate import benchmark_interleaved, reference_outputs, timing_noise
+from .flavours import fitting_quantization
+from .inputs import Inputs, infer_example_inputs, normalize_inputs, split_held_out, synthesize_inputs, to_device
 from .recipe import Recipe
-from .report import REPORT_VERSION, disabled_report, environment, performance_metrics, size_metrics
-from .selection import WEIGHTS, candidate_pipelines
+from .recovery import RecoveryTimeoutError
+from .report import REPORT_VERSION, disabled_report, environment, performance_metrics, size_metrics, timing_section
+from .selection import WEIGHTS, candidate_pipelines, select
 from .sizing import serialized_bytes
 
 logger = logging.getLogger(__name__)
@@ -30,8 +32,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        from ..core.errors import ConfigError
-
         raise ConfigError("device='cuda' but torch sees no CUDA device. Use device: cpu or auto.")
     return torch.device(name)
 
@@ -58,7 +58,8 @@ class PostDownloadOptimizer:
         Args:
             model: the downloaded model.
             model_name: name used in the report.
-            example_inputs: one batch the model accepts (tensor, tuple, or dict of tensors); guessed if None.
+            example_inputs: one batch the model accepts (a tensor, a tuple, or a mapping of tensors such as
+                a dict or a tokenizer's `BatchEncoding`); guessed if None.
             calibration_data: batches for calibration and fidelity checks (default: synthesized from
                 example_inputs, `config.calibration_samples` of them).
             eval_fn: task metric `eval_fn(model) -> accuracy in [0, 1]`; when given, accuracy loss is measured
@@ -81,9 +82,9 @@ class PostDownloadOptimizer:
         if example_inputs is None:
             example_inputs = infer_example_inputs(base)
             logger.info("no example_inputs given; using a guessed input")
-        example_inputs = to_device(example_inputs, device)
+        example_inputs = to_device(normalize_inputs(example_inputs), device)
         if calibration_data is not None:
-            calibration, held_out = split_held_out(list(calibration_data))
+            calibration, held_out = split_held_out([normalize_inputs(batch) for batch in calibration_data])
         else:
             synthesized = synthesize_inputs(example_inputs, 2 * config.calibration_samples, config.seed)
             calibration, held_out = synthesized[0::2], synthesized[1::2]
@@ -99,15 +100,18 @@ class PostDownloadOptimizer:
         original = self._measure_original(base, ctx)
         ctx.measure_loss = lambda candidate_model: accuracy_loss(candidate_model, ctx, original)
         notes: list[str] = []
-        candidates = [self._try(methods, base, ctx, original) for methods in candidate_pipelines(config, notes)]
-        chosen = self._choose(candidates)
+        fit = fitting_quantization(base, example_inputs) if config.enable_quantization else None
+        candidates = self._build(candidate_pipelines(config, notes, fit), base, ctx, original, notes)
+        noise = self._time(base, candidates, ctx, original)
+        chosen = select(candidates, original["size_bytes"], config, noise, notes)
         result = chosen.model if chosen else base
         if chosen is None:
-            notes.append("No candidate met the accuracy budget: the original model is returned unchanged.")
+            notes.append(_unchanged_note(candidates))
         for candidate in candidates:
             if candidate is not chosen:
                 candidate.model = None  # free memory early
         report = self._report(model_name, config, original, chosen, candidates, notes, device, time.perf_counter() - start)
+        report["selection"]["timing"] = timing_section(original["timing"], noise, config)
         result.pdo_report = report
         if not chosen:
             result.pdo_recipe = Recipe()
@@ -119,42 +123,65 @@ class PostDownloadOptimizer:
 
     # -- steps -------------------------------------------------------------------------------------
     def _measure_original(self, base: nn.Module, ctx: MethodContext) -> dict[str, Any]:
-        config = ctx.config
-        original: dict[str, Any] = {
+        return {
             "size_bytes": serialized_bytes(base),
             "calibration_references": reference_outputs(base, ctx.calibration_inputs, ctx.device),
             "references": reference_outputs(base, ctx.extras["held_out_inputs"], ctx.device),
-            "timing": None,
+            "timing": None,  # timed with the candidates, in the same rounds (`_time`)
             "accuracy": float(ctx.eval_fn(base)) if ctx.eval_fn else None,
         }
-        if config.benchmark_optimizations:
-            original["timing"] = benchmark(
-                base, ctx.example_inputs, ctx.device,
-                warmup=config.benchmark_warmup, runs=config.benchmark_runs, threads=config.benchmark_threads,
-            )
-        return original
 
-    def _try(self, methods: tuple[str, ...], base: nn.Module, ctx: MethodContext, original: dict[str, Any]) -> Candidate:
+    def _build(self, pipelines, base: nn.Module, ctx: MethodContext, original: dict[str, Any], notes: list[str]) -> list[Candidate]:
+        """Build and measure (size, accuracy) each pipeline; without auto-selection, stop at the first
+        one within the accuracy budget (the configured pipeline, or its longest fall-back)."""
+        prefixes = Prefixes(pipelines)
+        candidates = []
+        for index, methods in enumerate(pipelines):
+            candidates.append(self._try(methods, base, ctx, original, prefixes))
+            if not self.config.auto_select_best_method and candidates[-1].status == "accepted":
+                if index + 1 < len(pipelines):
+                    notes.append(f"auto_select_best_method is off: {'+'.join(methods)} is within the budget, so the "
+                                 f"{len(pipelines) - index - 1} shorter fall-backs were not tried.")
+                break
+        return candidates
+
+    def _try(self, methods: tuple[str, ...], base: nn.Module, ctx: MethodContext, original: dict[str, Any], prefixes: Prefixes) -> Candidate:
         try:
-            candidate = build_candidate(methods, base, ctx)
+            candidate = build_candidate(methods, base, ctx, prefixes)
             if candidate.status != "rejected":
-                measure_candidate(candidate, ctx, original["references"], original)
+                measure_candidate(candidate, ctx, original)
+        except RecoveryTimeoutError as err:  # loud: a time-capped model would depend on the machine's load
+            logger.warning("candidate %s rejected: %s", "+".join(methods), err)
+            candidate = Candidate(methods, status="rejected", reason=str(err))
         except Exception as err:  # a method that cannot handle this model must not lose the model
             logger.warning("candidate %s failed: %s: %s", "+".join(methods), type(err).__name__, err)
             logger.debug("candidate failure", exc_info=True)
             candidate = Candidate(methods, status="rejected", reason=f"{type(err).__name__}: {err}")
-        if candidate.status == "rejected":
+        if candidate.size_bytes is None:
             candidate.model = None
         return candidate
 
-    def _choose(self, candidates: list[Candidate]) -> Candidate | None:
-        accepted = [c for c in candidates if c.status == "accepted"]
-        if not accepted:
-            return None
-        # Auto-selection: best score. Otherwise the configured pipeline, or the longest fall-back.
-        chosen = max(accepted, key=lambda c: c.score) if self.config.auto_select_best_method else accepted[0]
-        chosen.status = "selected"
-        return chosen
+    def _time(self, base: nn.Module, candidates: list[Candidate], ctx: MethodContext, original: dict[str, Any]) -> float:
+        """Time the original and every measured candidate in the same interleaved rounds; returns the noise.
+
+        Candidates over the accuracy budget are timed too: the report and its chart show where they
+        stood. Their models are released afterwards.
+        """
+        config = ctx.config
+        if not config.benchmark_optimizations:
+            return 0.0
+        timed = [c for c in candidates if c.model is not None]
+        timings = benchmark_interleaved(
+            [base] + [c.model for c in timed], ctx.example_inputs, ctx.device,
+            warmup=config.benchmark_warmup, runs=config.benchmark_runs, threads=config.benchmark_threads,
+        )
+        original["timing"] = timings[0]
+        for candidate, timing in zip(timed, timings[1:]):
+            candidate.timing = timing
+            candidate.speedup = timings[0].median_latency_ms / timing.median_latency_ms
+            if candidate.status == "rejected":
+                candidate.model = None
+        return timing_noise(timings)
 
     def _report(self, model_name, config, original, chosen, candidates, notes, device, seconds) -> dict[str, Any]:
         final_bytes = chosen.size_bytes if chosen else original["size_bytes"]
@@ -173,8 +200,12 @@ class PostDownloadOptimizer:
             accuracy["output_cosine"] = chosen.fidelity.cosine
             accuracy["top1_agreement"] = chosen.fidelity.top1_agreement
             accuracy["max_abs_error"] = chosen.fidelity.max_abs_error
+        seen: set[str] = set()  # pipelines built on a shared prefix share its notes: report each once
         for candidate in candidates:
-            notes.extend(f"{'+'.join(candidate.methods)}: {n}" for n in candidate.notes)
+            for note in candidate.notes:
+                if note not in seen:
+                    seen.add(note)
+                    notes.append(f"{'+'.join(candidate.methods)}: {note}")
         return {
             "report_version": REPORT_VERSION,
             "model_name": model_name,
@@ -189,7 +220,7 @@ class PostDownloadOptimizer:
                 "score_weights": WEIGHTS,
                 "selected": list(chosen.methods) if chosen else None,
             },
-            "candidates": [c.summary(original["size_bytes"], original["timing"]) for c in candidates],
+            "candidates": [c.summary(original["size_bytes"]) for c in candidates],
             "recipe": (chosen.model.pdo_recipe.to_dict() if chosen else Recipe().to_dict()),
             "notes": notes,
             "config": config.to_dict(),
@@ -210,10 +241,18 @@ def optimize_downloaded_model(
     return PostDownloadOptimizer(config).optimize_model(model, model_name, **kwargs)
 
 
+def _unchanged_note(candidates: list[Candidate]) -> str:
+    """Why the original comes back: each rejected candidate's reason (a method that failed, e.g. out of
+    memory or on a layer it cannot take, or a result over the accuracy budget)."""
+    reasons = [f"{'+'.join(c.methods)}: {c.reason[:300]}" for c in candidates if c.status == "rejected" and c.reason]
+    why = f" ({'; '.join(reasons)})" if reasons else ""
+    return f"No candidate qualified{why}: the original model is returned unchanged."
+
+
 def _labelled_batches(train_data: Iterable[Any], device: torch.device) -> list[tuple[Inputs, torch.Tensor]]:
     batches = []
     for index, batch in enumerate(train_data):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ConfigError(f"train_data[{index}] is a {type(batch).__name__}; expected an (inputs, labels) pair.")
-        batches.append((to_device(batch[0], device), to_device(batch[1], device)))
+        batches.append((to_device(normalize_inputs(batch[0]), device), to_device(batch[1], device)))
     return batches

@@ -65,8 +65,12 @@ def slice_module(module: nn.Module, out_keep: list[int] | None, in_keep: list[in
         raise RecipeError(f"prune: cannot slice a {type(module).__name__}.")
     out_n, in_n = channel_counts(module)
     for keep, limit in ((out_keep, out_n), (in_keep, in_n)):
-        if keep is not None and (limit is None or not keep or min(keep) < 0 or max(keep) >= limit):
-            raise RecipeError(f"prune: kept channels {keep[:5] if keep else keep}... do not fit a {type(module).__name__} with {limit} channels.")
+        # Distinct indices below the channel count: a replayed record may come from a downloaded file, and
+        # repeated indices would let a few bytes of JSON grow a layer without bound.
+        if keep is not None and not (isinstance(keep, list) and keep and limit is not None
+                                     and all(type(i) is int and 0 <= i < limit for i in keep) and len(set(keep)) == len(keep)):
+            raise RecipeError(f"prune: kept channels {str(keep)[:40]}... are not distinct channels of a "
+                              f"{type(module).__name__} with {limit} channels.")
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
         if is_depthwise(module):
             keep = out_keep if out_keep is not None else in_keep

@@ -2,6 +2,11 @@
 
 It is what makes an optimized model reloadable without pickle: rebuild the original architecture,
 replay each record's `restore` (structure only), then load the tensors strictly.
+
+Format versions: 1, the first; 2 adds `int8_isa` to int8 records, the instruction sets their kernels
+assume (`methods/_int8_isa.py`). A version-1 reader would ignore that field and could load a full-range
+int8 variant on a CPU where it saturates, so it must refuse version 2; version-1 recipes still load here,
+their int8 assumptions inferred from the records.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from typing import Any
 from ..core.errors import RecipeError, UnknownMethodError
 
 RECIPE_FORMAT = "pdo-hub-recipe"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 
 @dataclasses.dataclass
@@ -50,9 +55,10 @@ class Recipe:
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as err:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as err:  # RecursionError: nesting deeper than the parser goes
             raise RecipeError(f"The recipe is not valid JSON: {err}.") from err
+        return cls.from_dict(data)
 
     def check_methods(self) -> None:
         """Fail early, naming the method, when a record names a method this install does not have."""

@@ -13,9 +13,11 @@ on those batches instead: cross-entropy on the labels (class logits; any other o
 regression, takes a mean squared error) plus the distillation term against the teacher's outputs on
 the same inputs, so the task decides and the teacher keeps the rest of the behaviour close.
 
-It is bounded twice, by `config.recovery_steps` and `config.recovery_max_seconds`, and kept only when
-it helps: the loss is measured before and after (task accuracy via `ctx.measure_loss` when the caller
-gave `eval_fn`, else the task loss on the labelled batches, else output fidelity), and the
+It runs exactly `config.recovery_steps` steps, so the same inputs give the same model whatever the
+machine's load. `config.recovery_max_seconds` is a guard, not a bound: a recovery that cannot finish
+its steps in that time raises `RecoveryTimeoutError` (the optimizer rejects that candidate and says
+why) instead of returning a model cut short at a load-dependent step. It is kept only when it helps:
+the loss is measured before and after (task accuracy via `ctx.measure_loss` when the caller gave `eval_fn`, else the task loss on the labelled batches, else output fidelity), and the
 pre-recovery weights come back if it got worse.
 """
 
@@ -29,12 +31,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.errors import OptimizationError
 from .inputs import call_model, output_tensor, to_device
 
 logger = logging.getLogger(__name__)
 
 LEARNING_RATE = 1e-4  # small: the compressed model starts close to the teacher
 TEMPERATURE = 2.0
+
+
+class RecoveryTimeoutError(OptimizationError):
+    """A step-bounded fine-tune (recovery or `qat`) hit `recovery_max_seconds` before its last step."""
+
+
+def check_deadline(method: str, step: int, steps: int, start: float, max_seconds: float) -> None:
+    """Raise `RecoveryTimeoutError` when `max_seconds` have passed with steps still to run."""
+    elapsed = time.perf_counter() - start
+    if step < steps and elapsed > max_seconds:
+        raise RecoveryTimeoutError(
+            f"{method}: fine-tuning reached recovery_max_seconds={max_seconds:g} after {step} of {steps} steps "
+            f"({elapsed:.1f} s); a model cut short at a time limit would depend on the machine's load, so this "
+            "candidate is rejected. Raise recovery_max_seconds or lower recovery_steps."
+        )
 
 
 def task_loss(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -74,7 +92,11 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
             first one gets a `recovery` entry (JSON).
 
     Returns:
-        What happened (loss before/after, steps, seconds), or None when recovery is off or impossible.
+        What happened (loss before/after, steps), or None when recovery is off or impossible; the time
+        it took is in the note.
+
+    Raises:
+        RecoveryTimeoutError: `config.recovery_max_seconds` passed before the last step.
     """
     config = ctx.config
     teacher = ctx.original_model
@@ -111,7 +133,8 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
     generator = torch.Generator().manual_seed(config.seed)
     steps = 0
     with torch.enable_grad():
-        while steps < config.recovery_steps and time.perf_counter() - start < config.recovery_max_seconds:
+        while steps < config.recovery_steps:
+            check_deadline(method, steps, config.recovery_steps, start, config.recovery_max_seconds)
             index = int(torch.randint(len(inputs), (1,), generator=generator))
             out = output_tensor(call_model(model, to_device(inputs[index], device))).float()
             loss = distillation_loss(out, targets[index])
@@ -128,9 +151,10 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
     kept = after <= before
     if not kept:
         model.load_state_dict(saved)  # recovery made it worse (overfitting few inputs): undo it
+    seconds = time.perf_counter() - start
+    # No time in the record: it goes into the safetensors metadata, whose bytes must not depend on load.
     info = {
         "loss_before": round(before, 6), "loss_after": round(after, 6), "kept": kept, "steps": steps,
-        "seconds": round(time.perf_counter() - start, 3),
         "metric": (
             "task accuracy drop" if ctx.eval_fn is not None and ctx.measure_loss is not None
             else "caller's loss" if ctx.measure_loss is not None else "task loss" if labels else "1 - output cosine"
@@ -141,7 +165,7 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
         records[0]["recovery"] = info
     ctx.note(
         logger,
-        f"{method}: recovery by {info['objective']}, {steps} steps in {info['seconds']:.1f} s: loss ({info['metric']}) "
+        f"{method}: recovery by {info['objective']}, {steps} steps in {seconds:.1f} s: loss ({info['metric']}) "
         f"{before:.4f} -> {after:.4f}{'' if kept else ' (worse: undone)'}",
     )
     return info

@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import platform
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
+from ..core import cpu
 from ..core.version import __version__
 from ..core.config import PostDownloadOptimizationConfig
 from .evaluate import Timing
 from .sizing import MB
 
 REPORT_VERSION = 1
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_flags() -> list[str]:
-    interesting = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_int8", "avx_vnni", "fma")
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    present = set(line.split(":", 1)[1].split())
-                    return [flag for flag in interesting if flag in present]
-    except OSError:
-        pass
-    return []
 
 
 def environment(device: torch.device, threads: int) -> dict[str, Any]:
@@ -37,10 +23,13 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "machine": platform.machine(),
-        "cpu_flags": _cpu_flags(),
+        "cpu_flags": cpu.reported_flags(),
         "benchmark_threads": threads,
         "device": str(device),
         "quantized_engine": torch.backends.quantized.engine,
+        # What accumulated the int8 products of the measured candidates: per library, a VNNI instruction
+        # set or int16 pairs (where full-range int8 saturates, so only portable variants are built).
+        "int8_kernels": cpu.int8_environment(),
     }
     if device.type == "cuda":
         info["cuda_device"] = torch.cuda.get_device_name(device)
@@ -67,11 +56,28 @@ def performance_metrics(original: Timing | None, optimized: Timing | None, confi
         "original_latency_ms": round(original.median_latency_ms, 3),
         "optimized_latency_ms": round(optimized.median_latency_ms, 3),
         "batch_size": original.batch_size,
-        "timed_runs": config.benchmark_runs,
+        "timed_runs": optimized.runs,
         "warmup_runs": config.benchmark_warmup,
         "threads": config.benchmark_threads,
-        "statistic": "median",
+        "statistic": "median of the fastest of the interleaved rounds",
+        "rounds": optimized.rounds,
+        "original_latency_spread": round(original.spread, 4),
+        "optimized_latency_spread": round(optimized.spread, 4),
         "benchmarked": True,
+    }
+
+
+def timing_section(original: Timing | None, noise: float, config: PostDownloadOptimizationConfig) -> dict[str, Any]:
+    """How speed was compared: interleaved rounds, and the noise within which speedups count as equal."""
+    if original is None:
+        return {"benchmarked": False}
+    return {
+        "benchmarked": True,
+        "rounds": original.rounds,
+        "runs_per_round": config.benchmark_runs,
+        "order": "interleaved: every round times the original and every candidate, in alternating order",
+        "noise": round(noise, 4),
+        "noise_statistic": "median over the timed models of (slowest - fastest round median) / fastest",
     }
 
 
@@ -101,3 +107,37 @@ def report_summary(report: dict | None) -> dict[str, Any]:
     return {"methods": (report or {}).get("optimizations_applied"), "size_before_mb": size.get("original_size_mb"),
             "size_after_mb": size.get("optimized_size_mb"), "speedup": perf.get("speedup"),
             "accuracy_loss": acc.get("accuracy_loss")}
+
+
+CANDIDATE_COLUMNS = ("methods", "status", "size (MB)", "size ratio", "speedup", "accuracy loss", "score", "reason")
+
+
+def candidate_rows(report: Mapping[str, Any]) -> list[list[Any]]:
+    """One row per candidate under `CANDIDATE_COLUMNS`: the table the model card and the CLI both show."""
+    return [
+        ["+".join(c.get("methods", [])), c.get("status"), c.get("size_mb"), c.get("size_ratio"), c.get("speedup"),
+         c.get("accuracy_loss"), c.get("score"), c.get("reason", "")]
+        for c in report.get("candidates") or []
+    ]
+
+
+def example_benchmark(report: Mapping[str, Any]) -> list[str]:
+    """The seed's "Example Benchmark" block, filled in from the report (lines, no fence)."""
+    size, perf, acc = (report.get(k) or {} for k in ("model_size_metrics", "performance_metrics", "accuracy_metrics"))
+    if not size:
+        return []
+
+    def fps(key: str) -> str:
+        return f", {perf[key]:.1f} FPS" if perf.get(key) else ""
+
+    lines = [
+        f"Model: {report.get('model_name', 'model')}",
+        f"Original: {size['original_size_mb']:.1f} MB{fps('original_fps')}",
+        f"Optimized: {size['optimized_size_mb']:.1f} MB{fps('optimized_fps')}",
+    ]
+    results = [f"{size['size_reduction_percent']:.0f}% size reduction"]
+    if perf.get("speedup"):
+        results.append(f"{perf['speedup']:.1f}x speedup")
+    if acc.get("accuracy_loss") is not None:
+        results.append(f"{100 * acc['accuracy_loss']:.1f}% accuracy loss")
+    return lines + ["Results: " + ", ".join(results)]

@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
-from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError, safe_open
 
-from ..core.errors import RecipeError, StorageError
+from ..core._crashpoints import crashpoint
+from ..core.errors import PdoHubError, RecipeError, StorageError
 from ..core.tensor_codec import decode_state_dict, encode_state_dict
+from ._canonical_safetensors import write_safetensors
 from .recipe import Recipe
 from .registry import get_method
 
@@ -32,6 +33,10 @@ RECIPE_NAME = "pdo_recipe.json"
 REPORT_NAME = "optimization_report.json"
 _RECIPE_KEY = "pdo_recipe"
 _SPEC_KEY = "pdo_state_spec"
+# What replaying a malformed recipe or loading mismatched tensors raises from inside torch or a method. A
+# downloaded recipe can hold any JSON and each `restore` reads its record freely: a missing key or a value
+# of the wrong type must fail as a bad recipe or file, not as a traceback from deep inside.
+_MALFORMED = (ArithmeticError, AttributeError, LookupError, RuntimeError, TypeError, ValueError)
 
 
 def get_recipe(model: nn.Module) -> Recipe:
@@ -60,7 +65,8 @@ def save_optimized(model: nn.Module, directory: str | os.PathLike, report: dict[
     directory.mkdir(parents=True, exist_ok=True)
     recipe = get_recipe(model)
     tensors, metadata = file_payload(model, recipe)
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: write_safetensors(tensors, tmp, metadata))
+    crashpoint("storage.weights_written")
     _atomic_write(directory / RECIPE_NAME, lambda tmp: Path(tmp).write_text(json.dumps(recipe.to_dict(), indent=2, sort_keys=True)))
     if report is not None:
         _atomic_write(directory / REPORT_NAME, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2, default=str)))
@@ -73,8 +79,7 @@ def read_recipe(directory: str | os.PathLike) -> Recipe:
     path = Path(directory) / WEIGHTS_NAME
     if not path.is_file():
         raise StorageError(f"No {WEIGHTS_NAME} in {directory}: save the model with pdo_hub.save_optimized first.")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    metadata = _read_weights(path, tensors=False)[1]
     if _RECIPE_KEY not in metadata:
         raise StorageError(f"{path} has no pdo-hub recipe in its metadata: it was not written by pdo_hub.save_optimized.")
     return Recipe.from_json(metadata[_RECIPE_KEY])
@@ -96,13 +101,25 @@ def load_optimized(directory: str | os.PathLike, skeleton: nn.Module, *, assign:
     recipe = read_recipe(directory)
     recipe.check_methods()
     model = skeleton
-    for record in recipe.records:
-        model = get_method(record["method"]).restore(model, record)
-    with safe_open(str(directory / WEIGHTS_NAME), framework="pt", device="cpu") as handle:
-        spec = json.loads(handle.metadata()[_SPEC_KEY])
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    for index, record in enumerate(recipe.records):
+        try:
+            model = get_method(record["method"]).restore(model, record)
+        except PdoHubError:
+            raise
+        except _MALFORMED as err:
+            raise RecipeError(f"Record {index} ({record['method']}) of the recipe in {directory} cannot be replayed on "
+                              f"this model ({type(err).__name__}: {err}): the recipe is damaged or was made for another "
+                              "architecture.") from err
+    tensors, metadata = _read_weights(directory / WEIGHTS_NAME, tensors=True)
+    try:
+        spec = json.loads(metadata[_SPEC_KEY])
+    except (KeyError, ValueError, RecursionError) as err:
+        raise StorageError(f"{directory / WEIGHTS_NAME} has no readable tensor spec in its metadata ({err}).") from err
     state = decode_state_dict(tensors, spec)
-    result = model.load_state_dict(state, strict=False, assign=assign)
+    try:
+        result = model.load_state_dict(state, strict=False, assign=assign)
+    except _MALFORMED as err:  # size mismatches, a value in place of a tensor, a missing quantization field
+        raise StorageError(f"The weights in {directory} do not fit the rebuilt model: {str(err)[:500]}") from err
     if result.missing_keys or result.unexpected_keys:
         raise StorageError(
             f"The weights in {directory} do not fit the rebuilt model: missing keys {result.missing_keys[:10]}, "
@@ -112,8 +129,20 @@ def load_optimized(directory: str | os.PathLike, skeleton: nn.Module, *, assign:
     model.pdo_recipe = recipe
     report_path = directory / REPORT_NAME
     if report_path.is_file():
-        model.pdo_report = json.loads(report_path.read_text())
+        try:
+            model.pdo_report = json.loads(report_path.read_text(encoding="utf-8"))
+        except (ValueError, RecursionError) as err:  # also UnicodeDecodeError
+            raise StorageError(f"{report_path} is not valid JSON ({err}): the folder is damaged.") from err
     return model
+
+
+def _read_weights(path: Path, *, tensors: bool) -> tuple[dict, dict[str, str]]:
+    """(tensors or {}, metadata) of a safetensors file, or StorageError when it is not one."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return ({name: handle.get_tensor(name) for name in handle.keys()} if tensors else {}), handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise StorageError(f"{path} is not a readable safetensors file ({err}): it is damaged or incomplete.") from err
 
 
 def _atomic_write(target: Path, write) -> None:
@@ -121,6 +150,7 @@ def _atomic_write(target: Path, write) -> None:
     os.close(fd)
     try:
         write(tmp)
+        crashpoint("storage.replacing")
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

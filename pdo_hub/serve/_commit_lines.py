@@ -19,7 +19,7 @@ from pdo_hub.serve._records import validate_path
 
 _INLINE_MAX = 1024 * 1024  # decoded contents up to this size stay in memory
 _SLICE = 4 * 1024 * 1024  # base64 characters decoded at a time (a multiple of 4)
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}\Z")
 
 
 @dataclass
@@ -69,7 +69,7 @@ def parse_commit(body: Body, staging: Path) -> CommitPlan:
 def _parse_line(line: bytes, number: int) -> tuple[str, dict]:
     try:
         item = json.loads(line)
-    except ValueError as err:  # also UnicodeDecodeError
+    except (ValueError, RecursionError) as err:  # also UnicodeDecodeError; RecursionError: nested too deep
         raise _bad(number, "not valid JSON") from err
     if not isinstance(item, dict) or not isinstance(item.get("key"), str) or not isinstance(item.get("value"), dict):
         raise _bad(number, "not a {key, value} JSON object")
@@ -94,7 +94,10 @@ def _decode_content(value: dict, target: Path, number: int) -> bytes | Path:
     if not isinstance(content, str):
         raise _bad(number, "'content' must be a string")
     if value.get("encoding", "base64") != "base64":
-        return content.encode("utf-8")
+        try:
+            return content.encode("utf-8")
+        except UnicodeEncodeError as err:  # a lone surrogate escaped in the JSON
+            raise _bad(number, f"the content of {value.get('path')!r} is not valid Unicode text") from err
     # b64decode(validate=True) checks the alphabet and the padding of one slice; a '=' anywhere but
     # in the last two characters would otherwise be accepted between slices.
     if len(content) % 4 or content.find("=", 0, max(len(content) - 2, 0)) >= 0:

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from pdo_hub.serve.store_protocol import ReadableRepoStore
     from pdo_hub.serve.tokens import TokenScope, TokenTable
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=([0-9]*)-([0-9]*)\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 DEFAULT_MAX_BODY = 1024**3  # 1 GiB: inline base64 commits carry whole files
 _MAX_JSON_BODY = 64 * 1024**2  # JSON documents (create repo, preupload) are small; NDJSON commits are streamed
 
@@ -124,7 +125,7 @@ class Request:
         """The body parsed as a JSON object, or a 400 error."""
         try:
             data = json.loads(self.body.read() or b"{}")
-        except ValueError as err:  # also UnicodeDecodeError
+        except (ValueError, RecursionError) as err:  # also UnicodeDecodeError; RecursionError: nested too deep
             raise HubHTTPError(400, "BadRequest", f"Request body is not valid JSON: {err}") from err
         if not isinstance(data, dict):
             raise HubHTTPError(400, "BadRequest", "Request body must be a JSON object.")
@@ -214,20 +215,30 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     match = _RANGE.match(header.strip())
     if not match or (not match.group(1) and not match.group(2)):
         return None
-    first, last = match.group(1), match.group(2)
-    if first:
-        start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
-        if last and int(last) < start:
+    first, last = _position(match.group(1)), _position(match.group(2))
+    if first is not None:
+        start = first
+        end = min(last, size - 1) if last is not None else size - 1
+        if last is not None and last < start:
             return None  # syntactically invalid range: ignore it, as the RFC says
     else:  # suffix range: the last N bytes
-        start, end = max(size - int(last), 0), size - 1
+        start, end = max(size - last, 0), size - 1
     if start >= size or end < start:
         raise HubHTTPError(416, "RangeNotSatisfiable", f"Range {header!r} is outside the file of {size} bytes.",
                            headers={"Content-Range": f"bytes */{size}"})
     return start, end - start + 1
 
 
+def _position(digits: str) -> int | None:
+    """A byte position of a Range header; any position past 18 digits is past every file (and int() refuses
+    more than 4300 digits)."""
+    if not digits:
+        return None
+    return int(digits) if len(digits) <= 18 else 10**18
+
+
 def _header_safe(text: str) -> str:
-    """Header values must be one latin-1 line."""
-    return " ".join(text.split()).encode("latin-1", "replace").decode("latin-1")[:512]
+    """Header values must be one latin-1 line without control characters: the HTTP layer refuses to send a NUL
+    (e.g. echoed from a percent-decoded path), and the client would get no answer at all."""
+    line = " ".join(text.split()).encode("latin-1", "replace").decode("latin-1")
+    return _CONTROL.sub("?", line)[:512]

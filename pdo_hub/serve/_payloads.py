@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from pdo_hub.core.yaml_text import load_yaml
 from pdo_hub.serve._http import HubHTTPError
 from pdo_hub.serve._records import CommitRecord, FileEntry, RepoRefs, RepoSettings, iso_z
 
@@ -148,7 +149,7 @@ def parse_front_matter(text: str) -> dict:
     end = text.find("\n---", 3)
     if end < 0:
         return {}
-    data = yaml.safe_load(text[3:end])
+    data = load_yaml(text[3:end])
     return data if isinstance(data, dict) else {}
 
 
@@ -161,8 +162,9 @@ def _card_data(store: ReadableRepoStore, repo_id: str, commit: CommitRecord) -> 
     except yaml.YAMLError as err:
         logger.warning("README.md of commit %s has invalid metadata, ignored: %s", commit.sha, err)
         return {}
-    # Keep only JSON-safe values (YAML dates and the like would break the answer).
-    return json.loads(json.dumps(card, default=str))
+    # Keep only JSON-safe values (YAML dates and the like would break the answer); keys JSON cannot hold
+    # (a YAML date or null as a key) are dropped, `default=` only converts values.
+    return json.loads(json.dumps(card, default=str, skipkeys=True))
 
 
 def _tags(card: dict) -> list[str]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
+from pdo_hub.cache.keys import MAX_ID_PART_LENGTH
 from pdo_hub.core.errors import InvalidRepoIdError, PdoHubError
 
 #: Files at least this large are stored and announced as LFS files, as the Hub does for big files.
@@ -19,10 +20,11 @@ LFS_MIN_SIZE = 10 * 1024 * 1024
 #: Weight formats that the Hub's default `.gitattributes` routes through LFS whatever their size.
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".onnx", ".h5", ".ckpt", ".gguf", ".msgpack")
 
-_NAME_PART = re.compile(r"^[A-Za-z0-9._-]+$")
-_SHA1_HEX = re.compile(r"^[0-9a-f]{40}$")
-_PR_REF = re.compile(r"^refs/pr/([1-9][0-9]*)$")
-_REF_CHARS = re.compile(r"^[A-Za-z0-9._/-]+$")
+# `\Z`, not `$`: `$` also matches before a final newline, which let "org/name\n" and "main\n" through.
+_NAME_PART = re.compile(r"^[A-Za-z0-9._-]+\Z")
+_SHA1_HEX = re.compile(r"^[0-9a-f]{40}\Z")
+_PR_REF = re.compile(r"^refs/pr/([1-9][0-9]*)\Z")
+_REF_CHARS = re.compile(r"^[A-Za-z0-9._/-]+\Z")
 
 
 class RepoStoreError(PdoHubError, LookupError):
@@ -80,6 +82,8 @@ def validate_repo_id(repo_id: object) -> str:
             raise InvalidRepoIdError(f"Repository id {repo_id!r} has an empty part (leading, trailing or double '/').")
         if ".." in part:
             raise InvalidRepoIdError(f"Repository id {repo_id!r} contains '..', which is not allowed.")
+        if len(part) > MAX_ID_PART_LENGTH:  # the Hub's limit; a longer part is no folder name the disk accepts
+            raise InvalidRepoIdError(f"Repository id part {part[:20]!r}... is longer than {MAX_ID_PART_LENGTH} characters.")
         if not _NAME_PART.match(part):
             raise InvalidRepoIdError(
                 f"Repository id {repo_id!r} contains a character outside [A-Za-z0-9._-] in {part!r}."
@@ -99,12 +103,17 @@ def validate_path(path: object) -> str:
         The path, unchanged.
 
     Raises:
-        InvalidRepoIdError: The path is empty, absolute, contains a backslash, a NUL, an empty or `.`/`..` segment.
+        InvalidRepoIdError: The path is empty, absolute, not encodable as UTF-8, contains a backslash, a NUL, an
+            empty or `.`/`..` segment.
     """
     if not isinstance(path, str) or not path:
         raise InvalidRepoIdError(f"File path must be a non-empty string, got {path!r}.")
     if "\\" in path or "\x00" in path:
         raise InvalidRepoIdError(f"File path {path!r} must use '/' separators and contain no backslash or NUL.")
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate from JSON: it cannot be hashed into a commit or stored
+        raise InvalidRepoIdError(f"File path {path!r} is not valid Unicode text.") from err
     if path.startswith("/"):
         raise InvalidRepoIdError(f"File path {path!r} must be relative to the repository root, not absolute.")
     for segment in path.split("/"):

@@ -61,7 +61,7 @@ def _spec(fields: dict[str, Any]):
     from pdo_hub.sources import parse_source
 
     source, model_id = fields.get("source"), fields.get("model_id")
-    if source not in _SOURCES:
+    if not isinstance(source, str) or source not in _SOURCES:  # a JSON list is not hashable: no dict lookup
         raise HubHTTPError(400, "BadRequest", f"source must be one of {sorted(set(_SOURCES))}, got {source!r}.")
     if not isinstance(model_id, str) or not model_id:
         raise HubHTTPError(400, "BadRequest", "model_id is required (e.g. sentence-transformers/all-MiniLM-L6-v2).")

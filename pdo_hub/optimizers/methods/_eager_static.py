@@ -3,7 +3,9 @@
 torch.ao's eager mode: each Conv/Linear goes in a `QuantWrapper` (quantize with a calibrated scale ->
 int8 kernel -> dequantize), so nothing about the model's Python needs tracing and keyword inputs are
 fine. Activations are calibrated with histogram observers over the full 8-bit range (x86's default
-7-bit range guards CPUs without VNNI; `dynamic`'s fast scheme makes the same trade); weights are per-channel symmetric int8; large embedding tables become int8 rows. Without
+is 7 bits); weights are per-channel symmetric int8, on 7 bits (`PORTABLE_MAX` levels per side) unless
+a run asks for full range: full-range weights and activations saturate on CPUs without VNNI
+(`_int8_isa`), and the record says which was built. Large embedding tables become int8 rows. Without
 fused conv-bn-relu and with a quantize/dequantize per layer this is slower than the graph flow, and
 per-tensor static activation scales fit transformers worse than `dynamic`'s per-token ones: it is
 the fallback that keeps `static` available, and the report's measured fidelity says what it costs.
@@ -25,7 +27,9 @@ from ...core.errors import OptimizationError, RecipeError
 from ..inputs import Inputs, call_model
 from ..modules import get_module, replace_module, shared_parameter_ids
 from ._embeddings import quantize_embeddings, restore_embeddings
+from . import _int8_isa
 from ._fast_forward import accelerate
+from ._int8_linear import PORTABLE_MAX
 from ._torch_ao import quiet_torch_ao
 
 logger = logging.getLogger(__name__)
@@ -33,10 +37,18 @@ FLOW = "eager"
 LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
-def _qconfig():
-    from torch.ao.quantization import HistogramObserver, QConfig, default_per_channel_weight_observer
+# x86 quantized Linear runs on fbgemm; Conv on oneDNN where cpuinfo reports AVX512-VNNI, else on fbgemm.
+KERNELS = ("fbgemm", "onednn")
 
-    return QConfig(activation=HistogramObserver.with_args(reduce_range=False), weight=default_per_channel_weight_observer)
+
+def _qconfig(portable: bool = True):
+    from torch.ao.quantization import HistogramObserver, PerChannelMinMaxObserver, QConfig, default_per_channel_weight_observer
+
+    weight = default_per_channel_weight_observer
+    if portable:  # symmetric: scale = max|w| / PORTABLE_MAX, so |int8 weight| <= PORTABLE_MAX
+        weight = PerChannelMinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                                    quant_min=-PORTABLE_MAX, quant_max=PORTABLE_MAX)
+    return QConfig(activation=HistogramObserver.with_args(reduce_range=False), weight=weight)
 
 
 def layer_paths(model: nn.Module) -> list[str]:
@@ -46,11 +58,11 @@ def layer_paths(model: nn.Module) -> list[str]:
             if path and type(module) in LAYERS and id(module.weight) not in shared]
 
 
-def _wrap_and_convert(model: nn.Module, paths: list[str], batches: Iterable[Inputs]) -> None:
+def _wrap_and_convert(model: nn.Module, paths: list[str], batches: Iterable[Inputs], portable: bool = True) -> None:
     with quiet_torch_ao():
         from torch.ao.quantization import QuantWrapper, convert, prepare
 
-        qconfig = _qconfig()
+        qconfig = _qconfig(portable)
         for path in paths:
             wrapper = QuantWrapper(get_module(model, path))
             wrapper.qconfig = qconfig
@@ -69,9 +81,11 @@ def quantize(model: nn.Module, ctx, method: str, budget: float | None) -> tuple[
     if not paths:
         raise OptimizationError(f"{method}: the model has no Conv or Linear layer to quantize.")
     model.eval()
-    _wrap_and_convert(model, paths, ctx.calibration_inputs or [ctx.example_inputs])
+    portable = _int8_isa.wants_portable(ctx, KERNELS, method)
+    _wrap_and_convert(model, paths, ctx.calibration_inputs or [ctx.example_inputs], portable)
     embeddings = quantize_embeddings(model, ctx, None if budget is None else 0.25 * budget, method)
-    record: dict[str, Any] = {"method": method, "flow": FLOW, "layers": paths, "engine": torch.backends.quantized.engine}
+    record: dict[str, Any] = {"method": method, "flow": FLOW, "layers": paths, "engine": torch.backends.quantized.engine,
+                              _int8_isa.FIELD: _int8_isa.portable("7-bit weights") if portable else _int8_isa.full_range(KERNELS)}
     if embeddings:
         record["embeddings"] = embeddings
     return accelerate(model), record
@@ -81,6 +95,7 @@ def rebuild(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     paths = record.get("layers")
     if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
         raise RecipeError(f"{record.get('method')}: the recipe's 'layers' must be a list of module paths.")
+    _int8_isa.check(record, record["method"], legacy_kernels=KERNELS)  # before the field: full-range int8
     for path in paths:
         if type(get_module(model, path)) not in LAYERS:
             raise RecipeError(f"{record['method']}: '{path}' is a {type(get_module(model, path)).__name__}, the recipe expects a Conv or Linear.")

@@ -5,10 +5,19 @@ guard against int16 overflow on CPUs without VNNI) with one scale per tensor. On
 that costs cosine 0.979 (measured here). Two better layers:
 
 - `FullRangeDynamicLinear`: the same fbgemm kernel and packed weights with 8-bit activations
-  (cosine 0.994, as fast). On CPUs without VNNI fbgemm may saturate slightly; results stay close.
+  (cosine 0.994, as fast).
 - `TokenInt8Linear`: one activation scale per token (row) and per-channel weights, an int8 GEMM
-  through `torch._int_mm` (cosine 0.997; ~15% slower than fbgemm). Outlier tokens no longer crush the
-  resolution of every other token, which is what hurts transformer FFN outputs.
+  through `torch._int_mm` (oneDNN; cosine 0.997; ~15% slower than fbgemm). Outlier tokens no longer
+  crush the resolution of every other token, which is what hurts transformer FFN outputs.
+
+Full-range int8 on both sides is exact only on CPUs with VNNI (`pdo_hub.core.cpu`): elsewhere the
+kernels' int16 pair sums saturate. Built `portable` (the default, see `_int8_isa`), both layers keep
+|weights| <= `PORTABLE_MAX` (7 bits), so no pair of products can overflow on any x86 CPU: fbgemm
+multiplies u8 activations by s8 weights, and oneDNN's s8 x s8 GEMM shifts the activations to u8 too,
+except in its AVX-512 GEMV (one output column), which shifts the weights; there `TokenInt8Linear` keeps
+its activations on 7 bits as well (measured with torch 2.14's oneDNN capped to AVX2 and AVX512_CORE,
+1-8 threads). The cost on
+all-MiniLM-L6-v2: sentence-embedding cosine 0.9967 instead of 0.9975, at the same speed (same kernels).
 Both store plain tensors (or torch.ao packed params) that pdo-hub's tensor codec serializes.
 """
 
@@ -22,6 +31,10 @@ from ._torch_ao import quiet_torch_ao
 with quiet_torch_ao():
     from torch.ao.nn.quantized.dynamic import Linear as _DynamicLinear
 
+#: Largest |int8 value| of a portable operand: 255 x 64 x 2 = 32640 fits an int16 pair sum (32767).
+PORTABLE_MAX = 64
+FULL_MAX = 127
+
 
 class FullRangeDynamicLinear(_DynamicLinear):
     """torch.ao dynamic int8 Linear with 8-bit (not 7-bit) activation quantization."""
@@ -33,29 +46,46 @@ class FullRangeDynamicLinear(_DynamicLinear):
     def _get_name(self) -> str:
         return "FullRangeDynamicQuantizedLinear"
 
+    @classmethod
+    def portable_from_float(cls, linear: nn.Linear) -> "FullRangeDynamicLinear":
+        """8-bit activations with weights on `PORTABLE_MAX` levels per side (7-bit), exact without VNNI."""
+        weight = linear.weight.detach().float()
+        scale = weight.abs().amax(1).clamp(min=1e-12) / PORTABLE_MAX
+        with quiet_torch_ao():  # quantized dtypes announce their deprecation on every call
+            new = cls(linear.in_features, linear.out_features, bias_=linear.bias is not None, dtype=torch.qint8)
+            quantized = torch.quantize_per_channel(weight, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
+            new.set_weight_bias(quantized, None if linear.bias is None else linear.bias.detach().float())
+        return new
+
 
 class TokenInt8Linear(nn.Module):
     """Per-token dynamic int8 activations x per-output-channel int8 weights, int32 accumulation.
 
     Buffers: `weight_t` (in x out int8, transposed for `_int_mm`), `scale` (out), `bias` (out
     or empty). The constructor leaves them uninitialised (`from_float` or a state-dict load fills
-    them): zero-filling MiniLM's tables on every cache-hit load cost ~200 ms.
+    them): zero-filling MiniLM's tables on every cache-hit load cost ~200 ms. `portable`: weights on
+    `PORTABLE_MAX` levels per side instead of 127, and activations too for a single output (structure,
+    so the recipe records it).
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, portable: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.has_bias = bias  # a Python bool, not `bias.numel()`: a frozen trace must not see a tensor-valued branch
+        self.portable = portable
+        # Python numbers: trace constants. One output column runs oneDNN's GEMV, which widens the weights.
+        self.levels = PORTABLE_MAX if portable else FULL_MAX
+        self.activation_levels = PORTABLE_MAX if portable and out_features == 1 else FULL_MAX
         self.register_buffer("weight_t", torch.empty(in_features, out_features, dtype=torch.int8))
         self.register_buffer("scale", torch.empty(out_features))
         self.register_buffer("bias", torch.empty(out_features if bias else 0))
 
     @classmethod
-    def from_float(cls, linear: nn.Linear) -> "TokenInt8Linear":
-        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    def from_float(cls, linear: nn.Linear, portable: bool = False) -> "TokenInt8Linear":
+        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, portable=portable)
         weight = linear.weight.detach().float()
-        scale = weight.abs().amax(1).clamp(min=1e-12) / 127.0  # symmetric: zero stays exactly zero
-        new.weight_t.copy_((weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8).t())
+        scale = weight.abs().amax(1).clamp(min=1e-12) / new.levels  # symmetric: zero stays exactly zero
+        new.weight_t.copy_((weight / scale[:, None]).round().clamp(-new.levels, new.levels).to(torch.int8).t())
         new.scale.copy_(scale)
         if linear.bias is not None:
             new.bias.copy_(linear.bias.detach().float())
@@ -63,7 +93,7 @@ class TokenInt8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).float()
-        scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127.0
+        scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / self.activation_levels
         quantized = (rows / scale).round_().to(torch.int8)
         acc = torch._int_mm(quantized, self.weight_t)  # CPU kernel; dynamic is a CPU-only method
         y = acc.float().mul_(scale).mul_(self.scale)
@@ -72,7 +102,7 @@ class TokenInt8Linear(nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, per_token_activations=True"
+        return f"in_features={self.in_features}, out_features={self.out_features}, per_token_activations=True, portable={self.portable}"
 
 
 class Int8Embedding(nn.Module):

@@ -12,6 +12,10 @@ modules. Large untied embedding tables are stored as int8 rows (all-MiniLM-L6-v2
 unless that alone breaks the budget. Inference runs as a frozen trace per input shape where it can
 (`_fast_forward`: MiniLM seq 128 batch 1 ~25% faster; the third call per shape pays ~1-2 s to
 trace). torch has no CUDA kernels for these, so on CUDA the method is skipped with a note.
+
+Both schemes are built portable by default (`_int8_isa`): 7-bit weights (and per-token activations),
+exact on CPUs without VNNI, where full-range int8 saturates; the record says which was built and a load
+on a CPU that cannot run it exactly is refused. LSTM/GRU keep torch.ao's 7-bit activations: portable.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch.nn as nn
 from ...core.errors import RecipeError
 from ..modules import get_module, replace_module
 from ..registry import Method, register_method
+from . import _int8_isa
 from ._fast_forward import accelerate
 from ._embeddings import quantize_embeddings, restore_embeddings
 from ._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
@@ -37,6 +42,7 @@ logger = logging.getLogger(__name__)
 _FLOAT_TYPES = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU}
 HIGH_FIDELITY_LOSS = 0.004
 FAST, PRECISE = "full_range", "per_token"
+_KERNELS = {FAST: "fbgemm", PRECISE: "onednn"}  # the int8 library each scheme's GEMM runs on
 
 
 def _qconfig(module_type: str):
@@ -54,7 +60,9 @@ def _stock_dynamic(module: nn.Module, type_name: str) -> nn.Module:
         return quantize_dynamic(nn.Sequential(module), {type(module): _qconfig(type_name)}, dtype=torch.qint8)[0]
 
 
-def _fast_linear(linear: nn.Linear) -> nn.Module:
+def _fast_linear(linear: nn.Linear, portable: bool) -> nn.Module:
+    if portable:
+        return FullRangeDynamicLinear.portable_from_float(linear)
     quantized = _stock_dynamic(copy.deepcopy(linear), "Linear")
     quantized.__class__ = FullRangeDynamicLinear  # same packed weights, 8-bit activations
     return quantized
@@ -85,8 +93,9 @@ class DynamicQuantization(Method):
         max_loss = None if budget is None else 0.25 * min(budget, HIGH_FIDELITY_LOSS)
         embeddings = quantize_embeddings(model, ctx, max_loss, self.name)
         floats = {path: model.get_submodule(path) for path in linears}
-        fast = {path: _fast_linear(floats[path]) for path in linears}
-        precise = {path: TokenInt8Linear.from_float(floats[path]) for path in linears}
+        portable = _int8_isa.wants_portable(ctx, _KERNELS.values(), self.name) if linears else True
+        fast = {path: _fast_linear(floats[path], portable) for path in linears}
+        precise = {path: TokenInt8Linear.from_float(floats[path], portable) for path in linears}
 
         def loss_with(fast_paths: list[str]) -> float:
             chosen = set(fast_paths)
@@ -105,7 +114,9 @@ class DynamicQuantization(Method):
             replace_module(model, path, precise[path] if path in kept else fast[path])
         if kept and budget is not None:
             ctx.note(logger, f"dynamic: {len(kept)} of {len(linears)} Linear layers use per-token activations to keep the loss within {min(budget, HIGH_FIDELITY_LOSS):.4f}.")
-        record = {"method": self.name, "modules": targets, "schemes": schemes, "dtype": "qint8", "engine": torch.backends.quantized.engine}
+        record = {"method": self.name, "modules": targets, "schemes": schemes, "dtype": "qint8", "engine": torch.backends.quantized.engine,
+                  _int8_isa.FIELD: _int8_isa.full_range(_KERNELS[scheme] for scheme in schemes.values()) if schemes and not portable
+                  else _int8_isa.portable("Linear: 7-bit weights (and per-token activations); LSTM/GRU: 7-bit activations")}
         if embeddings:
             record["embeddings"] = embeddings
         if budget is not None and kept:
@@ -113,8 +124,11 @@ class DynamicQuantization(Method):
         return accelerate(model), [record]
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
-        restore_embeddings(model, record.get("embeddings", []), self.name)
         schemes = record.get("schemes", {})
+        # Records from before `int8_isa` used full-range int8 in both schemes (torch.ao's "stock" is 7-bit).
+        _int8_isa.check(record, self.name, legacy_kernels={_KERNELS[s] for s in schemes.values() if s in _KERNELS})
+        portable = _int8_isa.is_portable(record)
+        restore_embeddings(model, record.get("embeddings", []), self.name)
         with quiet_torch_ao():
             from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
@@ -129,7 +143,7 @@ class DynamicQuantization(Method):
                 scheme = schemes.get(path, "stock")  # records written before schemes existed used torch.ao's stock layer
                 args = (module.in_features, module.out_features)
                 if scheme == PRECISE:
-                    new = TokenInt8Linear(*args, bias=module.bias is not None)
+                    new = TokenInt8Linear(*args, bias=module.bias is not None, portable=portable)
                 elif scheme == FAST:
                     new = FullRangeDynamicLinear(*args, bias_=module.bias is not None, dtype=torch.qint8)
                 elif scheme == "stock":

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._record_fields import record_int
 from ..budget import LayerOptions
 from ..registry import Method, register_method
 from ..tensor_layers import HLRTFConv2d
@@ -94,4 +95,6 @@ class HLRTFFactorization(Method):
         return apply_conv_factorization(model, ctx, self.name, hlrtf_options, hlrtf_build)
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
-        return restore_conv_record(model, record, lambda conv, record: HLRTFConv2d(conv, int(record["slices"]), int(record["rank"])))
+        return restore_conv_record(model, record, lambda conv, record: HLRTFConv2d(
+            conv, record_int(record, "slices", 1, conv.kernel_size[0] * conv.kernel_size[1]),
+            record_int(record, "rank", 1, min(conv.in_channels, conv.out_channels))))

@@ -8,7 +8,9 @@ calibration inputs' im2col patches), taken relative to the consumer's total outp
 options are "keep its top-k channels" (k on a multiple-of-16 grid where the layer is wide enough, and
 never below 1/8 of the channels), with the lost share as error, and `budget.allocate_options` picks k
 per group: widths are error-driven, not uniform. Groups that would change the model's output shape,
-touch tied weights or hold layers the replay cannot slice are left alone.
+touch tied weights or hold layers the replay cannot slice are left alone, and so are projections
+split into attention heads (q/k/v and what is coupled to them: whole-head pruning is not implemented,
+and slicing channels out of a head breaks its reshape); a transformer's FFN neurons are pruned.
 
 People prune channels for speed as much as for size. `ctx.target_ratio` bounds the size; the cost
 of a channel in the allocation is its share of the groups' parameters plus `COMPUTE_WEIGHT` times its
@@ -42,11 +44,12 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.overrides import TorchFunctionMode
 
 from ..activations import input_grams
 from ..budget import LayerOptions, allocate_options
 from ..inputs import call_model, output_tensor
-from ..modules import shared_parameter_ids
+from ..modules import multiply_adds, shared_parameter_ids
 from ..norm_folding import fold_norms_after, restore_folded
 from ..pruning_slices import channel_counts, replay, sliceable
 from ..recovery import recover
@@ -62,28 +65,67 @@ COMPUTE_WEIGHT = 5.0
 BISECTION_STEPS = 18
 
 
-def _untouchable_modules(model: nn.Module, example) -> tuple[set[int], set[int]]:
+_RESHAPES = {"view", "reshape", "unflatten"}
+
+
+class _HeadSplits(TorchFunctionMode):
+    """Records the modules whose output is reshaped into more dimensions: a projection split into
+    attention heads (`query(x).view(batch, length, heads, head_dim)`). Slicing such an output breaks the
+    head reshape (`shape '[1, 128, -1, 32]' is invalid`) or misaligns the heads, so its channels stay.
+
+    Producers follow a tensor through shape-preserving operations (scaling, dropout, activations), so
+    `(query(x) * scale).view(...)` is caught too.
+    """
+
+    def __init__(self, producers: dict[int, frozenset[int]], keep_alive: list) -> None:
+        super().__init__()
+        self.producers, self.keep_alive = producers, keep_alive
+        self.split: set[int] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        sources = [a for a in args if isinstance(a, torch.Tensor) and id(a) in self.producers]
+        if not sources or not isinstance(result, torch.Tensor):
+            return result
+        origin = frozenset().union(*(self.producers[id(a)] for a in sources))
+        if getattr(func, "__name__", "") in _RESHAPES and args[0] in sources and result.dim() > args[0].dim():
+            self.split |= origin
+        elif any(result.shape == a.shape for a in sources) and id(result) not in self.producers:
+            self.producers[id(result)] = origin
+            self.keep_alive.append(result)
+        return result
+
+
+def _untouchable_modules(model: nn.Module, example) -> tuple[set[int], set[int], set[int]]:
     """ids of (modules whose output channels must stay: they produce the model's output, layers with
-    weights called more than once per forward: their input and output widths are tied to each other)."""
+    weights called more than once per forward: their input and output widths are tied to each other,
+    modules whose output is split into attention heads)."""
     produced: list[tuple[torch.Tensor, int]] = []  # tensors held, so their ids cannot be reused meanwhile
+    producers: dict[int, frozenset[int]] = {}
+    hooked: set[int] = set()
     calls: dict[int, int] = {}
 
     def hook(module, _args, out):
         calls[id(module)] = calls.get(id(module), 0) + 1
         if isinstance(out, torch.Tensor):
             produced.append((out, id(module)))
+            # Innermost first: hooks fire inner to outer, and a parent returning the same tensor did not
+            # produce it. A module's own output replaces what the operations inside it propagated.
+            if id(out) not in hooked:
+                hooked.add(id(out))
+                producers[id(out)] = frozenset({id(module)})
 
     handles = [m.register_forward_hook(hook) for m in model.modules()]
+    kept: list[torch.Tensor] = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), _HeadSplits(producers, kept) as splits:
             final = output_tensor(call_model(model, example))
     finally:
         for handle in handles:
             handle.remove()
     reused = {mid for mid, count in calls.items() if count > 1}
-    # Innermost first: hooks fire inner to outer, and a parent returning the same tensor did not produce it.
     producer = next((module_id for tensor, module_id in produced if tensor is final), None)
-    return ({producer} if producer is not None else set()), reused
+    return ({producer} if producer is not None else set()), reused, splits.split
 
 
 def _groups(model: nn.Module, ctx) -> list[tuple[int, list[tuple]]]:
@@ -95,8 +137,8 @@ def _groups(model: nn.Module, ctx) -> list[tuple[int, list[tuple]]]:
     )
     names = {id(m): path for path, m in model.named_modules()}
     shared = shared_parameter_ids(model)
-    outputs, reused = _untouchable_modules(model, ctx.example_inputs)
-    groups = []
+    outputs, reused, head_splits = _untouchable_modules(model, ctx.example_inputs)
+    groups, heads = [], []
     for group in graph.get_all_groups(root_module_types=(nn.Conv2d, nn.Conv1d, nn.Linear)):
         items, usable = [], True
         for item in group.items:
@@ -104,6 +146,10 @@ def _groups(model: nn.Module, ctx) -> list[tuple[int, list[tuple]]]:
             if not isinstance(module, nn.Module) or next(module.parameters(recurse=False), None) is None:
                 continue  # an operation (add, cat, relu...) with nothing to slice
             out_side = graph.is_out_channel_pruning_fn(item.dep.handler)
+            if out_side and id(module) in head_splits:
+                heads.append(names.get(id(module), type(module).__name__))
+                usable = False  # attention heads: pruning them whole is not implemented yet
+                break
             if (
                 not sliceable(module) or id(module) not in names or id(module) in reused or (out_side and id(module) in outputs)
                 or any(id(p) in shared for p in module.parameters())
@@ -115,6 +161,13 @@ def _groups(model: nn.Module, ctx) -> list[tuple[int, list[tuple]]]:
             items.append((names[id(module)], module, side, list(item.idxs), list(roots)))
         if usable and items:
             groups.append((len(group.items[0].idxs), items))
+    if heads:
+        ctx.note(
+            logger,
+            f"prune: {len(heads)} channel groups feed an attention-head reshape ({', '.join(sorted(heads)[:3])}"
+            f"{', ...' if len(heads) > 3 else ''}) and are left whole (head pruning is not implemented); "
+            f"{len(groups)} other groups can be pruned.",
+        )
     return groups
 
 
@@ -138,25 +191,6 @@ def _channel_scores(model: nn.Module, ctx, groups) -> list[torch.Tensor]:
                 score.index_add_(0, torch.tensor(roots), per_channel[idxs] / per_channel.sum().clamp_min(1e-30))
         scores.append(score)
     return scores
-
-
-def multiply_adds(model: nn.Module, example) -> dict[int, int]:
-    """id(module) -> multiply-adds of its forward(s) on `example`, for every Conv/Linear."""
-    counts: dict[int, int] = {}
-
-    def hook(module, _args, out):
-        if isinstance(out, torch.Tensor):
-            per_output = module.weight[0].numel()  # (in / groups) x kernel for a conv, in_features for a Linear
-            counts[id(module)] = counts.get(id(module), 0) + out.numel() * per_output
-
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            call_model(model, example)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return counts
 
 
 def _per_channel_cost(n: int, items, macs: dict[int, int]) -> tuple[int, int]:

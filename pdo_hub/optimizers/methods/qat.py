@@ -4,8 +4,9 @@ The model is prepared with fake-quant modules (FX, x86, per-channel weights, con
 observers are primed on the calibration inputs, and the weights are fine-tuned through the fake
 quantization: with labelled data (`ctx.extras["labelled_data"]`, a list of (inputs, labels) batches)
 on cross-entropy plus distillation, otherwise by distillation alone from the original model's outputs
-on the calibration inputs. The step count is the config's `recovery_steps`, bounded in wall-clock time
-by `recovery_max_seconds` (the same bounds as the recovery after factorization). BatchNorm statistics stay frozen (calibration inputs may be synthetic), and
+on the calibration inputs. It runs exactly the config's `recovery_steps` steps; one that cannot finish
+them within `recovery_max_seconds` is rejected (`RecoveryTimeoutError`, as the recovery after
+factorization), never returned cut short. BatchNorm statistics stay frozen (calibration inputs may be synthetic), and
 observers are frozen for the last 40% of the steps so the weights settle on fixed scales.
 
 It never ends worse than `static`: the post-training int8 model of the same calibration is measured
@@ -24,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..inputs import call_model, output_tensor
+from ..recovery import check_deadline
 from ..registry import Method, register_method
 from . import _graph_quant as gq
 from ._torch_ao import quiet_torch_ao
@@ -68,7 +70,7 @@ class QATQuantization(Method):
 
     @staticmethod
     def _fine_tune(model, teacher, args, batches, labelled, steps, max_seconds) -> tuple[nn.Module, int]:
-        """Fine-tune through fake quantization; returns (int8 model, steps actually taken)."""
+        """Fine-tune through fake quantization for exactly `steps` steps; returns (int8 model, steps)."""
         with quiet_torch_ao():
             from torch.ao.nn.intrinsic.qat import freeze_bn_stats
             from torch.ao.quantization import disable_observer
@@ -84,12 +86,9 @@ class QATQuantization(Method):
             optimizer = torch.optim.Adam([p for p in prepared.parameters() if p.requires_grad], lr=LEARNING_RATE)
             prepared.train()
             prepared.apply(freeze_bn_stats)
-            deadline = time.perf_counter() + max_seconds
-            step = 0
+            start = time.perf_counter()
             for step in range(steps):
-                if time.perf_counter() > deadline:
-                    logger.info("qat: stopped after %d of %d steps (recovery_max_seconds=%s)", step, steps, max_seconds)
-                    break
+                check_deadline("qat", step, steps, start, max_seconds)
                 if step == int(0.6 * steps):
                     prepared.apply(disable_observer)
                 index = step % len(batches)
@@ -100,9 +99,7 @@ class QATQuantization(Method):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-            else:
-                step = steps
-        return gq.convert(prepared, qat=True, in_place=True), step
+        return gq.convert(prepared, qat=True, in_place=True), steps
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
         return gq.rebuild(model, record)

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from ...core.errors import RecipeError
+from .._record_fields import record_int
 from ..activations import input_grams, whitening_factor
 from ..budget import LayerOptions, LayerSpectrum, allocate_options, spectrum_options
 from ..layers import LowRankConv2d, LowRankEmbedding, LowRankLinear
@@ -241,5 +242,10 @@ class SVDFactorization(Method):
         module = get_module(model, record["module"])
         if type(module).__name__ != record["layer"]:
             raise RecipeError(f"{record['method']}: '{record['module']}' is a {type(module).__name__}, the recipe expects a {record['layer']}.")
-        replace_module(model, record["module"], build_factorized(module, int(record["rank"]), int(record.get("head_rows", 0))))
+        if not isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
+            raise RecipeError(f"{record['method']}: '{record['module']}' is a {type(module).__name__}, which svd never factors.")
+        full_rank = min(module.weight.shape[0], module.weight[0].numel())
+        head_limit = module.num_embeddings if isinstance(module, nn.Embedding) else 0
+        rank, head_rows = record_int(record, "rank", 1, full_rank), record_int(record, "head_rows", 0, head_limit, default=0)
+        replace_module(model, record["module"], build_factorized(module, rank, head_rows))
         return restore_folded(model, record.get("folded_norms", []))

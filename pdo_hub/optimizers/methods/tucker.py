@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .._record_fields import record_int
 from ..budget import LayerOptions
 from ..registry import Method, register_method
 from ..tensor_layers import TuckerConv2d
@@ -74,4 +75,5 @@ class TuckerFactorization(Method):
         return apply_conv_factorization(model, ctx, self.name, tucker_options, tucker_build)
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
-        return restore_conv_record(model, record, lambda conv, record: TuckerConv2d(conv, int(record["rank_in"]), int(record["rank_out"])))
+        return restore_conv_record(model, record, lambda conv, record: TuckerConv2d(
+            conv, record_int(record, "rank_in", 1, conv.in_channels), record_int(record, "rank_out", 1, conv.out_channels)))
