@@ -18,14 +18,11 @@ from .core.errors import (  # noqa: E402
     StorageError,
     UnknownMethodError,
 )
-from .optimizers.storage import load_optimized, save_optimized  # noqa: E402
 
 __all__ = [
     "__version__",
     "PostDownloadOptimizationConfig",
     "load_config",
-    "save_optimized",
-    "load_optimized",
     "PdoHubError",
     "ConfigError",
     "UnknownMethodError",
@@ -36,8 +33,11 @@ __all__ = [
     "OfflineCacheMissError",
 ]
 
-# --- Hub layer public API (lazy: `import pdo_hub` stays light; transformers/torchvision load on use) ---
+# --- Lazy public API: `import pdo_hub` stays light (no torch), so `pdo-hub serve`, `cache` and cached
+# mirror runs never pay torch's import and memory; torch, transformers, torchvision load on first use.
 _LAZY = {
+    "save_optimized": "pdo_hub.optimizers.storage",
+    "load_optimized": "pdo_hub.optimizers.storage",
     "from_pretrained": "pdo_hub.api",
     "get_model": "pdo_hub.api",
     "intercept": "pdo_hub.api",

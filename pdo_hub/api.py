@@ -11,8 +11,9 @@ from typing import Any
 import torch.nn as nn
 
 from pdo_hub.core.config import PostDownloadOptimizationConfig
-from pdo_hub.hub import get_model, intercept
-from pdo_hub.hub import from_pretrained as _hub_from_pretrained
+from pdo_hub.hub.intercept import intercept
+from pdo_hub.hub.torchvision_models import get_model
+from pdo_hub.hub.transformers_models import from_pretrained as _hub_from_pretrained
 
 ConfigLike = PostDownloadOptimizationConfig | dict | str | None
 

@@ -18,7 +18,9 @@ import torch.nn as nn
 
 from pdo_hub.core.config import PostDownloadOptimizationConfig, load_config
 from pdo_hub.core.errors import ConfigError, PdoHubError
-from pdo_hub.hub import from_pretrained, get_model, load_local
+from pdo_hub.hub.local import load_local
+from pdo_hub.hub.torchvision_models import get_model
+from pdo_hub.hub.transformers_models import from_pretrained
 
 logger = logging.getLogger(__name__)
 

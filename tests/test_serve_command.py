@@ -182,3 +182,23 @@ def test_post_models_download_without_optimize_fetches_the_original(served_repo,
 
     local = Path(snapshot_download(served_repo, revision=body["revision"], local_files_only=True))
     assert (local / "model.safetensors").is_file(), "the original is in the server's Hub client cache"
+
+
+def test_serving_a_variant_never_imports_torch(variant, served_repo):
+    # `pdo-hub serve` is a file server: torch would cost it ~500 MiB of memory and seconds of start-up.
+    script = textwrap.dedent(f"""
+        import sys
+        import httpx2 as httpx
+        from pdo_hub.cli import build_parser
+        from pdo_hub.serve.service import ServeOptions, build_server
+        build_parser()  # every command registered, as `pdo-hub serve` does
+        with build_server(ServeOptions(port=0, cache={str(variant)!r})) as server:
+            info = httpx.get(server.url + "/api/models/{served_repo}", timeout=30).json()
+            for sibling in info["siblings"]:
+                got = httpx.get(server.url + "/{served_repo}/resolve/main/" + sibling["rfilename"], timeout=30)
+                assert got.status_code == 200, (sibling, got.status_code)
+        print(sorted(name for name in ("torch", "transformers", "torchvision") if name in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from pdo_hub.optimizers.report import CANDIDATE_COLUMNS, candidate_rows
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]], file=None) -> None:
@@ -39,6 +38,8 @@ def print_report(report: dict) -> None:
         print(f"Accuracy loss ({acc.get('metric')}): {acc['accuracy_loss']:.4f} (budget {acc.get('preserve_accuracy_threshold')})")
     if "sentence_embedding_cosine" in acc:
         print(f"Sentence-embedding cosine vs FP32: {acc['sentence_embedding_cosine']:.4f}")
+    from pdo_hub.optimizers.report import CANDIDATE_COLUMNS, candidate_rows  # torch: only when printing a report
+
     rows = candidate_rows(report)
     if rows:
         print("Candidates:")  # the model card's table

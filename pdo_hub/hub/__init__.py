@@ -3,24 +3,34 @@
 Resolves revisions, fetches originals, builds architecture skeletons and model cards, runs the
 fetch -> optimize -> cache -> load flow, and intercepts transformers/torchvision loads.
 Layer 3: imports `pdo_hub.cache`, `pdo_hub.optimizers` and `pdo_hub.core`, nothing above.
+
+The names below load on first use, so the torch-free helpers here (cache keys, revisions) serve
+`pdo-hub serve` and cached mirror runs without importing torch.
 """
 
-from pdo_hub.hub.card import build_card
-from pdo_hub.hub.flow import SOURCE_NAME, Request, load_or_build
-from pdo_hub.hub.intercept import intercept
-from pdo_hub.hub.local import load_local
-from pdo_hub.hub.torchvision_models import get_model
-from pdo_hub.hub.transformers_models import auto_class_named, from_pretrained, load_entry
+from __future__ import annotations
 
-__all__ = [
-    "SOURCE_NAME",
-    "Request",
-    "auto_class_named",
-    "build_card",
-    "from_pretrained",
-    "get_model",
-    "intercept",
-    "load_entry",
-    "load_local",
-    "load_or_build",
-]
+import importlib
+
+_LAZY = {
+    "build_card": "pdo_hub.hub.card",
+    "SOURCE_NAME": "pdo_hub.hub.flow",
+    "Request": "pdo_hub.hub.flow",
+    "load_or_build": "pdo_hub.hub.flow",
+    "load_local": "pdo_hub.hub.local",
+    "get_model": "pdo_hub.hub.torchvision_models",
+    "auto_class_named": "pdo_hub.hub.transformers_models",
+    "from_pretrained": "pdo_hub.hub.transformers_models",
+    "load_entry": "pdo_hub.hub.transformers_models",
+}
+
+# `intercept` is not among them: `pdo_hub.hub.intercept` is its module's name, which an import of that
+# module binds here; `pdo_hub.intercept` (or `pdo_hub.hub.intercept.intercept`) is the function.
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pdo_hub.hub' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

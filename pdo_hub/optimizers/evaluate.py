@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import statistics
 import time
+from collections.abc import Mapping
 from typing import Iterator
 
 import torch
@@ -19,13 +20,17 @@ from .inputs import Inputs, batch_size, call_model, output_tensor, to_device
 class Fidelity:
     """How close a model's outputs are to the original's on the same inputs.
 
-    `cosine` is the mean per-sample cosine similarity of the flattened outputs; `top1_agreement` is
-    the share of samples whose arg-max class matches (only for 2-D logits).
+    `cosine` is the mean per-sample cosine similarity of what the model's users consume (`measure`):
+    for a token encoder called with an `attention_mask`, its mask-pooled sentence embedding (what
+    sentence-transformers computes; padded positions carry no meaning and vary freely); otherwise the
+    flattened output. `top1_agreement` is the share of samples whose arg-max class matches (only for
+    2-D logits).
     """
 
     cosine: float
     top1_agreement: float | None
     max_abs_error: float
+    measure: str = "output_cosine"
 
     @property
     def loss(self) -> float:
@@ -40,16 +45,42 @@ def reference_outputs(model: nn.Module, inputs: list[Inputs], device: torch.devi
 
 @torch.inference_mode()
 def fidelity(model: nn.Module, inputs: list[Inputs], references: list[torch.Tensor], device: torch.device) -> Fidelity:
-    cosines, agree, total, max_err = [], 0, 0, 0.0
+    cosines, agree, total, max_err, measures = [], 0, 0, 0.0, set()
     for x, ref in zip(inputs, references):
         out = output_tensor(call_model(model, to_device(x, device))).float().cpu()
-        a, b = out.reshape(out.shape[0], -1), ref.reshape(ref.shape[0], -1)
+        mask = _token_mask(x, ref)
+        if mask is None:
+            a, b = out.reshape(out.shape[0], -1), ref.reshape(ref.shape[0], -1)
+            measures.add("output_cosine")
+        else:
+            a, b = _mean_pool(out, mask), _mean_pool(ref, mask)
+            measures.add("pooled_embedding_cosine")
         cosines.extend(F.cosine_similarity(a, b, dim=1, eps=1e-12).tolist())
         max_err = max(max_err, float((out - ref).abs().max()))
         if ref.dim() == 2:
             agree += int((out.argmax(1) == ref.argmax(1)).sum())
             total += ref.shape[0]
-    return Fidelity(statistics.fmean(cosines), agree / total if total else None, max_err)
+    measure = measures.pop() if len(measures) == 1 else "output_cosine"
+    return Fidelity(statistics.fmean(cosines), agree / total if total else None, max_err, measure)
+
+
+def fidelity_measure(inputs: list[Inputs], references: list[torch.Tensor]) -> str:
+    """The name of what `fidelity` compares on these inputs (the report's `metric` without `eval_fn`)."""
+    pooled = [_token_mask(x, ref) is not None for x, ref in zip(inputs, references)]
+    return "pooled_embedding_cosine" if pooled and all(pooled) else "output_cosine"
+
+
+def _token_mask(inputs: Inputs, reference: torch.Tensor) -> torch.Tensor | None:
+    """The attention mask of a token encoder's output ([batch, tokens, hidden]), else None."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
+    if not isinstance(mask, torch.Tensor) or reference.dim() != 3 or tuple(mask.shape) != tuple(reference.shape[:2]):
+        return None
+    return mask.detach().float().cpu()
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
 @contextlib.contextmanager

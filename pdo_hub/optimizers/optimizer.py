@@ -16,7 +16,7 @@ from ..core.errors import ConfigError
 from .artifacts import write_seed_artifacts
 from .candidates import Candidate, Prefixes, accuracy_loss, build_candidate, measure_candidate
 from .context import MethodContext
-from .evaluate import benchmark_interleaved, reference_outputs, timing_noise
+from .evaluate import benchmark_interleaved, fidelity_measure, reference_outputs, timing_noise
 from .flavours import fitting_quantization
 from .inputs import Inputs, infer_example_inputs, normalize_inputs, split_held_out, synthesize_inputs, to_device
 from .recipe import Recipe
@@ -127,6 +127,7 @@ class PostDownloadOptimizer:
             "size_bytes": serialized_bytes(base),
             "calibration_references": reference_outputs(base, ctx.calibration_inputs, ctx.device),
             "references": reference_outputs(base, ctx.extras["held_out_inputs"], ctx.device),
+            "held_out_inputs": ctx.extras["held_out_inputs"],
             "timing": None,  # timed with the candidates, in the same rounds (`_time`)
             "accuracy": float(ctx.eval_fn(base)) if ctx.eval_fn else None,
         }
@@ -187,7 +188,8 @@ class PostDownloadOptimizer:
         final_bytes = chosen.size_bytes if chosen else original["size_bytes"]
         final_timing = chosen.timing if chosen else original["timing"]
         accuracy = {
-            "metric": "task_accuracy" if original["accuracy"] is not None else "output_cosine",
+            "metric": "task_accuracy" if original["accuracy"] is not None
+            else fidelity_measure(original["held_out_inputs"], original["references"]),
             "evaluated_on": "eval_fn" if original["accuracy"] is not None else f"{len(original['references'])} held-out inputs",
             "preserve_accuracy_threshold": config.preserve_accuracy_threshold,
             "accuracy_loss": chosen.accuracy_loss if chosen else 0.0,
