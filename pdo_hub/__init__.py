@@ -35,6 +35,8 @@ __all__ = [
 
 # --- Lazy public API: `import pdo_hub` stays light (no torch), so `pdo-hub serve`, `cache` and cached
 # mirror runs never pay torch's import and memory; torch, transformers, torchvision load on first use.
+from pdo_hub.core.lazy import lazy_attributes  # noqa: E402
+
 _LAZY = {
     "save_optimized": "pdo_hub.optimizers.storage",
     "load_optimized": "pdo_hub.optimizers.storage",
@@ -55,13 +57,5 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pdo_hub' has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(module), name)
-
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 __all__ += list(_LAZY)

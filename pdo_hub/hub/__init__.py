@@ -10,7 +10,7 @@ The names below load on first use, so the torch-free helpers here (cache keys, r
 
 from __future__ import annotations
 
-import importlib
+from pdo_hub.core.lazy import lazy_attributes
 
 _LAZY = {
     "build_card": "pdo_hub.hub.card",
@@ -27,10 +27,4 @@ _LAZY = {
 # `intercept` is not among them: `pdo_hub.hub.intercept` is its module's name, which an import of that
 # module binds here; `pdo_hub.intercept` (or `pdo_hub.hub.intercept.intercept`) is the function.
 __all__ = sorted(_LAZY)
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pdo_hub.hub' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -6,7 +6,7 @@ are imported by `pdo-hub serve` and the cache commands, which must not pay torch
 
 from __future__ import annotations
 
-import importlib
+from pdo_hub.core.lazy import lazy_attributes
 
 _LAZY = {
     "PostDownloadOptimizer": ".optimizer",
@@ -22,10 +22,4 @@ _LAZY = {
 }
 
 __all__ = list(_LAZY)
-
-
-def __getattr__(name: str):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'pdo_hub.optimizers' has no attribute {name!r}")
-    return getattr(importlib.import_module(module, __name__), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)
