@@ -202,3 +202,40 @@ def test_serving_a_variant_never_imports_torch(variant, served_repo):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_client_config_selects_its_variant_branch_and_without_one_gets_main(variant, served_repo, tmp_path):
+    other_config = {**FAST_CONFIG, "calibration_samples": 3}  # another config hash: a second variant of the repo
+    assert pdo_hub.from_pretrained(served_repo, config=other_config).pdo_cache_status == "built"
+    hashes = {name: pdo_hub.load_config(cfg).config_hash()
+              for name, cfg in (("fast", FAST_CONFIG), ("other", other_config))}
+    script = textwrap.dedent(f"""
+        import json
+        from pathlib import Path
+        import pdo_hub
+        picked = {{}}
+        for name, config in (("fast", {FAST_CONFIG!r}), ("other", {other_config!r}), ("none", None)):
+            model = pdo_hub.from_pretrained({served_repo!r}, config=config)
+            source = json.loads((Path(model.pdo_cache_path) / "pdo_source.json").read_text())
+            picked[name] = source["config_hash"]
+        print(json.dumps(picked))
+    """)
+    with build_server(ServeOptions(port=0, cache=variant)) as server:
+        main_sha = server.store.resolve(served_repo, "main")
+        newest_is_main = main_sha == server.store.resolve(served_repo, "pdo-" + _variant_hash(variant, hashes["other"])[:16])
+        env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HUB_CACHE": str(tmp_path / "hf2"),
+               "PDO_HUB_CACHE": str(tmp_path / "pdo2")}
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    picked = json.loads(done.stdout.strip().splitlines()[-1])
+    assert picked["fast"] == hashes["fast"] and picked["other"] == hashes["other"]
+    assert main_sha and picked["none"] == hashes["other" if newest_is_main else "fast"]
+
+
+def _variant_hash(cache_root: Path, config_hash: str) -> str:
+    """The variant (key) hash of the cache entry built with `config_hash`."""
+    for source in cache_root.glob("models--*/entries/*/pdo_source.json"):
+        record = json.loads(source.read_text())
+        if record["config_hash"] == config_hash:
+            return record["key_hash"]
+    raise AssertionError(f"no entry with config hash {config_hash}")

@@ -21,6 +21,12 @@ from typing import Any, Mapping
 from pdo_hub.core.config import PostDownloadOptimizationConfig
 from pdo_hub.core.errors import ConfigError
 
+#: Branch prefix under which `pdo-hub serve` offers each variant of a repo (`pdo-<variant hash[:16]>`).
+VARIANT_BRANCH_PREFIX = "pdo-"
+_BRANCH_HASH_CHARS = 16
+#: The field of a pdo-hub server's model_info answer listing a repo's variant branches ({branch: commit sha}).
+VARIANTS_FIELD = "pdoVariants"
+
 #: Bump when the calibration inputs pdo-hub synthesizes change: the optimized weights depend on them.
 INPUTS_VERSION = "inputs-v1"
 
@@ -28,6 +34,11 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SECRET_WORDS = ("token", "auth", "password", "passwd", "secret", "credential", "api_key", "apikey")
 # Names about tokens that are model settings, not credentials (`pad_token_id=0` changes the config).
 _NOT_SECRET_SUFFIXES = ("_id", "_ids")
+
+
+def variant_branch(variant_hash_hex: str) -> str:
+    """The branch that names one variant on a pdo-hub server: `pdo-<first 16 hex of the variant hash>`."""
+    return VARIANT_BRANCH_PREFIX + variant_hash_hex[:_BRANCH_HASH_CHARS]
 
 
 def variant_hash(config: PostDownloadOptimizationConfig, loader: Mapping[str, Any]) -> str:

@@ -125,6 +125,11 @@ def from_pretrained(
     if variants.is_published(repo_id, resolved, cache=cache, original_key=key, offline=reason is not None, token=token):
         asked = {"config_hash": opt_config.config_hash() if config is not None else None, "auto_class": auto_class,
                  "kwargs": model_kwargs}
+        if config is not None and revision is None:  # a pdo-hub server offers each variant on a branch of its own
+            branch = variants.variant_branch_commit(repo_id, resolved, key.config_hash, cache=cache, offline_reason=reason)
+            if branch is not None:
+                return variants.load_published(repo_id, branch[1], branch[0], cache=cache, offline_reason=reason,
+                                               asked=asked, cache_dir=cache_dir, token=token, verify=verify)
         return variants.load_published(repo_id, sha, revision, cache=cache, offline_reason=reason, asked=asked,
                                        cache_dir=cache_dir, token=token, verify=verify)
     ref = revision or revisions.DEFAULT_REVISION

@@ -28,8 +28,8 @@ from typing import Any
 import torch.nn as nn
 
 from pdo_hub.cache import MANIFEST_NAME, CacheEntry, CacheKey, OptimizedCache
-from pdo_hub.core.errors import ConfigError, InvalidRepoIdError, RecipeError
-from pdo_hub.hub import revisions, skeleton, transformers_models
+from pdo_hub.core.errors import ConfigError, InvalidRepoIdError, OfflineCacheMissError, RecipeError
+from pdo_hub.hub import _keys, revisions, skeleton, transformers_models
 from pdo_hub.hub._context import bypass
 from pdo_hub.hub.card import CARD_NAME
 from pdo_hub.hub.flow import SOURCE_NAME, Request, load_or_build
@@ -56,10 +56,12 @@ class Resolved:
     Attributes:
         sha: The 40-hex commit sha.
         files: The commit's file names when the Hub was asked (online, branch or tag), else None.
+        variants: {variant branch: commit sha} when a pdo-hub server listed the repo's variants.
     """
 
     sha: str
     files: frozenset[str] | None = None
+    variants: dict[str, str] | None = None
 
 
 def resolve(repo_id: str, revision: str | None, *, offline: bool, cache: OptimizedCache, token: str | bool | None = None,
@@ -82,7 +84,35 @@ def resolve(repo_id: str, revision: str | None, *, offline: bool, cache: Optimiz
     info = _retry.model_info(repo_id, revision=ref, token=token)  # with a timeout and bounded retries
     if not info.sha or not revisions.is_commit_sha(info.sha):
         raise InvalidRepoIdError(f"The Hub answered no commit sha for {repo_id!r} at {ref!r} (got {info.sha!r}).")
-    return Resolved(info.sha, frozenset(sibling.rfilename for sibling in info.siblings or []))
+    return Resolved(info.sha, frozenset(sibling.rfilename for sibling in info.siblings or []),
+                    _variant_commits(getattr(info, _keys.VARIANTS_FIELD, None)))
+
+
+def _variant_commits(listed: Any) -> dict[str, str] | None:
+    """The server's {variant branch: commit sha} list, keeping only well-formed pairs (it is downloaded)."""
+    if not isinstance(listed, dict):
+        return None
+    return {branch: sha for branch, sha in listed.items() if isinstance(branch, str)
+            and branch.startswith(_keys.VARIANT_BRANCH_PREFIX) and isinstance(sha, str) and revisions.is_commit_sha(sha)}
+
+
+def variant_branch_commit(repo_id: str, resolved: "Resolved", variant_hash_hex: str, *, cache: OptimizedCache,
+                          offline_reason: str | None) -> tuple[str, str] | None:
+    """(branch, commit) of the variant a caller's config asks for, when the repo offers it on its own branch.
+
+    `pdo-hub serve` serves the variant of its own config on `main` and every variant it holds on
+    `pdo-<variant hash[:16]>`, listed in its model_info answer, so online this costs no request. Offline
+    the branch resolves when it was recorded here. None otherwise (any other Hub, a pushed repo).
+    """
+    branch = _keys.variant_branch(variant_hash_hex)
+    if offline_reason is None:
+        sha = (resolved.variants or {}).get(branch)
+        return (branch, sha) if sha is not None else None
+    try:
+        return branch, revisions.resolve_hf_revision(repo_id, branch, offline=True, cache=cache,
+                                                     offline_reason=offline_reason)
+    except OfflineCacheMissError:
+        return None
 
 
 def published_key(repo_id: str, sha: str) -> CacheKey:

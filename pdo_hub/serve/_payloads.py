@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from pdo_hub.core.yaml_text import load_yaml
+from pdo_hub.hub._keys import VARIANT_BRANCH_PREFIX, VARIANTS_FIELD
 from pdo_hub.serve._http import HubHTTPError
 from pdo_hub.serve._records import CommitRecord, FileEntry, RepoRefs, RepoSettings, iso_z
 
@@ -69,6 +70,11 @@ def model_info(store: ReadableRepoStore, repo_id: str, commit: CommitRecord, set
     config = _model_config(store, repo_id, commit)
     if config:
         info["config"] = config
+    # Every variant's branch and commit, so that a pdo_hub client asking for its config's variant finds it
+    # in this one answer (huggingface_hub keeps unknown fields as attributes; other clients ignore it).
+    variants = {name: sha for name, sha in store.refs(repo_id).branches.items() if name.startswith(VARIANT_BRANCH_PREFIX)}
+    if variants:
+        info[VARIANTS_FIELD] = variants
     return info
 
 

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdo_hub.cache import CacheKey, OptimizedCache
-from pdo_hub.cache.layout import CONFIG_HASH_PREFIX, ENTRIES_DIR, entry_dir, repo_dir
+from pdo_hub.cache.layout import ENTRIES_DIR, entry_dir, repo_dir
 from pdo_hub.cache.manifest import RESERVED_NAMES, ManifestError, read_manifest
 from pdo_hub.core.errors import InvalidRepoIdError
+from pdo_hub.hub._keys import VARIANT_BRANCH_PREFIX, variant_branch
 from pdo_hub.serve._records import (
     CommitRecord,
     FileEntry,
@@ -39,8 +40,6 @@ from pdo_hub.serve._records import (
 
 logger = logging.getLogger(__name__)
 
-#: Prefix of the per-variant branches.
-VARIANT_BRANCH_PREFIX = "pdo-"
 # Served kinds and the namespace their repos get (Hub repos keep their own id).
 _KIND_NAMESPACE = {"torchvision": "torchvision"}
 _HIDDEN_FILES = RESERVED_NAMES  # the manifest and the stamps stay private to the cache
@@ -50,11 +49,6 @@ def repo_id_of(key: CacheKey) -> str:
     """The repo id an entry is served under."""
     namespace = _KIND_NAMESPACE.get(key.kind)
     return f"{namespace}/{key.source_id}" if namespace else key.source_id
-
-
-def variant_branch(variant_hash: str) -> str:
-    """The branch that names one variant: `pdo-<first 16 hex of the variant hash>`."""
-    return VARIANT_BRANCH_PREFIX + variant_hash[:CONFIG_HASH_PREFIX]
 
 
 @dataclass(frozen=True)
