@@ -79,13 +79,45 @@ def synthesize_inputs(example: Inputs, count: int, seed: int) -> list[Inputs]:
     return synthesized
 
 
-def split_held_out(batches: list[Inputs]) -> tuple[list[Inputs], list[Inputs]]:
-    """(calibration, held-out): every 4th batch is held out for judging candidates when there are at
-    least 4; with fewer, both are the same batches (too few to spare any)."""
-    if len(batches) < 4:
-        return batches, batches
-    held_out = batches[3::4]
-    return [b for i, b in enumerate(batches) if i % 4 != 3], held_out
+def split_held_out(batches: list[Inputs], seed: int = 0) -> tuple[list[Inputs], list[Inputs], str]:
+    """(calibration, held-out, what the held-out inputs are): candidates are judged on inputs no method saw.
+
+    With 4 or more batches every 4th is held out. With fewer, every batch of 2+ samples gives every 4th
+    of its samples (at least one) to the held-out set; single-sample batches give their last one. One
+    single input is all a method can calibrate on, so the held-out inputs are perturbed copies of it
+    (`synthesize_inputs`), and the description says so.
+    """
+    if len(batches) >= 4:
+        held_out = batches[3::4]
+        return [b for i, b in enumerate(batches) if i % 4 != 3], held_out, f"{len(held_out)} held-out calibration batches"
+    if batches and all(batch_size(batch) >= 2 for batch in batches):
+        calibration, held_out = [], []
+        for batch in batches:
+            count = batch_size(batch)
+            held = list(range(3, count, 4)) or [count - 1]
+            kept = [index for index in range(count) if index not in held]
+            calibration.append(take_samples(batch, kept))
+            held_out.append(take_samples(batch, held))
+        samples = sum(batch_size(batch) for batch in held_out)
+        return calibration, held_out, f"{samples} held-out samples of the calibration batches"
+    if len(batches) >= 2:
+        return batches[:-1], batches[-1:], "1 held-out calibration batch"
+    if not batches:
+        raise OptimizationError("calibration_data is empty: pass at least one batch, or leave it out.")
+    synthesized = synthesize_inputs(batches[0], 5, seed)[1:]
+    return batches, synthesized, (f"{len(synthesized)} inputs perturbed from the one calibration input "
+                                  "(too few to hold one out; pass more calibration data for a real held-out set)")
+
+
+def take_samples(inputs: Inputs, indices: list[int]) -> Inputs:
+    """The samples at `indices` (dimension 0) of every tensor of a batch."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[indices] if inputs.dim() else inputs
+    if isinstance(inputs, Mapping):
+        return {key: take_samples(value, indices) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(take_samples(value, indices) for value in inputs)
+    return inputs
 
 
 def infer_example_inputs(model: nn.Module) -> Inputs:

@@ -84,10 +84,12 @@ class PostDownloadOptimizer:
             logger.info("no example_inputs given; using a guessed input")
         example_inputs = to_device(normalize_inputs(example_inputs), device)
         if calibration_data is not None:
-            calibration, held_out = split_held_out([normalize_inputs(batch) for batch in calibration_data])
+            calibration, held_out, held_out_note = split_held_out(
+                [normalize_inputs(batch) for batch in calibration_data], config.seed)
         else:
             synthesized = synthesize_inputs(example_inputs, 2 * config.calibration_samples, config.seed)
             calibration, held_out = synthesized[0::2], synthesized[1::2]
+            held_out_note = f"{len(held_out)} held-out inputs perturbed from example_inputs (no calibration_data given)"
         ctx = MethodContext(
             config=config, example_inputs=example_inputs, calibration_inputs=calibration, device=device,
             original_model=base, target_ratio=config.target_compression_ratio, eval_fn=eval_fn,
@@ -95,6 +97,7 @@ class PostDownloadOptimizer:
         # Candidates are accepted on inputs no method saw: a factorization fitted (and recovered) on the
         # calibration inputs must not be judged on them too.
         ctx.extras["held_out_inputs"] = held_out
+        ctx.extras["held_out_note"] = held_out_note
         if train_data is not None:
             ctx.extras["labelled_data"] = _labelled_batches(train_data, device)
         original = self._measure_original(base, ctx)
@@ -128,6 +131,7 @@ class PostDownloadOptimizer:
             "calibration_references": reference_outputs(base, ctx.calibration_inputs, ctx.device),
             "references": reference_outputs(base, ctx.extras["held_out_inputs"], ctx.device),
             "held_out_inputs": ctx.extras["held_out_inputs"],
+            "held_out_note": ctx.extras["held_out_note"],
             "timing": None,  # timed with the candidates, in the same rounds (`_time`)
             "accuracy": float(ctx.eval_fn(base)) if ctx.eval_fn else None,
         }
@@ -190,7 +194,7 @@ class PostDownloadOptimizer:
         accuracy = {
             "metric": "task_accuracy" if original["accuracy"] is not None
             else fidelity_measure(original["held_out_inputs"], original["references"]),
-            "evaluated_on": "eval_fn" if original["accuracy"] is not None else f"{len(original['references'])} held-out inputs",
+            "evaluated_on": "eval_fn" if original["accuracy"] is not None else original["held_out_note"],
             "preserve_accuracy_threshold": config.preserve_accuracy_threshold,
             "accuracy_loss": chosen.accuracy_loss if chosen else 0.0,
             "within_threshold": True,
