@@ -185,3 +185,11 @@ def test_push_option_publishes_each_variant_and_the_pushed_repo_loads_as_publish
     assert entry["status"] == "optimized" and target in entry["pushed_to"]
     pushed = hub_server.store.list_files(target, hub_server.store.resolve(target))
     assert {"model.safetensors", "pdo_recipe.json", "pdo_source.json", "README.md"} <= {f.path for f in pushed}
+
+
+@pytest.mark.parametrize("source", ["hf:pdo-test/no-such-repo", "hf:{repo}@no-such-branch"])
+def test_optimize_of_a_missing_repo_or_revision_is_one_error_line(mirror_repo, source, capsys):
+    assert main(["optimize", source.format(repo=mirror_repo), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("pdo-hub: error: ")
+    assert "NotFoundError" in err and "Check the repo id and revision" in err

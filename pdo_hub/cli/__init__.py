@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     except PdoHubError as err:
         print(f"pdo-hub: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 - only the Hub's answers become one line; anything else is a bug
+        message = _hub_error_line(err)
+        if message is None:
+            raise
+        print(f"pdo-hub: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pdo-hub: interrupted", file=sys.stderr)
         return 130
@@ -66,6 +72,18 @@ def main(argv: list[str] | None = None) -> int:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def _hub_error_line(err: Exception) -> str | None:
+    """One line for an error the Hub answered (no such repo, revision or file; gated; denied), else None."""
+    hub_errors = sys.modules.get("huggingface_hub.errors")  # loaded if and only if a Hub call was made
+    if hub_errors is None or not isinstance(err, hub_errors.HfHubHTTPError):
+        return None
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    url = getattr(err.response, "url", None) if err.response is not None else None
+    hint = " Check the repo id and revision, and HF_TOKEN for private or gated repos." if err.response is not None \
+        and err.response.status_code in (401, 403, 404) else ""
+    return f"{type(err).__name__}: {first}" + (f" ({url})" if url else "") + "." + hint
 
 
 if __name__ == "__main__":
