@@ -68,7 +68,7 @@ def input_grams(
             else:
                 update = rows.T @ rows
             entry = stats[path]
-            entry[0] = update if entry[0] is None else entry[0] + update
+            entry[0] = update if entry[0] is None else entry[0].add_(update)
             entry[1] += rows.shape[0]
         return hook
 
@@ -89,20 +89,29 @@ def input_grams(
 def whitening_factor(gram: torch.Tensor, count: int, damping: float = 1e-2) -> torch.Tensor:
     """A lower-triangular S with S S^T = C + damping * mean(diag) * I (SVD-LLM's Cholesky whitening).
 
+    `gram` is overwritten.
+
     C is the second moment X^T X / n shrunk toward its diagonal by d / (d + n) for d features and n
     samples: a few calibration sentences give fewer token vectors than an FFN has inputs, and the raw
     estimate then calls every direction they missed worthless. With many samples (im2col patches of
     a CNN) the shrinkage vanishes. The damping keeps S invertible (dead channels).
     """
-    cov = gram / max(count, 1)
+    # In place (the caller's Gram is consumed): for a 3x3 conv over 512 channels one d x d float64
+    # matrix is 170 MB, and every temporary of the textbook formula would be one more.
+    cov = gram.div_(max(count, 1))
     shrink = cov.shape[0] / (cov.shape[0] + max(count, 1))
-    cov = (1 - shrink) * cov + shrink * torch.diag(cov.diagonal())
+    diagonal = cov.diagonal().clone()
+    cov.mul_(1 - shrink).diagonal().add_(shrink * diagonal)
     scale = float(cov.diagonal().mean()) or 1.0
-    eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+    added = 0.0
     for attempt in range(4):
-        factor, info = torch.linalg.cholesky_ex(cov + (damping * 10**attempt) * scale * eye)
+        ridge = (damping * 10**attempt) * scale
+        cov.diagonal().add_(ridge - added)
+        added = ridge
+        factor, info = torch.linalg.cholesky_ex(cov)
         if int(info) == 0:
             return factor
+        del factor
     # Numerically hopeless (should not happen with damping): fall back to the identity, i.e. plain SVD.
     logger.debug("activations: Cholesky failed; using the unwhitened weight")
-    return eye
+    return torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)

@@ -76,16 +76,36 @@ def build_factorized(module: nn.Module, rank: int, head_rows: int = 0) -> nn.Mod
     return match_dtype_device(new, module.weight)
 
 
+#: The whitening marker of a decomposition whose right vectors are already un-whitened (Vh S^-1).
+WHITENED = "cholesky"
+
+
 def whitened_svd(module: nn.Module, gram: tuple[torch.Tensor, int] | None):
-    """(U, S, Vh, whitening) of W S, or of W alone (whitening None) when the layer never ran."""
+    """(U, S, right, whitening) of W S: `right` is Vh S^-1 and whitening `WHITENED` (a token-weight
+    vector for an embedding table); of W alone (whitening None) when the layer never ran."""
     weight = weight_matrix(module)
     if isinstance(module, nn.Embedding):
         factor = token_weights(gram[0]) if gram is not None else None
         U, S, Vh = torch.linalg.svd(weight * factor if factor is not None else weight, full_matrices=False)
         return U, S, Vh, factor
-    factor = whitening_factor(gram[0].to(weight.device), gram[1]) if gram is not None else None
-    U, S, Vh = torch.linalg.svd(weight @ factor if factor is not None else weight, full_matrices=False)
-    return U, S, Vh, factor
+    if gram is None:
+        U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
+        return U, S, Vh, None
+    # The Gram is d x d (170 MB in float64 for a 3x3 conv over 512 channels), and so is the factor S:
+    # the Gram goes as soon as S exists (the caller passes its only reference), and S once the right
+    # vectors are un-whitened (Vh S^-1, solving X S = Vh for S lower-triangular, no inverse formed);
+    # those are only min(out, d) x d.
+    matrix, count = gram
+    del gram
+    factor = whitening_factor(matrix.to(weight.device), count)
+    del matrix
+    U, S, Vh = torch.linalg.svd(weight @ factor, full_matrices=False)
+    right = torch.linalg.solve_triangular(factor, Vh, upper=False, left=False)
+    del factor, Vh
+    # Every layer's decomposition is kept until the budget picks the ranks; the factors end up float32
+    # weights, so float32 vectors lose nothing there and halve what is held (S stays float64: the
+    # spectrum decides the ranks).
+    return U.float(), S, right.float(), WHITENED
 
 
 def token_weights(counts: torch.Tensor) -> torch.Tensor:
@@ -102,11 +122,8 @@ def factor_weights(U, S, Vh, factor, rank: int) -> tuple[torch.Tensor, torch.Ten
     """(down, up) matrices of rank `rank`: up @ down is the best rank-r fit of W on the calibration inputs."""
     root = S[:rank].sqrt()
     right = Vh[:rank]
-    if factor is not None and factor.dim() == 1:
-        right = right / factor  # diagonal whitening (embedding tables)
-    elif factor is not None:
-        # right @ S^-1 without forming the inverse: solve S^T X^T = right^T (S lower-triangular).
-        right = torch.linalg.solve_triangular(factor.T, right.T, upper=True).T
+    if isinstance(factor, torch.Tensor):
+        right = right / factor  # diagonal whitening (embedding tables); WHITENED: already un-whitened
     return root[:, None] * right, U[:, :rank] * root
 
 
@@ -155,18 +172,42 @@ def whitened_spectra(model: nn.Module, layers: dict[str, nn.Module], ctx) -> tup
     """Activation-whitened SVD of each layer (token groups for a vocabulary) and its options for the global budget."""
     if not layers:
         return {}, []
-    grams = input_grams(model, layers, ctx.calibration_inputs, ctx.device)
     decompositions, options = {}, []
-    for path, module in layers.items():
-        gram = grams.pop(path, None)  # the Gram matrices can be large; free each once used
-        if gram is not None and is_vocabulary(module) and gram[0].sum() > 0:
-            decompositions[path] = TokenGroups.from_counts(module, gram[0])
-            options.append(decompositions[path].options(path))
-            continue
-        decompositions[path] = whitened_svd(module, gram)
-        spectrum = LayerSpectrum(path, module.weight.numel(), sum(weight_matrix(module).shape), decompositions[path][1].square())
-        options.append(spectrum_options(spectrum))
+    for chunk in _gram_chunks(layers):  # one calibration pass per chunk: bounded memory, not one pass for all
+        grams = input_grams(model, chunk, ctx.calibration_inputs, ctx.device)
+        for path, module in chunk.items():
+            counts = grams.get(path)
+            if counts is not None and is_vocabulary(module) and counts[0].sum() > 0:
+                decompositions[path] = TokenGroups.from_counts(module, grams.pop(path)[0])
+                options.append(decompositions[path].options(path))
+                continue
+            del counts
+            decompositions[path] = whitened_svd(module, grams.pop(path, None))  # its only reference: freed early
+            spectrum = LayerSpectrum(path, module.weight.numel(), sum(weight_matrix(module).shape),
+                                     decompositions[path][1].square())
+            options.append(spectrum_options(spectrum))
     return decompositions, options
+
+
+#: Float64 Gram bytes recorded in one calibration pass. A 3x3 conv over 512 channels alone has a
+#: 170 MB Gram; recording all of ResNet-18's at once held 720 MB (issue: memory <= 3x the FP32 model).
+GRAM_BYTES_PER_PASS = 96 * 2**20
+
+
+def _gram_chunks(layers: dict[str, nn.Module]) -> list[dict[str, nn.Module]]:
+    """`layers` in model order, split so that each chunk's Grams fit `GRAM_BYTES_PER_PASS` (a larger one alone)."""
+    chunks, current, used = [], {}, 0
+    for path, module in layers.items():
+        # An embedding's "Gram" is its token-count vector; any other layer's is features x features.
+        size = 8 * (module.num_embeddings if isinstance(module, nn.Embedding) else module.weight[0].numel() ** 2)
+        if current and used + size > GRAM_BYTES_PER_PASS:
+            chunks.append(current)
+            current, used = {}, 0
+        current[path] = module
+        used += size
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def output_weighted(model: nn.Module, layers: dict[str, nn.Module], options: list, decompositions, ctx) -> list:
