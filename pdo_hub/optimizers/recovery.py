@@ -124,7 +124,9 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
     if not params:
         return None
     before = loss_now()
-    saved = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    # Only the trained parameters can change (eval mode: no running statistics move), so only they are
+    # kept for an undo: a whole state_dict copy was one more model in memory at the search's peak.
+    saved = [p.detach().clone() for p in params]
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
@@ -147,10 +149,13 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
     for p, flag in zip(params, flags):
         p.requires_grad_(flag)
         p.grad = None
+    del optimizer  # its moments are two more copies of the trained parameters
     after = loss_now()
     kept = after <= before
     if not kept:
-        model.load_state_dict(saved)  # recovery made it worse (overfitting few inputs): undo it
+        with torch.no_grad():  # recovery made it worse (overfitting few inputs): undo it
+            for p, value in zip(params, saved):
+                p.copy_(value)
     seconds = time.perf_counter() - start
     # No time in the record: it goes into the safetensors metadata, whose bytes must not depend on load.
     info = {

@@ -91,13 +91,14 @@ class TokenGroups:
 
     def tail_basis(self, head_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(eigenvalues descending, eigenvectors) of the frequency-weighted Gram of the rows past the head."""
-        tail = self.order[head_rows:]
-        return _eigen(_weighted_gram(self.table[tail], self.frequency[tail]))
+        weights = self.frequency.clone()
+        weights[self.order[:head_rows]] = 0.0  # the head's rows are exact: out of the tail's Gram
+        return _eigen(_weighted_gram(self.table, weights))
 
     def options(self, path: str) -> LayerOptions:
         """(parameters, expected relative error, (head_rows, rank)) for every split that saves parameters."""
         vocab, dim = self.shape
-        total = float((self.frequency * self.table.square().sum(1)).sum()) or 1.0
+        total = float((self.frequency * _row_energy(self.table)).sum()) or 1.0
         tail_gram = _weighted_gram(self.table, self.frequency)
         options, head = [], 0
         for step in range(HEAD_STEPS // 2 + 1):
@@ -123,16 +124,18 @@ class TokenGroups:
         # Without a head there is no token -> row map: the codes stay in token-id order.
         head, tail = self.order[:head_rows], self.order[head_rows:] if head_rows else torch.arange(self.shape[0])
         new = LowRankEmbedding(module, rank, head_rows)
+        codes = self.table @ basis  # every token's code (V x rank), instead of V x d copies of the tail
         with torch.no_grad():
-            new.down.weight.copy_(self.table[tail] @ basis)
+            new.down.weight.copy_(codes[tail])
             new.up.weight.copy_(basis)
             if head_rows:
                 new.head.weight.copy_(self.table[head])
                 slot = torch.empty(self.shape[0], dtype=torch.int32)
                 slot[self.order] = torch.arange(self.shape[0], dtype=torch.int32)
                 new.slot.copy_(slot)
-        residual = (self.table[tail] - self.table[tail] @ basis @ basis.T).square().sum(1)
-        norms = self.table.square().sum(1)
+        norms = _row_energy(self.table)
+        # |x - x B B^T|^2 = |x|^2 - |x B|^2 for orthonormal B: no V x d temporaries (each 94 MB for MiniLM).
+        residual = (norms[tail] - codes[tail].square().sum(1)).clamp_min(0.0)
         errors = {
             "expected": float(values[rank:].sum()) / (float((self.frequency * norms).sum()) or 1.0),
             "seen": float((self.seen_share[tail] * residual).sum()) / (float((self.seen_share * norms).sum()) or 1.0),
@@ -146,8 +149,22 @@ class TokenGroups:
         return new, errors["seen"]
 
 
+#: Rows per block of `_weighted_gram`: the weighted copy of a block stays small (4096 x 384 float64 = 12 MB).
+_GRAM_BLOCK = 4096
+
+
 def _weighted_gram(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return rows.T @ (rows * weights[:, None])
+    """rows^T diag(weights) rows, a block of rows at a time (the whole weighted copy of a vocabulary is 94 MB)."""
+    gram = torch.zeros(rows.shape[1], rows.shape[1], dtype=rows.dtype)
+    for start in range(0, rows.shape[0], _GRAM_BLOCK):
+        block = rows[start:start + _GRAM_BLOCK]
+        gram.addmm_(block.T, block * weights[start:start + _GRAM_BLOCK, None])
+    return gram
+
+
+def _row_energy(rows: torch.Tensor) -> torch.Tensor:
+    """Each row's squared norm, without a squared copy of the table."""
+    return torch.linalg.vector_norm(rows, dim=1).square()
 
 
 def _eigen(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
