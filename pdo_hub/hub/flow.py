@@ -194,7 +194,9 @@ def copy_source_file(file: Path, folder: Path, relative: str) -> bool:
         True when copied.
     """
     if relative in OWN_FILE_NAMES:
-        logger.info("Not copying %s from the source: %r is the name of a file pdo-hub writes itself.", file, relative)
+        # The source's weights and card are always replaced by the variant's: only an unexpected name is news.
+        level = logging.DEBUG if relative in (WEIGHTS_NAME, CARD_NAME) else logging.INFO
+        logger.log(level, "Not copying %s from the source: %r is the name of a file pdo-hub writes itself.", file, relative)
         return False
     target = folder / relative
     target.parent.mkdir(parents=True, exist_ok=True)
