@@ -95,8 +95,10 @@ def run_mirror_demo(config: str | None = None, output_dir: str | Path | None = N
     with HubServer(store) as served, tempfile.TemporaryDirectory(prefix="pdo-hub-demo-client-") as client_dir:
         logger.info("Step 2/3: serving the mirror cache at %s", served.url)
         logger.info("Step 3/3: a second process loads %s through HF_ENDPOINT=%s with empty caches", REPO_ID, served.url)
-        client = _run_json([sys.executable, "-m", "pdo_hub.mirror_demo"], {
+        result = Path(client_dir) / "client-step.json"
+        _run([sys.executable, "-m", "pdo_hub.mirror_demo", str(result)], {
             "HF_ENDPOINT": served.url, "HF_HUB_CACHE": str(Path(client_dir) / "hf"), "PDO_HUB_CACHE": str(Path(client_dir) / "pdo")})
+        client = json.loads(result.read_text(encoding="utf-8"))
     report = json.loads((Path(entry["entry"]) / "optimization_report.json").read_text())
     report["accuracy_metrics"]["sentence_embedding_cosine"] = client["embedding_cosine"]
     if output_dir is not None:
@@ -119,20 +121,30 @@ def _write_manifest(work: Path, config: str | None) -> Path:
     return path
 
 
-def _run_json(command: list[str], env: dict[str, str]) -> dict:
+def _run(command: list[str], env: dict[str, str]) -> str:
+    """Run one demo step in a process of its own (no network settings inherited); its stdout."""
     environment = {**os.environ, **env, "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
     environment.pop("HF_HUB_OFFLINE", None)
     environment.pop("PDO_HUB_OFFLINE", None)
     done = subprocess.run(command, env=environment, stdout=subprocess.PIPE, text=True)
-    failed = PdoHubError(f"Demo step {' '.join(command[2:])} failed (exit {done.returncode}); see the messages above.")
     if done.returncode not in (0, 1):  # 1: a mirror with a failed entry, still reported as JSON
-        raise failed
+        raise _step_failed(command, done.returncode)
+    return done.stdout
+
+
+def _step_failed(command: list[str], code: int | str) -> PdoHubError:
+    return PdoHubError(f"Demo step {' '.join(command[2:])} failed (exit {code}); see the messages above.")
+
+
+def _run_json(command: list[str], env: dict[str, str]) -> dict:
+    """A CLI step's `--json` document."""
+    stdout = _run(command, env)
     # The JSON document starts on a line of its own; a library may have printed lines before it.
-    start = 0 if done.stdout.startswith("{") else done.stdout.find("\n{") + 1
+    start = 0 if stdout.startswith("{") else stdout.find("\n{") + 1
     try:
-        return json.loads(done.stdout[start:])
+        return json.loads(stdout[start:])
     except ValueError as err:
-        raise failed from err
+        raise _step_failed(command, "0, but no JSON summary") from err
 
 
 def _copy_variant(entry: Path, out: Path) -> None:
@@ -171,4 +183,5 @@ def client_step() -> dict[str, Any]:
 
 if __name__ == "__main__":
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import-time notices
-    print(json.dumps(client_step()))
+    # The result goes to the file the parent named, not stdout, which libraries also write to.
+    Path(sys.argv[1]).write_text(json.dumps(client_step()), encoding="utf-8")

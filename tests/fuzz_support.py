@@ -71,3 +71,13 @@ def canary_module(folder: Path, name: str) -> Iterator[None]:
     finally:
         sys.path.remove(str(folder))
     assert name not in sys.modules, f"{name} was imported"
+
+
+def result_or_refusal(call, *args, refusal: type[Exception] | tuple[type[Exception], ...], **kwargs):
+    """`(result, None)`, or `(None, error)` when `call` refuses with `refusal`; any other exception fails the
+    property. A refusal must say what is wrong: an error without a message fails it too."""
+    try:
+        return call(*args, **kwargs), None
+    except refusal as err:
+        assert str(err).strip(), f"{type(err).__name__} raised without a message"
+        return None, err

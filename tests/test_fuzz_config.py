@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import yaml
-from fuzz_support import fuzz_settings, json_values, mapping_like, nasty_text
+from fuzz_support import fuzz_settings, json_values, mapping_like, nasty_text, result_or_refusal
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -41,20 +41,20 @@ def _check_valid(config: PostDownloadOptimizationConfig) -> None:
 @fuzz_settings()
 @given(mapping_like(FIELDS + ["version", YAML_SECTION]))
 def test_from_dict_gives_a_config_or_config_error(data):
-    try:
-        config = PostDownloadOptimizationConfig.from_dict(data)
-    except ConfigError:
-        return
-    _check_valid(config)
+    config, refused = result_or_refusal(PostDownloadOptimizationConfig.from_dict, data, refusal=ConfigError)
+    if refused is None:
+        assert isinstance(config, PostDownloadOptimizationConfig)
+        _check_valid(config)
 
 
 @fuzz_settings(0.5)
 @given(json_values)
 def test_from_dict_refuses_what_is_not_a_mapping_of_keys(data):
-    try:
-        _check_valid(PostDownloadOptimizationConfig.from_dict(data))
-    except ConfigError:
-        pass
+    config, refused = result_or_refusal(PostDownloadOptimizationConfig.from_dict, data, refusal=ConfigError)
+    if not isinstance(data, dict):
+        assert refused is not None, f"{type(data).__name__} accepted as a config"
+    if refused is None:
+        _check_valid(config)
 
 
 @fuzz_settings()
@@ -97,11 +97,10 @@ def test_yaml_config_files_give_a_config_or_config_error(tmp_path, text):
         path.write_text(text, encoding="utf-8", errors="surrogatepass")
     except UnicodeEncodeError:
         return
-    try:
-        config = load_config(path)
-    except ConfigError:
-        return
-    _check_valid(config)
+    config, refused = result_or_refusal(load_config, path, refusal=ConfigError)
+    if refused is None:
+        assert isinstance(config, PostDownloadOptimizationConfig)
+        _check_valid(config)
 
 
 def test_config_files_that_are_not_utf8_raise_config_error(tmp_path):
@@ -115,10 +114,10 @@ def test_config_files_that_are_not_utf8_raise_config_error(tmp_path):
 @given(nasty_text)
 @example("x" * 5000)  # too long for a file name: the file system refuses to look it up
 def test_config_names_give_a_config_or_config_error(name):
-    try:
-        load_config(name)
-    except ConfigError:
-        pass
+    config, refused = result_or_refusal(load_config, name, refusal=ConfigError)
+    if refused is None:
+        assert isinstance(config, PostDownloadOptimizationConfig)
+        _check_valid(config)
 
 
 MODEL_KEYS = ["source", "revision", "preset", "config", "auto_class", "calibration", "optimize", "push", "architecture"]
@@ -152,7 +151,6 @@ def test_manifest_files_parse_or_raise_config_error(tmp_path, text):
         path.write_text(text, encoding="utf-8")
     except UnicodeEncodeError:
         return
-    try:
-        load_manifest(path)
-    except ConfigError:
-        pass
+    manifest, refused = result_or_refusal(load_manifest, path, refusal=ConfigError)
+    if refused is None:
+        assert manifest.path.name == path.name and all(entry.source for entry in manifest.entries)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import PurePosixPath
 
-from fuzz_support import fuzz_settings, nasty_text
+from fuzz_support import fuzz_settings, nasty_text, result_or_refusal
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -66,11 +66,10 @@ def test_revisions_are_immutable_hex_ids_or_refused(kind, revision):
 @example("refs/pr/1")
 @example("main\n")
 def test_ref_names_are_valid_or_refused_and_stay_under_refs(ref_name):
-    try:
-        validate_ref_name(ref_name)
-    except InvalidRepoIdError:
-        return
-    _inside(ref_path(ROOT, "huggingface", "org/name", ref_name), ROOT / "models--org--name" / "refs")
+    _, refused = result_or_refusal(validate_ref_name, ref_name, refusal=InvalidRepoIdError)
+    if refused is None:
+        assert "\n" not in ref_name and ".." not in ref_name.split("/")
+        _inside(ref_path(ROOT, "huggingface", "org/name", ref_name), ROOT / "models--org--name" / "refs")
 
 
 @fuzz_settings(2)
@@ -82,10 +81,10 @@ def test_ref_names_are_valid_or_refused_and_stay_under_refs(ref_name):
 @example("x" * 5000, None)  # too long a name for the file system to look up
 @example("hf:org/name.", None)
 def test_source_specs_parse_or_raise_config_error(text, revision):
-    try:
-        spec = parse_source(text, revision=revision)
-    except ConfigError:
+    spec, refused = result_or_refusal(parse_source, text, revision=revision, refusal=ConfigError)
+    if refused is not None:
         return
+    assert spec.kind in ("huggingface", "torchvision", "local")
     if spec.kind == "huggingface":
         validate_source_id("huggingface", spec.id)  # parse_source applies the cache's id rules itself
         try:
@@ -115,12 +114,11 @@ def test_served_repo_ids_are_valid_or_refused_and_stay_in_the_store(repo_id):
 @example("a/\ud800.txt")  # a lone surrogate cannot be encoded: it must not reach the commit hash or a file name
 @example("a/../b")
 def test_file_paths_are_valid_or_refused_and_stay_in_the_repo(path):
-    try:
-        validate_path(path)
-    except InvalidRepoIdError:
-        return
-    _inside(ROOT / path, ROOT, newline_ok=True)
-    path.encode("utf-8")
+    _, refused = result_or_refusal(validate_path, path, refusal=InvalidRepoIdError)
+    if refused is None:
+        assert not path.startswith("/") and ".." not in path.split("/")
+        _inside(ROOT / path, ROOT, newline_ok=True)
+        path.encode("utf-8")
 
 
 @fuzz_settings()

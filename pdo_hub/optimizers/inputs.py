@@ -14,14 +14,22 @@ from ..core.errors import OptimizationError
 Inputs = Any  # torch.Tensor | tuple[torch.Tensor, ...] | Mapping[str, torch.Tensor]
 
 
+def map_tensors(inputs: Inputs, function) -> Inputs:
+    """`inputs` with `function` applied to every tensor, in the same structure; every mapping (a
+    `BatchEncoding` included) comes back a plain dict."""
+    if isinstance(inputs, torch.Tensor):
+        return function(inputs)
+    if isinstance(inputs, Mapping):
+        return {key: map_tensors(value, function) for key, value in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return type(inputs)(map_tensors(value, function) for value in inputs)
+    return inputs
+
+
 def normalize_inputs(inputs: Inputs) -> Inputs:
     """The same inputs with every mapping turned into a plain dict (a `BatchEncoding` included), so
     the methods, traces and recipes downstream only ever see tensors, tuples, lists and dicts."""
-    if isinstance(inputs, Mapping):
-        return {key: normalize_inputs(value) for key, value in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(normalize_inputs(value) for value in inputs)
-    return inputs
+    return map_tensors(inputs, lambda tensor: tensor)
 
 
 def call_model(model: nn.Module, inputs: Inputs) -> Any:
@@ -50,13 +58,7 @@ def output_tensor(output: Any) -> torch.Tensor:
 
 
 def to_device(inputs: Inputs, device: torch.device | str) -> Inputs:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device)
-    if isinstance(inputs, Mapping):
-        return {key: to_device(value, device) for key, value in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(to_device(value, device) for value in inputs)
-    return inputs
+    return map_tensors(inputs, lambda tensor: tensor.to(device))
 
 
 def batch_size(inputs: Inputs) -> int:
@@ -111,13 +113,7 @@ def split_held_out(batches: list[Inputs], seed: int = 0) -> tuple[list[Inputs], 
 
 def take_samples(inputs: Inputs, indices: list[int]) -> Inputs:
     """The samples at `indices` (dimension 0) of every tensor of a batch."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs[indices] if inputs.dim() else inputs
-    if isinstance(inputs, Mapping):
-        return {key: take_samples(value, indices) for key, value in inputs.items()}
-    if isinstance(inputs, (tuple, list)):
-        return type(inputs)(take_samples(value, indices) for value in inputs)
-    return inputs
+    return map_tensors(inputs, lambda tensor: tensor[indices] if tensor.dim() else tensor)
 
 
 def infer_example_inputs(model: nn.Module) -> Inputs:

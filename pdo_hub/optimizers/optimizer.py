@@ -126,11 +126,12 @@ class PostDownloadOptimizer:
 
     # -- steps -------------------------------------------------------------------------------------
     def _measure_original(self, base: nn.Module, ctx: MethodContext) -> dict[str, Any]:
+        references = reference_outputs(base, ctx.extras["held_out_inputs"], ctx.device)
         return {
             "size_bytes": serialized_bytes(base),
             "calibration_references": reference_outputs(base, ctx.calibration_inputs, ctx.device),
-            "references": reference_outputs(base, ctx.extras["held_out_inputs"], ctx.device),
-            "held_out_inputs": ctx.extras["held_out_inputs"],
+            "references": references,
+            "fidelity_metric": fidelity_measure(ctx.extras["held_out_inputs"], references),
             "held_out_note": ctx.extras["held_out_note"],
             "timing": None,  # timed with the candidates, in the same rounds (`_time`)
             "accuracy": float(ctx.eval_fn(base)) if ctx.eval_fn else None,
@@ -192,8 +193,7 @@ class PostDownloadOptimizer:
         final_bytes = chosen.size_bytes if chosen else original["size_bytes"]
         final_timing = chosen.timing if chosen else original["timing"]
         accuracy = {
-            "metric": "task_accuracy" if original["accuracy"] is not None
-            else fidelity_measure(original["held_out_inputs"], original["references"]),
+            "metric": "task_accuracy" if original["accuracy"] is not None else original["fidelity_metric"],
             "evaluated_on": "eval_fn" if original["accuracy"] is not None else original["held_out_note"],
             "preserve_accuracy_threshold": config.preserve_accuracy_threshold,
             "accuracy_loss": chosen.accuracy_loss if chosen else 0.0,
