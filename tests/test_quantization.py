@@ -56,6 +56,12 @@ def test_apply_save_load_identical(method, builder, tmp_path):
     # The FX graph (no frozen trace) gives the same numbers as the frozen trace.
     with torch.no_grad():
         assert torch.equal(reloaded.graph(x), expected)
+    # A mixed-batch stream runs one frozen trace for every batch size, identical to the FX graph.
+    with torch.inference_mode():
+        for batch in (1, 8, 3, 1, 8):
+            xb = torch.randn(batch, 3, 32, 32)
+            assert torch.equal(reloaded(xb), reloaded.graph(xb)), f"batch {batch}"
+    assert len(reloaded._traces.runners()) == 1 and reloaded._traces.generalizes()
 
 
 def test_qat_without_measure_keeps_qat_record():

@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from helpers import apply_method, make_context
 from pdo_hub.optimizers import get_method, load_optimized, save_optimized
 from pdo_hub.optimizers.evaluate import fidelity, reference_outputs
-from pdo_hub.optimizers.methods._fast_forward import _FAILED, accelerate
+from pdo_hub.optimizers.methods._fast_forward import accelerate
+from pdo_hub.optimizers.methods._small_attention import SMALL_SCORES
+from pdo_hub.optimizers.methods._traces import FAILED
 from pdo_hub.optimizers.methods._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
 from pdo_hub.optimizers.recipe import Recipe
 from tiny_models import MLP, KitchenSink
@@ -111,16 +113,74 @@ def test_minilm_dynamic_embedding_cosine(tmp_path):
 
 
 def _check_trace_matches_eager(model, encoded):
-    """The third call per shape runs a frozen trace; it must equal eager, padding masks included."""
+    """From the second call a frozen trace runs; it must equal eager, padding masks included, at every shape."""
     eager = lambda enc: type(model).forward(model, **enc).last_hidden_state  # noqa: E731
     other = dict(encoded, attention_mask=encoded["attention_mask"].flip(0))  # same shape, other padding
+    shorter = {k: v[:3, :7] for k, v in encoded.items()}  # other batch size and length, nothing padded
+    length = encoded["input_ids"].shape[1]
+    rows = SMALL_SCORES // (12 * length * length) + 1  # 12 heads: past SMALL_SCORES, so SDPA inside the trace
+    longer = {k: v[:1].repeat(rows, 1) for k, v in encoded.items()}
     with torch.inference_mode():
-        for _ in range(3):
+        for _ in range(2):
             model(**encoded)
-        traced = [entry for entry in model.forward.traces.values() if entry is not _FAILED]
+        traced = [entry for entry in model.forward.traces if entry is not FAILED]
         assert traced, "no frozen trace was built for MiniLM"
-        assert torch.equal(model(**encoded).last_hidden_state, eager(encoded))
-        assert torch.equal(model(**other).last_hidden_state, eager(other))
+        for inputs in (encoded, other, shorter, longer, shorter, longer):
+            assert torch.equal(model(**inputs).last_hidden_state, eager(inputs))
+        assert len(model.forward.traces) == 1 and model.forward.cache.generalizes(), "one trace must serve every shape"
+
+
+_ROW_WEIGHTS = tuple(range(1, 65))
+
+
+class _ShapeBaked(torch.nn.Module):
+    """Looks a Python table up by its row count: the tracer records the looked-up number as a constant, silently."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x) * _ROW_WEIGHTS[x.shape[0]]
+
+
+class _ShapeFree(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.fc(x).reshape(x.shape[0], 2, 4).softmax(-1).flatten(1)  # sizes the tracer records: not baked
+
+
+def test_one_trace_serves_every_shape_and_is_checked_once_per_varying_dimension(monkeypatch):
+    model = accelerate(_ShapeFree().eval())
+    eager_calls = []
+    forward = _ShapeFree.forward
+
+    def counted(self, x):
+        if not torch.jit.is_tracing():
+            eager_calls.append(tuple(x.shape))
+        return forward(self, x)
+
+    monkeypatch.setattr(_ShapeFree, "forward", counted)
+    with torch.inference_mode():
+        for rows in (2, 2, 5, 9, 33, 1, 5):
+            x = torch.randn(rows, 8)
+            assert torch.equal(model(x), forward(model, x))
+    # eager: the first call, the call that builds the trace, and the one check when the rows first vary
+    assert eager_calls == [(2, 8), (2, 8), (5, 8)]
+    assert len(model.forward.traces) == 1 and model.forward.cache.generalizes()
+
+
+def test_a_trace_with_a_baked_shape_falls_back_to_one_trace_per_shape():
+    model = accelerate(_ShapeBaked().eval())
+    with torch.inference_mode():
+        for rows in (2, 2, 5, 5, 5, 9, 2, 5):
+            x = torch.randn(rows, 8)
+            assert torch.equal(model(x), _ShapeBaked.forward(model, x)), f"wrong output at {rows} rows"
+    assert not model.forward.cache.generalizes()
+    assert 2 <= len([t for t in model.forward.traces if t is not FAILED]) <= 3  # per shape, once a shape recurs
 
 
 class _DataDependent(torch.nn.Module):
@@ -138,7 +198,7 @@ def test_fast_forward_stays_eager_when_unsafe():
     with torch.inference_mode():
         for _ in range(3):
             model(positive)
-        assert list(model.forward.traces.values()) == [_FAILED], "a data-dependent branch must not be traced"
+        assert model.forward.traces == [FAILED], "a data-dependent branch must not be traced"
         assert torch.equal(model(negative), type(model).forward(model, negative))
     model.forward.clear()
     for _ in range(3):  # gradients on: autograd must keep working, so no trace

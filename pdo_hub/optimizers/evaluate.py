@@ -95,7 +95,7 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 ROUNDS = 3  # interleaved timing rounds: enough to see the drift between them, cheap at batch 1
 # Untimed calls a model gets at least before its first timed one: `dynamic` builds its frozen trace
-# on the third call and TorchScript's profiling executor optimizes a trace after its first two, so
+# on the second call and TorchScript's profiling executor optimizes a trace after its first two, so
 # fewer would time the build into the first round (and report it as noise).
 TRACE_CALLS = 3
 

@@ -7,8 +7,8 @@ heads, head dim 32, SDPA -> plain per call: batch 1 x seq 128 256 -> 199 us, 16 
 to run). The whole-model effect is in `scripts/bench_quantization.py` (MiniLM `dynamic`).
 
 `install(model)` registers this function with transformers' `AttentionInterface` and switches a
-model that runs on "sdpa" to it. It is a pure function of the input shapes (a frozen trace is per
-shape, so the branch is fixed per trace); anything it does not handle (training, dropout, causal or
+model that runs on "sdpa" to it. Which of the two runs depends on the input shapes only, and a frozen
+trace keeps that test as a branch, so one trace serves every shape; anything it does not handle (training, dropout, causal or
 grouped-query attention, position bias, softcap, float masks, non-CPU devices) goes to transformers'
 own SDPA function unchanged. `_attn_implementation` is not written to config.json, so saved and
 pushed models still load with stock transformers.
@@ -16,7 +16,9 @@ pushed models still load with stock transformers.
 
 from __future__ import annotations
 
+import functools
 import logging
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -31,25 +33,54 @@ def small_cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
                         is_causal: bool | None = None, **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    plain = (
+    supported = (
         query.device.type == "cpu" and not module.training and dropout == 0.0
         and not (is_causal if is_causal is not None else getattr(module, "is_causal", False))
         and getattr(module, "num_key_value_groups", 1) == 1
         and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
         and (attention_mask is None or attention_mask.dtype == torch.bool)
-        and query.shape[0] * query.shape[1] * query.shape[2] * key.shape[2] <= SMALL_SCORES
     )
-    if not plain:
+    if not supported:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    # While tracing, the size test must stay a branch of the trace (one trace serves every shape);
+    # TorchScript keeps a scripted function's control flow. Eagerly the same function runs as Python.
+    attend = _scripted() if torch.jit.is_tracing() else _attend
+    return attend(query, key, value, attention_mask, float(scale), SMALL_SCORES, torch.finfo(query.dtype).min), None
+
+
+def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Optional[torch.Tensor],
+            scale: float, small_scores: int, lowest: float) -> torch.Tensor:
+    """Plain matmul-softmax-matmul attention up to `small_scores` score elements, SDPA above (both: boolean mask, True = attend)."""
+    if query.size(0) * query.size(1) * query.size(2) * key.size(2) > small_scores:
+        output = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scale)
+        return output.transpose(1, 2).contiguous()
     scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
-    if attention_mask is not None:  # transformers' SDPA masks: True = attend
+    if attention_mask is not None:
         # Additive, built at mask size: masked_fill over the broadcast scores cost 60 us a layer.
         blocked = torch.zeros(attention_mask.shape, dtype=scores.dtype, device=scores.device)
-        scores.add_(blocked.masked_fill_(~attention_mask, torch.finfo(scores.dtype).min))
+        scores.add_(blocked.masked_fill_(~attention_mask, lowest))
     output = torch.matmul(scores.softmax(-1), value)
-    return output.transpose(1, 2).contiguous(), None
+    return output.transpose(1, 2).contiguous()
+
+
+@functools.lru_cache(maxsize=1)
+def _scripted():
+    return torch.jit.script(_attend)
+
+
+def always_masked(*args, **kwargs):
+    """transformers' SDPA mask, never skipped when nothing is padded.
+
+    transformers leaves the mask out of a call without padding (eagerly only: never while tracing), and
+    SDPA without a mask takes another kernel, whose result differs in the last bits. A trace reused for
+    such a call would then disagree with eager, and checking a trace against eager needs them identical.
+    """
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs["allow_is_bidirectional_skip"] = False
+    return sdpa_mask(*args, **kwargs)
 
 
 def install(model: nn.Module) -> bool:
@@ -59,10 +90,10 @@ def install(model: nn.Module) -> bool:
         return False
     try:
         from transformers import AttentionInterface
-        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        from transformers.masking_utils import AttentionMaskInterface
 
         AttentionInterface.register(NAME, small_cpu_attention)
-        AttentionMaskInterface.register(NAME, sdpa_mask)  # same boolean masks as SDPA
+        AttentionMaskInterface.register(NAME, always_masked)  # SDPA's boolean masks
         model.set_attn_implementation(NAME)
     except Exception as err:  # an older/newer transformers without these hooks: keep SDPA
         logger.debug("small-input attention not installed: %s: %s", type(err).__name__, err)

@@ -1,0 +1,239 @@
+"""Real workloads, side by side at 2 threads: corpora, request streams of any length, mixed batch sizes.
+
+One fixed shape flatters a runtime that prepares per shape. This script times what people run:
+
+- all-MiniLM-L6-v2 (real weights), `corpus`: N sentences sorted by length, batches of 32 padded to
+  each batch's longest (what sentence-transformers' `encode` does); `stream`: batch-1 requests of
+  random length (5-128 tokens), unsorted.
+- the digits-trained ResNet-18 (real weights, 32x32), `mixed`: requests of batch 1, 8 and 32 in random order.
+
+Each is run twice per variant: `cold` on a freshly loaded variant (a new process would pay the same:
+first calls, traces, compiles, sessions; the ONNX export and quantization themselves are not counted),
+then `warm`. Variants: FP32 eager; pdo-hub (`dynamic` for MiniLM, `static` for the CNN, built through the
+public optimizer, saved and loaded back as a user's cache hit would be); ONNX Runtime (dynamic int8 after
+its BERT fusion; int8 QDQ from the pre-processed graph for the CNN); torchao int8 dynamic-activation +
+torch.compile (MiniLM; `--skip-compile` leaves it out: minutes of compiling). Fidelity: mean and worst
+cosine of the mean-pooled sentence embeddings against FP32 (MiniLM), top-1 on 400 held-out digits (CNN).
+The sentences are generated from the word lists below with a seed (`--seed`): pass another seed, or
+`--sentences FILE` (one per line), to rerun on text this repository never saw.
+
+    flock /tmp/pdo-heavy.lock python scripts/bench_workloads.py [--models minilm,resnet] [--skip-compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench_peers as peers  # noqa: E402
+
+import pdo_hub  # noqa: E402
+from pdo_hub.core import cpu  # noqa: E402
+from pdo_hub.core.config import PostDownloadOptimizationConfig  # noqa: E402
+from pdo_hub.optimizers import create_post_download_optimizer  # noqa: E402
+
+THREADS = 2
+SUBJECTS = ("the old harbor", "my neighbour", "a small startup", "the city council", "our research team", "the museum",
+            "a young violinist", "the weather service", "the football club", "this recipe", "the new library", "her doctor")
+VERBS = ("announced", "questioned", "celebrated", "postponed", "described", "rejected", "improved", "explained",
+         "measured", "photographed", "criticised", "repaired")
+OBJECTS = ("the winter schedule", "a surprising result", "the bridge over the river", "several old paintings",
+           "the budget for next year", "an unusual recipe for bread", "the results of the election", "a quiet village",
+           "the train timetable", "a rare species of bird", "the hospital's new wing", "a letter from abroad")
+TAILS = ("after a long discussion", "despite the heavy rain", "because nobody had expected it", "on Tuesday morning",
+         "while the children were asleep", "with the help of volunteers", "for the third time this month",
+         "although the cost was high", "in front of a large audience", "before anyone could object")
+
+
+def sentences(count: int, seed: int) -> list[str]:
+    """Sentences of 1-9 clauses (about 6-120 tokens), deterministic for a seed."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        clauses = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)} {rng.choice(TAILS)}"
+                   for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4, 6, 9)))]
+        out.append(("; ".join(clauses) + ".").capitalize())
+    return out
+
+
+def timed(run, inputs) -> tuple[float, list]:
+    start = time.perf_counter()
+    with torch.inference_mode():
+        outputs = [run(x) for x in inputs]
+    return time.perf_counter() - start, outputs
+
+
+def cosines(reference: torch.Tensor, got: torch.Tensor) -> str:
+    values = F.cosine_similarity(reference, got)
+    return f"{values.mean().item():.4f} (worst {values.min().item():.4f})"
+
+
+def table(title: str, rows: dict, fidelity: dict, base: str = "FP32 eager", peer: str | None = None) -> str:
+    lines = [f"\n### {title}", f"| variant | cold s | warm s | x FP32 eager (cold / warm) | x {peer} (cold / warm) | fidelity |",
+             "|---|---|---|---|---|---|"]
+    for name, (cold, warm) in rows.items():
+        vs_base = f"{rows[base][0] / cold:.2f} / {rows[base][1] / warm:.2f}"
+        vs_peer = f"{rows[peer][0] / cold:.2f} / {rows[peer][1] / warm:.2f}" if peer in rows else ""
+        lines.append(f"| {name} | {cold:.2f} | {warm:.2f} | {vs_base} | {vs_peer} | {fidelity.get(name, '')} |")
+    return "\n".join(lines)
+
+
+def run_cold_warm(variants: dict, workloads: dict, rounds: int) -> dict:
+    """{workload: {variant: (cold seconds, median warm seconds)}}; `variants`: name -> (fresh() -> runner).
+
+    Cold: each variant's first pass over a workload on a fresh instance. Warm: `rounds` interleaved
+    passes (timings drift on this machine; one variant after another, a pause between them so the
+    previous one's spinning threads settle).
+    """
+    runners, results, outputs = {}, {w: {} for w in workloads}, {}
+    for workload, inputs in workloads.items():
+        for name, fresh in variants.items():
+            runners[name] = fresh()
+            time.sleep(0.3)
+            seconds, outputs[workload, name] = timed(runners[name], inputs)
+            results[workload][name] = [seconds, []]
+        for _ in range(rounds):
+            for name in variants:
+                time.sleep(0.3)
+                results[workload][name][1].append(timed(runners[name], inputs)[0])
+    return {w: {n: (cold, sorted(warm)[len(warm) // 2]) for n, (cold, warm) in r.items()} for w, r in results.items()}, outputs
+
+
+def bench_minilm(args) -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    from pdo_hub.demo import minilm_folder, tokenized_sentences
+
+    folder = minilm_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    texts = Path(args.sentences).read_text().splitlines() if args.sentences else sentences(args.corpus + args.requests + 32, args.seed)
+    texts = [t for t in texts if t.strip()]
+    calibration_texts, corpus_texts, request_texts = texts[:32], texts[32:32 + args.corpus], texts[32 + args.corpus:32 + args.corpus + args.requests]
+    rng = random.Random(args.seed)
+    by_length = sorted(corpus_texts, key=lambda t: len(tokenizer(t)["input_ids"]))
+    corpus = [dict(tokenizer(by_length[i:i + 32], padding="longest", truncation=True, max_length=128, return_tensors="pt"))
+              for i in range(0, len(by_length), 32)]
+    stream = []
+    for text in request_texts:  # random lengths of 5-128 tokens: cut each request at a random token count
+        ids = tokenizer(text, truncation=True, max_length=128)["input_ids"]
+        keep = min(len(ids), rng.randint(5, 128))
+        stream.append(dict(tokenizer(tokenizer.decode(ids[1:keep - 1]), truncation=True, max_length=128, return_tensors="pt")))
+    config = PostDownloadOptimizationConfig(quantization_method="dynamic", enable_low_rank_optimization=False,
+                                            enable_tensor_factorization=False, auto_select_best_method=False)
+    start = time.perf_counter()
+    optimized, report = create_post_download_optimizer(config).optimize_model(
+        model=copy.deepcopy(model), model_name="all-MiniLM-L6-v2", example_inputs=tokenized_sentences(tokenizer, calibration_texts[:1])[0],
+        calibration_data=tokenized_sentences(tokenizer, calibration_texts))
+    build_seconds = time.perf_counter() - start
+    saved = Path(tempfile.mkdtemp(prefix="pdo-bench-"))
+    pdo_hub.save_optimized(optimized, saved, report=report)
+    del optimized
+    ort_run, _ = peers.ort_bert_dynamic(model, {k: v[:1] for k, v in corpus[0].items()}, peers.tempdir(), THREADS, 12, 384)
+
+    hidden = lambda m: (lambda x: m(**x).last_hidden_state)  # noqa: E731
+    variants = {
+        "FP32 eager": lambda: hidden(model),
+        "pdo dynamic": lambda: hidden(pdo_hub.load_optimized(saved, AutoModel.from_pretrained(folder)).eval()),
+        "ONNX Runtime dynamic int8 (BERT fusion)": lambda: (lambda x: ort_run(**x)),
+    }
+    if not args.skip_compile:
+        def compiled():
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
+            return hidden(torch.compile(peers.torchao_int8(copy.deepcopy(model))))
+
+        variants["torchao int8 + torch.compile"] = compiled
+    results, outputs = run_cold_warm(variants, {"corpus": corpus, "stream": stream}, args.rounds)
+    pooled = lambda hs, xs: torch.cat([(h * x["attention_mask"][..., None]).sum(1) / x["attention_mask"].sum(1, keepdim=True) for h, x in zip(hs, xs)])  # noqa: E731
+    tokens = {w: sum(int(x["attention_mask"].sum()) for x in xs) for w, xs in (("corpus", corpus), ("stream", stream))}
+    for workload, inputs in (("corpus", corpus), ("stream", stream)):
+        reference = pooled(outputs[workload, "FP32 eager"], inputs)
+        fidelity = {name: cosines(reference, pooled(outputs[workload, name], inputs)) for name in variants}
+        what = (f"{len(corpus_texts)} sentences sorted by length, batch 32, padded to the longest" if workload == "corpus"
+                else f"{len(stream)} batch-1 requests of 5-128 tokens, unsorted")
+        print(table(f"all-MiniLM-L6-v2 {workload}: {what} ({tokens[workload]} real tokens)", results[workload], fidelity,
+                    peer="ONNX Runtime dynamic int8 (BERT fusion)"), flush=True)
+    chosen = report["candidates"][0] if report.get("candidates") else {}
+    print(f"\npdo dynamic built in {build_seconds:.1f} s on 32 calibration sentences; {chosen.get('reason', '')}".rstrip())
+
+
+def bench_resnet(args) -> None:
+    from digits_resnet import load_digits_split, trained_digits_resnet18
+
+    model = trained_digits_resnet18().eval()
+    x_train, _, x_test, y_test = load_digits_split()
+    calibration = list(x_train[:128].split(8))
+    config = PostDownloadOptimizationConfig(quantization_method="static", enable_low_rank_optimization=False,
+                                            enable_tensor_factorization=False, auto_select_best_method=False)
+    start = time.perf_counter()
+    optimized, report = create_post_download_optimizer(config).optimize_model(
+        model=copy.deepcopy(model), model_name="digits-resnet18", example_inputs=x_train[:1], calibration_data=calibration)
+    build_seconds = time.perf_counter() - start
+    saved = Path(tempfile.mkdtemp(prefix="pdo-bench-"))
+    pdo_hub.save_optimized(optimized, saved, report=report)
+    _, ort_int8, _, _ = peers.ort_cnn(model, x_train[:2], calibration, peers.tempdir(), THREADS)
+    rng = random.Random(args.seed)
+    pool = torch.cat([x_train, x_test])
+    stream = []
+    for _ in range(args.cnn_requests):
+        size = rng.choice((1, 8, 32))
+        first = rng.randrange(0, len(pool) - size)
+        stream.append(pool[first:first + size])
+    variants = {
+        "FP32 eager": lambda: model,
+        "pdo static": lambda: pdo_hub.load_optimized(saved, copy.deepcopy(model)).eval(),
+        "ONNX Runtime int8 QDQ": lambda: ort_int8,
+    }
+    results, outputs = run_cold_warm(variants, {"mixed": stream}, args.rounds)
+    fidelity = {}
+    with torch.inference_mode():
+        for name, fresh in variants.items():
+            run = fresh()
+            correct = sum(int((run(x_test[i:i + 100]).argmax(1) == y_test[i:i + 100]).sum()) for i in range(0, len(y_test), 100))
+            fidelity[name] = f"top-1 {100 * correct / len(y_test):.2f}%"
+    sizes = sorted({len(b) for b in stream})
+    print(table(f"digits ResNet-18 32x32 mixed stream: {len(stream)} requests of batch {sizes}, random order", results["mixed"], fidelity,
+                peer="ONNX Runtime int8 QDQ"), flush=True)
+    print(f"\npdo static built in {build_seconds:.1f} s on 128 calibration images")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="minilm,resnet")
+    parser.add_argument("--corpus", type=int, default=480, help="sentences in the corpus workload")
+    parser.add_argument("--requests", type=int, default=240, help="batch-1 requests in the stream workload")
+    parser.add_argument("--cnn-requests", type=int, default=60, help="requests in the mixed-batch CNN stream")
+    parser.add_argument("--rounds", type=int, default=2, help="warm passes per variant (median)")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--sentences", help="a text file, one sentence per line, instead of generated ones")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out torchao + torch.compile")
+    args = parser.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    if len(models) > 1:  # one process per model: what one leaves running (thread pools) skews the next
+        for name in models:
+            subprocess.run([sys.executable, __file__, *sys.argv[1:], "--models", name], check=True)
+        return
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(THREADS)
+    print(json.dumps({"model": models[0], "cpu_flags": cpu.reported_flags(), "int8_kernels": cpu.int8_environment(),
+                      "torch": torch.__version__, "python": platform.python_version(), "threads": THREADS}))
+    (bench_minilm if models == ["minilm"] else bench_resnet)(args)
+
+
+if __name__ == "__main__":
+    main()
