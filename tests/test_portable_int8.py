@@ -102,6 +102,13 @@ def test_detection_follows_flags_and_library_caps(cpu_flags, monkeypatch):
     assert "int16" in cpu.int8_environment()["fbgemm"]
 
 
+def test_report_names_amx_for_onednn_where_present_and_not_capped(cpu_flags, monkeypatch):
+    cpu_flags(VNNI | {"amx_tile", "amx_int8"})
+    assert cpu.int8_environment() == {"fbgemm": "avx512_vnni", "onednn": "amx_int8"}
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")  # capped below AMX: VNNI runs
+    assert cpu.int8_environment()["onednn"] == "avx512_vnni"
+
+
 def test_report_environment_names_the_int8_kernels(cpu_flags):
     cpu_flags(VNNI)
     env = environment(torch.device("cpu"), 2)

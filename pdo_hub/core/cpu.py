@@ -75,8 +75,24 @@ def vnni_isas(kernel: str) -> tuple[str, ...]:
 
 
 def int8_environment() -> dict[str, str]:
-    """Per int8 kernel library, what accumulates its products here: a VNNI instruction set, or int16 pairs."""
-    return {kernel: (vnni_isas(kernel) or ("int16 pairs (no VNNI): full-range int8 saturates",))[0] for kernel in KERNELS}
+    """Per int8 kernel library, the instruction set its int8 products run on here (the report's `int8_kernels`).
+
+    oneDNN takes AMX tiles for its int8 GEMMs where the CPU has them and no `ONEDNN_MAX_CPU_ISA` cap
+    below AMX is set; otherwise each library's VNNI instruction set, or int16 pairs without VNNI.
+    """
+    found = {}
+    for kernel in KERNELS:
+        isas = vnni_isas(kernel)
+        if kernel == "onednn" and "amx_int8" in isas and _onednn_allows_amx():
+            found[kernel] = "amx_int8"
+        else:
+            found[kernel] = next((isa for isa in isas if isa != "amx_int8"), isas[0] if isas else "int16 pairs (no VNNI): full-range int8 saturates")
+    return found
+
+
+def _onednn_allows_amx() -> bool:
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
+    return cap in ("ALL", "DEFAULT") or "AMX" in cap
 
 
 def reported_flags() -> list[str]:
