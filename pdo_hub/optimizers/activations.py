@@ -15,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .inputs import Inputs, call_model, to_device
+from .inputs import Inputs
+from .modules import run_hooked
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +75,7 @@ def input_grams(
 
     for path, module in layers.items():
         handles.append(module.register_forward_pre_hook(hook_for(path, module)))
-    try:
-        for batch in inputs:
-            call_model(model, to_device(batch, device))
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, handles, inputs, device)
     missing = [path for path, (gram, _) in stats.items() if gram is None]
     if missing:
         logger.debug("activations: %d layers never ran on the calibration inputs: %s", len(missing), missing[:5])

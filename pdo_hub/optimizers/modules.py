@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import RecipeError
-from .inputs import call_model
+from .inputs import call_model, to_device
 
 
 def get_module(model: nn.Module, path: str) -> nn.Module:
@@ -63,10 +63,16 @@ def multiply_adds(model: nn.Module, example) -> dict[int, int]:
             counts[id(module)] = counts.get(id(module), 0) + out.numel() * per_output
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.RNNBase))]
+    run_hooked(model, handles, [example])
+    return counts
+
+
+def run_hooked(model: nn.Module, handles: list, batches, device: torch.device | None = None) -> None:
+    """Run `batches` through `model` without gradients for the hooks behind `handles`, then remove them (errors too)."""
     try:
         with torch.no_grad():
-            call_model(model, example)
+            for batch in batches:
+                call_model(model, batch if device is None else to_device(batch, device))
     finally:
         for handle in handles:
             handle.remove()
-    return counts

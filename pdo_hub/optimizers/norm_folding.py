@@ -29,7 +29,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from ..core.errors import RecipeError
 from .inputs import Inputs, call_model, output_tensor, to_device
-from .modules import get_module, model_device, replace_module
+from .modules import get_module, model_device, replace_module, run_hooked
 
 logger = logging.getLogger(__name__)
 CONVS = (nn.Conv1d, nn.Conv2d)
@@ -63,11 +63,7 @@ def conv_norm_pairs(model: nn.Module, example: Inputs) -> list[list[str]]:
             handles.append(module.register_forward_hook(after_conv(path)))
         elif type(module) in NORMS and module.track_running_stats and module.running_mean is not None and not module.training:
             handles.append(module.register_forward_pre_hook(before_norm(path)))
-    try:
-        call_model(model, to_device(example, model_device(model)))
-    finally:
-        for handle in handles:
-            handle.remove()
+    run_hooked(model, handles, [example], model_device(model))
     return [pair for pair in found if calls[pair[0]] == 1 and calls[pair[1]] == 1]
 
 

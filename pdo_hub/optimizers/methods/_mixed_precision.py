@@ -54,10 +54,15 @@ def split_budget(ctx, model, share: float = 0.5) -> float | None:
     None when there is no way to measure loss, or when earlier steps already broke the budget (the
     candidate will be rejected whatever happens here, so no time is spent searching).
     """
+    return budget_after_earlier_steps(ctx, model, share)[0]
+
+
+def budget_after_earlier_steps(ctx, model, share: float = 0.5) -> tuple[float | None, float]:
+    """(`split_budget`'s total loss budget, the loss the earlier pipeline steps left): one measurement."""
     if ctx.measure_loss is None:
-        return None
+        return None, 0.0
     threshold = ctx.config.preserve_accuracy_threshold
     already = ctx.measure_loss(model)
     if already > threshold:
-        return None
-    return already + share * (threshold - already)
+        return None, already
+    return already + share * (threshold - already), already

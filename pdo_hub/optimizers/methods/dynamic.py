@@ -5,8 +5,8 @@ Linear layers get per-channel symmetric int8 weights and one of two high-fidelit
 (one activation scale per token, int8 GEMM; most faithful). Each layer's sensitivity is the measured
 loss with only it on the fast scheme (the rest `per_token`); the fewest most-sensitive layers use
 `per_token` so the loss fits the budget: half of what
-earlier steps left of `preserve_accuracy_threshold`, and never more than `HIGH_FIDELITY_LOSS`, which
-keeps transformer embeddings at cosine >= 0.995 (all-MiniLM-L6-v2: torch.ao's stock x86 path 0.979).
+earlier steps left of `preserve_accuracy_threshold`, and never more than `HIGH_FIDELITY_LOSS` on top of
+what earlier steps lost, which keeps transformer embeddings at cosine >= 0.995 (all-MiniLM-L6-v2: torch.ao's stock x86 path 0.979).
 Without a way to measure loss every Linear uses `per_token`. LSTM/GRU use torch.ao's stock dynamic
 modules. Large untied embedding tables are stored as int8 rows (all-MiniLM-L6-v2: 90.9 MB -> ~22 MB)
 unless that alone breaks the budget. Inference runs as one frozen trace for every input shape where it
@@ -34,7 +34,7 @@ from . import _int8_isa
 from ._fast_forward import accelerate
 from ._embeddings import quantize_embeddings, restore_embeddings
 from ._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
-from ._mixed_precision import keep_high_precision, split_budget
+from ._mixed_precision import budget_after_earlier_steps, keep_high_precision
 from ._torch_ao import quiet_torch_ao
 
 logger = logging.getLogger(__name__)
@@ -85,12 +85,16 @@ class DynamicQuantization(Method):
             ctx.note(logger, "dynamic: the model has no Linear/LSTM/GRU layer to quantize.")
             return model, []
         linears = [path for path, type_name in targets.items() if type_name == "Linear"]
-        budget = split_budget(ctx, model)
+        budget, before = budget_after_earlier_steps(ctx, model)
+        # The high-fidelity cap bounds what int8 adds, not the total: after `prune` or `svd` spent part
+        # of the threshold, an absolute cap left int8 nothing and pushed every Linear onto the slower
+        # per-token kernels, cancelling the smaller model's speed.
+        budget = None if budget is None else min(budget, before + HIGH_FIDELITY_LOSS)
         for path, type_name in targets.items():
             if type_name != "Linear":
                 replace_module(model, path, _stock_dynamic(model.get_submodule(path), type_name))
         # First, so the Linear search accounts for it; a quarter of the budget at most.
-        max_loss = None if budget is None else 0.25 * min(budget, HIGH_FIDELITY_LOSS)
+        max_loss = None if budget is None else 0.25 * (budget - before)
         embeddings = quantize_embeddings(model, ctx, max_loss, self.name)
         floats = {path: model.get_submodule(path) for path in linears}
         portable = _int8_isa.wants_portable(ctx, _KERNELS.values(), self.name) if linears else True
@@ -107,13 +111,13 @@ class DynamicQuantization(Method):
             ctx.note(logger, "dynamic: no accuracy measurement available: every Linear uses per-token activations (most faithful).")
             kept = {path: float("nan") for path in linears}
         else:
-            kept = keep_high_precision(linears, loss_with, min(budget, HIGH_FIDELITY_LOSS))
+            kept = keep_high_precision(linears, loss_with, budget)
         schemes = {path: PRECISE if path in kept else FAST for path in linears}
         for path in linears:
             logger.debug("dynamic: %s int8 (%s activations)", path, schemes[path])
             replace_module(model, path, precise[path] if path in kept else fast[path])
         if kept and budget is not None:
-            ctx.note(logger, f"dynamic: {len(kept)} of {len(linears)} Linear layers use per-token activations to keep the loss within {min(budget, HIGH_FIDELITY_LOSS):.4f}.")
+            ctx.note(logger, f"dynamic: {len(kept)} of {len(linears)} Linear layers use per-token activations to keep the loss within {budget:.4f}.")
         record = {"method": self.name, "modules": targets, "schemes": schemes, "dtype": "qint8", "engine": torch.backends.quantized.engine,
                   _int8_isa.FIELD: _int8_isa.full_range(_KERNELS[scheme] for scheme in schemes.values()) if schemes and not portable
                   else _int8_isa.portable("Linear: 7-bit weights (and per-token activations); LSTM/GRU: 7-bit activations")}
