@@ -11,12 +11,12 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
-from fuzz_support import canary_module, fuzz_settings, json_values, mapping_like, mostly, nasty_text
+from fuzz_support import canary_module, fuzz_settings, json_values, mapping_like, mostly, nasty_text, result_or_refusal
 from hypothesis import example, given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from pdo_hub.core.errors import PdoHubError
+from pdo_hub.core.errors import PdoHubError, StorageError
 from pdo_hub.core.tensor_codec import encode_state_dict
 from pdo_hub.optimizers import load_optimized
 from pdo_hub.optimizers.recipe import RECIPE_FORMAT, Recipe
@@ -127,12 +127,11 @@ class _Holder(nn.Module):
         return self._state
 
 
-def _load(folder) -> None:
-    try:
-        model = load_optimized(folder, Tiny())
-    except PdoHubError:
-        return
-    assert isinstance(model, nn.Module)
+def _load(folder) -> PdoHubError | None:
+    """Load the variant: the refusal (a pdo-hub error with a message), or None when it loaded as a model."""
+    model, refusal = result_or_refusal(load_optimized, folder, Tiny(), refusal=PdoHubError)
+    assert refusal is not None or isinstance(model, nn.Module)
+    return refusal
 
 
 @fuzz_settings(2)
@@ -171,7 +170,8 @@ def test_hostile_tensor_specs_raise_storage_errors(tmp_path, spec):
         _write(tmp_path / "variant", Recipe().to_json(), spec_text=spec)
     except UnicodeEncodeError:
         return
-    _load(tmp_path / "variant")
+    refusal = _load(tmp_path / "variant")
+    assert refusal is None or isinstance(refusal, StorageError), f"{type(refusal).__name__}: {refusal}"
 
 
 @fuzz_settings(0.3)
@@ -180,7 +180,7 @@ def test_files_that_are_not_safetensors_raise_storage_errors(tmp_path, data):
     folder = tmp_path / "variant"
     folder.mkdir(exist_ok=True)
     (folder / WEIGHTS_NAME).write_bytes(data)
-    _load(folder)
+    assert isinstance(_load(folder), StorageError), "bytes that are not a safetensors file must be refused"
 
 
 @pytest.mark.parametrize("report", ["{not json", "\udcff", "[" * 5000])

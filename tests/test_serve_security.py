@@ -154,7 +154,8 @@ def test_non_loopback_bind_without_token_is_refused(tmp_path, host):
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
 def test_loopback_bind_needs_no_token(tmp_path, host):
-    HubServer(tmp_path, host=host)
+    server = HubServer(tmp_path, host=host)  # a non-loopback host raises ConfigError here (test above)
+    assert server.host == host and not server.tokens
 
 
 def test_request_log_is_bounded(tmp_path):
