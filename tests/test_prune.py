@@ -331,13 +331,13 @@ def test_a_recipe_whose_heads_do_not_fit_the_model_is_refused():
 
 
 def test_padding_is_cut_from_calibration_batches_without_changing_real_tokens():
-    from pdo_hub.optimizers.methods.prune import _without_trailing_padding
+    from pdo_hub.optimizers.inputs import without_trailing_padding
 
     model, _, _ = _tiny_bert()
     ids = torch.randint(5, 200, (2, 16))
     mask = torch.zeros_like(ids)
     mask[0, :5], mask[1, :7] = 1, 1
-    cut = _without_trailing_padding({"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)})
+    cut = without_trailing_padding({"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)})
     assert cut["input_ids"].shape == cut["attention_mask"].shape == cut["token_type_ids"].shape == (2, 7)
     with torch.no_grad():
         full = model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -345,7 +345,7 @@ def test_padding_is_cut_from_calibration_batches_without_changing_real_tokens():
     torch.testing.assert_close(short[0, :5], full[0, :5])
     torch.testing.assert_close(short[1], full[1, :7])
     image = torch.randn(1, 3, 8, 8)
-    assert _without_trailing_padding(image) is image
+    assert without_trailing_padding(image) is image
 
 
 @pytest.mark.slow

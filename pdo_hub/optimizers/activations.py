@@ -9,7 +9,7 @@ Hooks are forward pre-hooks on the layer itself, so a module called twice in one
 from __future__ import annotations
 
 import logging
-from typing import Iterable
+from typing import Collection, Iterable
 
 import torch
 import torch.nn as nn
@@ -58,7 +58,17 @@ def input_grams(
     Returns:
         For Embedding layers the "Gram" is the diagonal token-count vector whatever `diagonal_only` says.
     """
-    stats: dict[str, list] = {path: [None, 0] for path in layers}
+    moments = input_moments(model, layers, inputs, device, diagonal_only=diagonal_only, channels=channels)
+    return {path: (gram, count) for path, (gram, count, _) in moments.items()}
+
+
+@torch.no_grad()
+def input_moments(
+    model: nn.Module, layers: dict[str, nn.Module], inputs: Iterable[Inputs], device: torch.device,
+    *, diagonal_only: bool = False, channels: bool = False, means_for: Collection[str] = (),
+) -> dict[str, tuple[torch.Tensor, int, torch.Tensor | None]]:
+    """`input_grams` plus, for the layers in `means_for`, the mean input row (float64; None for the others), in one pass."""
+    stats: dict[str, list] = {path: [None, 0, None] for path in layers}
     handles = []
 
     def hook_for(path: str, module: nn.Module):
@@ -71,15 +81,18 @@ def input_grams(
             entry = stats[path]
             entry[0] = update if entry[0] is None else entry[0].add_(update)
             entry[1] += rows.shape[0]
+            if path in means_for:
+                entry[2] = rows.sum(0) if entry[2] is None else entry[2].add_(rows.sum(0))
         return hook
 
     for path, module in layers.items():
         handles.append(module.register_forward_pre_hook(hook_for(path, module)))
     run_hooked(model, handles, inputs, device)
-    missing = [path for path, (gram, _) in stats.items() if gram is None]
+    missing = [path for path, (gram, _, _) in stats.items() if gram is None]
     if missing:
         logger.debug("activations: %d layers never ran on the calibration inputs: %s", len(missing), missing[:5])
-    return {path: (gram, count) for path, (gram, count) in stats.items() if gram is not None}
+    return {path: (gram, count, None if total is None else total / max(count, 1))
+            for path, (gram, count, total) in stats.items() if gram is not None}
 
 
 def whitening_factor(gram: torch.Tensor, count: int, damping: float = 1e-2) -> torch.Tensor:

@@ -174,3 +174,20 @@ def _perturb(value: Inputs, generator: torch.Generator) -> Inputs:
     redraw = (torch.rand(value.shape, generator=generator) < 0.35).to(value.device) & ~keep
     picks = torch.randint(low, high + 1, value.shape, generator=generator).to(value.device, value.dtype)
     return torch.where(redraw, picks, value)
+
+
+def without_trailing_padding(batch: Inputs) -> Inputs:
+    """A token batch cut after its last real token (the `attention_mask` columns that are zero everywhere).
+
+    Padded positions do not change the real tokens' outputs, but a batch-1 sentence padded to 128 tokens
+    is mostly padding: its statistics would weigh pad tokens ~10x more than words, and distillation would
+    mostly match pad outputs. Other inputs come back unchanged.
+    """
+    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or not mask.any():
+        return batch
+    length = int(mask.ne(0).any(0).nonzero().max()) + 1
+    if length == mask.shape[1]:
+        return batch
+    shape = tuple(mask.shape)
+    return map_tensors(batch, lambda t: t[:, :length] if t.dim() >= 2 and tuple(t.shape[:2]) == shape else t)

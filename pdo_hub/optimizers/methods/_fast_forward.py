@@ -104,7 +104,7 @@ class FastForward:
         if any(issubclass(w.category, torch.jit.TracerWarning) and not _trace_aware(w.filename) for w in caught):
             logger.debug("dynamic: eager for inputs %s: the trace may not generalize", [tuple(t.shape) for t in tensors])
             return FAILED
-        if not _same_leaves(outputs, leaves):
+        if not identical(list(outputs), leaves):
             logger.debug("dynamic: eager for inputs %s: the trace's outputs differ from eager", [tuple(t.shape) for t in tensors])
             return FAILED
 
@@ -136,10 +136,6 @@ def _quiet_transformers() -> Iterator[None]:
         yield
     finally:
         noisy.setLevel(previous)
-
-
-def _same_leaves(outputs: tuple, leaves: list) -> bool:
-    return len(outputs) == len(leaves) and all(torch.equal(a, b) for a, b in zip(outputs, leaves))
 
 
 def _trace_aware(filename: str) -> bool:

@@ -36,7 +36,8 @@ class QuantizedGraph(nn.Module):
         super().__init__()
         self.graph = graph
         self.accelerate = accelerate
-        object.__setattr__(self, "_traces", TraceCache(trace_after=1))  # plain attribute: never a submodule, never in state_dict
+        # A plain attribute: never a submodule or in the state dict; a deepcopy or pickle of the module gets an empty one.
+        object.__setattr__(self, "_traces", TraceCache(trace_after=1))
         self.register_load_state_dict_post_hook(_forget_traces)
 
     def forward(self, *args: Any) -> Any:
@@ -71,12 +72,6 @@ class QuantizedGraph(nn.Module):
     def train(self, mode: bool = True) -> "QuantizedGraph":
         self._traces.clear()
         return super().train(mode)
-
-    def __getstate__(self) -> dict[str, Any]:
-        # deepcopy / pickling must not try to copy TorchScript objects; traces are rebuilt on demand.
-        state = self.__dict__.copy()
-        state["_traces"] = TraceCache(trace_after=1)
-        return state
 
 
 def _forget_traces(module: QuantizedGraph, incompatible_keys: Any) -> None:

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 import torch
+from torch.utils import _pytree as pytree
 
 logger = logging.getLogger(__name__)
 MAX_TRACES = 8  # per-shape fallback: traces kept (LRU)
@@ -164,8 +165,6 @@ class TraceCache:
 
 def identical(a: Any, b: Any) -> bool:
     """Whether two (nested) outputs hold identical tensors in the same structure."""
-    from torch.utils import _pytree as pytree
-
     left, left_spec = pytree.tree_flatten(a)
     right, right_spec = pytree.tree_flatten(b)
     if left_spec != right_spec or len(left) != len(right):

@@ -33,20 +33,13 @@ of the work at high resolution. The budget in those units is bisected until the 
 meets the size target (measured, not summed: two groups can cut the same layer). Both counts are
 exact, so the widths do not depend on the machine's timings.
 
-The seed's "low-rank regularization" is realized as low-rank compensation: a layer's input channels
-are strongly correlated (the activations are close to low rank), so the channels that go are
-largely predictable from those that stay. For every consumer layer, ridge regression on the
-calibration inputs finds B with X_dropped ~ X_kept B (per pixel or token; the ridge is
-d / (d + n) of the mean energy for d kept channels and n samples, so few samples mean a cautious fit),
-and the kept input weights absorb it: W_kept += W_dropped B^T; a Linear with a bias fits
-X_dropped ~ X_kept B + c on centred statistics and takes W_dropped c into its bias. Dropped heads are
-absorbed into the kept heads' output-projection columns the same way. Because a convolution is linear in
-its input channels this is exact in form for convs and Linears; it is folded into the weights, so
-the stored model has the usual structure (`scripts/bench_lowrank.py`, digits ResNet-18 at 0.5:
-98.25% top-1 before any recovery, 97.50% with menus from score shares alone, FP32 99.00%; Torch-Pruning
-alone at the same size keeps 11.75%).
-Token batches are used without their trailing padding: a batch-1 sentence padded to 128 tokens is
-mostly pad tokens, which would dominate the statistics and the distillation.
+The seed's "low-rank regularization" is realized as low-rank compensation (`_compensation.py`): each
+consumer's dropped input channels, and the dropped heads in the output projection, are predicted from
+the kept ones by ridge regression on calibration statistics and folded into the kept weights (and a
+Linear's bias), so the stored model has the usual structure (`scripts/bench_lowrank.py`, digits
+ResNet-18 at 0.5: see the README's low-rank table; Torch-Pruning alone at the same size keeps 11.75%).
+Statistics are taken on token batches without their trailing padding: a batch-1 sentence padded to
+128 tokens is mostly pad tokens, which would dominate them (recovery keeps the padded batches).
 
 The record holds the kept channel indices per module ({path: {"type", "out", "in"}}) and, when heads
 went, the kept heads per attention module ({path: {"type", "kept"}} under "heads"); `restore` replays
@@ -61,7 +54,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -71,13 +63,14 @@ from torch.overrides import TorchFunctionMode
 from ..activations import input_grams
 from ..budget import LayerOptions, allocate_options
 from ..evaluate import fidelity, reference_outputs
-from ..inputs import Inputs, call_model, map_tensors, output_tensor
-from ..modules import multiply_adds, run_hooked, shared_parameter_ids
+from ..inputs import call_model, output_tensor, without_trailing_padding
+from ..modules import multiply_adds, shared_parameter_ids
 from ..norm_folding import fold_norms_after, restore_folded
 from ..pruning_slices import channel_counts, replay, sliceable
 from ..recovery import recover
 from ..registry import Method, register_method
 from ..sizing import state_bytes
+from ._compensation import compensate, consumer_stats, merged
 from ._head_pruning import (
     AttentionLayer, find_attention_layers, head_scores, heads_record, kept_head_counts, per_head_cost, restore_head_counts,
     top_heads,
@@ -90,6 +83,7 @@ UNIT_SCALE = 10**9  # allocation costs are integers
 # 5 -> 1.52-1.60x FP32 eager, -0.5 pt top-1; 10 -> 1.53-1.55x, -2.25 pt.
 COMPUTE_WEIGHT = 5.0
 BISECTION_STEPS = 18
+SIZE_SLACK = 1.002  # a size within 0.2% of the target meets it (the bisection's last step)
 PROBES = (0.0, 0.4, 0.75)  # where in each menu (most lost first) the output loss is measured
 
 
@@ -156,26 +150,9 @@ def _untouchable_modules(model: nn.Module, example) -> tuple[set[int], set[int],
     return ({producer} if producer is not None else set()), reused, splits.split
 
 
-def _without_trailing_padding(batch: Inputs) -> Inputs:
-    """A token batch cut after its last real token (the `attention_mask` columns that are zero everywhere).
-
-    Padded positions do not change the real tokens' outputs, but a batch-1 sentence padded to 128 tokens
-    is mostly padding: its statistics would weigh pad tokens ~10x more than words, and distillation would
-    mostly match pad outputs. Other inputs come back unchanged.
-    """
-    mask = batch.get("attention_mask") if isinstance(batch, Mapping) else None
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or not mask.any():
-        return batch
-    length = int(mask.ne(0).any(0).nonzero().max()) + 1
-    if length == mask.shape[1]:
-        return batch
-    shape = tuple(mask.shape)
-    return map_tensors(batch, lambda t: t[:, :length] if t.dim() >= 2 and tuple(t.shape[:2]) == shape else t)
-
-
 def _real_token_context(ctx):
     """`ctx` whose calibration inputs carry no trailing padding (shares its notes, config and teacher)."""
-    return dataclasses.replace(ctx, calibration_inputs=[_without_trailing_padding(b) for b in ctx.calibration_inputs])
+    return dataclasses.replace(ctx, calibration_inputs=[without_trailing_padding(b) for b in ctx.calibration_inputs])
 
 
 def _excluded_modules(model: nn.Module, untouchable: tuple[set[int], set[int], set[int]]) -> set[int]:
@@ -242,33 +219,11 @@ def _groups(model: nn.Module, ctx, untouchable, layers: list[AttentionLayer]) ->
     return groups
 
 
-def _takes_bias(module: nn.Module) -> bool:
-    """A Linear with a bias: the mean of its dropped inputs can be folded into the bias exactly."""
-    return isinstance(module, nn.Linear) and module.bias is not None
-
-
-@torch.no_grad()
-def _input_means(model: nn.Module, linears: dict[str, nn.Module], inputs, device) -> dict[str, torch.Tensor]:
-    """{path: mean input row (float64)} of the given Linears on the calibration inputs."""
-    sums: dict[str, list] = {}
-
-    def hook_for(path: str):
-        def hook(_module, args):
-            rows = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            entry = sums.setdefault(path, [torch.zeros(rows.shape[1], dtype=torch.float64), 0])
-            entry[0] += rows.sum(0)
-            entry[1] += rows.shape[0]
-        return hook
-
-    run_hooked(model, [module.register_forward_pre_hook(hook_for(path)) for path, module in linears.items()], inputs, device)
-    return {path: total / max(count, 1) for path, (total, count) in sums.items()}
-
-
 def _channel_scores(model: nn.Module, ctx, groups, means: dict[str, torch.Tensor]) -> list[torch.Tensor]:
     """Per group: the share of consumer output energy each root channel carries (weights x activations).
 
     For a Linear with a bias the energy is taken about the input's mean (Var[x] instead of E[x^2]):
-    `_compensate` folds a dropped channel's mean into the bias, so only its fluctuation is lost (FLAP,
+    `compensate` folds a dropped channel's mean into the bias, so only its fluctuation is lost (FLAP,
     An et al., AAAI 2024). A GELU neuron with a large but steady output is then cheap to drop.
     """
     consumers = {path: module for _, items in groups for path, module, side, _, _ in items if side == "in"}
@@ -337,73 +292,6 @@ def _plan(groups, scores, keep: dict[int, int]) -> dict[str, dict[str, Any]]:
     return plan
 
 
-def _compensable(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)) and getattr(module, "groups", 1) == 1
-
-
-def _consumer_stats(model: nn.Module, inputs, device, paths: set[str]) -> dict[str, tuple[torch.Tensor, int, torch.Tensor | None]]:
-    """{path: (input channel Gram, rows, mean input or None)} of the layers whose inputs may be pruned.
-
-    The mean is taken for Linears with a bias only: that is where `_compensate` can use it.
-    """
-    consumers = {path: model.get_submodule(path) for path in sorted(paths)}
-    consumers = {path: module for path, module in consumers.items() if _compensable(module)}
-    grams = input_grams(model, consumers, inputs, device, channels=True)
-    means = _input_means(model, {p: m for p, m in consumers.items() if _takes_bias(m)}, inputs, device)
-    return {path: (gram, count, means.get(path)) for path, (gram, count) in grams.items()}
-
-
-def _merged(first, second) -> dict[str, tuple[torch.Tensor, int, torch.Tensor | None]]:
-    """The statistics of two disjoint sets of batches taken together."""
-    merged = {}
-    for path in first.keys() & second.keys():
-        (gram_a, count_a, mean_a), (gram_b, count_b, mean_b) = first[path], second[path]
-        count = count_a + count_b
-        mean = None if mean_a is None else (mean_a * count_a + mean_b * count_b) / max(count, 1)
-        merged[path] = (gram_a + gram_b, count, mean)
-    return merged
-
-
-def _fit_dropped(entry, kept: torch.Tensor, dropped: torch.Tensor):
-    """(B, c) with X_dropped ~ X_kept B + c by ridge regression on one layer's input statistics.
-
-    c is None for a layer without a mean (no bias to take it): then the fit is X_dropped ~ X_kept B.
-    """
-    gram, count, mean = entry
-    centre = mean if mean is not None else torch.zeros(gram.shape[0], dtype=torch.float64)
-    moments = gram / count - torch.outer(centre, centre)
-    g_kk, g_kd = moments[kept][:, kept], moments[kept][:, dropped]
-    ridge = len(kept) / (len(kept) + count) * float(g_kk.diagonal().mean()) + 1e-12
-    mix = torch.linalg.solve(g_kk + ridge * torch.eye(len(kept), dtype=g_kk.dtype), g_kd)
-    return mix, (None if mean is None else mean[dropped] - mix.T @ mean[kept])
-
-
-@torch.no_grad()
-def _compensate(model: nn.Module, plan: dict[str, dict[str, Any]], stats) -> int:
-    """Fold each consumer's dropped input channels into its kept ones (least squares); returns layers changed.
-
-    A Linear with a bias gets an affine fit, X_d ~ X_k B + c on centred statistics, and c's share of
-    the output goes into the bias: dropped GELU neurons and attention heads have large steady means.
-    """
-    changed = 0
-    for path, entry in plan.items():
-        if entry["in"] is None or path not in stats:
-            continue
-        module = model.get_submodule(path)
-        kept = torch.tensor(entry["in"])
-        dropped = torch.tensor(sorted(set(range(stats[path][0].shape[0])) - set(entry["in"])))
-        if not len(dropped) or not len(kept):
-            continue
-        mix, offset = _fit_dropped(stats[path], kept, dropped)
-        weight = module.weight.double()
-        absorbed = torch.einsum("od...,kd->ok...", weight[:, dropped], mix)
-        module.weight[:, kept] = (weight[:, kept] + absorbed).to(module.weight.dtype)
-        if offset is not None:
-            module.bias += (weight[:, dropped] @ offset).to(module.bias.dtype)
-        changed += 1
-    return changed
-
-
 def _with_heads(plan: dict[str, dict[str, Any]], layers: list[AttentionLayer], kept: dict[str, list[int]]) -> dict[str, dict[str, Any]]:
     """`plan` plus the slices that keep heads `kept[path]` (channel groups never cut the same side of a layer)."""
     for layer in layers:
@@ -449,8 +337,8 @@ class _Allocation:
         inputs = ctx.calibration_inputs or [ctx.example_inputs]
         # Statistics per half of the batches: the probes fit on one half and are judged on the other.
         fit, self.judge = _folds(inputs)
-        self.fit_stats = _consumer_stats(model, fit, ctx.device, consumers)
-        self.stats = self.fit_stats if fit is self.judge else _merged(self.fit_stats, _consumer_stats(model, self.judge, ctx.device, consumers))
+        self.fit_stats = consumer_stats(model, fit, ctx.device, consumers)
+        self.stats = self.fit_stats if fit is self.judge else merged(self.fit_stats, consumer_stats(model, self.judge, ctx.device, consumers))
         means = {path: mean for path, (_, _, mean) in self.stats.items() if mean is not None}
         self.channel_scores = _channel_scores(model, ctx, groups, means) if groups else []
         self.head_scores = head_scores(model, layers, self.stats)
@@ -514,7 +402,7 @@ class _Allocation:
     def build(self, model: nn.Module, chosen: dict[str, int], stats) -> nn.Module:
         """`model` (changed in place) compensated with `stats` and sliced to the `chosen` widths."""
         plan, kept_heads = self._slices(chosen)
-        _compensate(model, plan, stats)
+        compensate(model, plan, stats)
         return restore_head_counts(replay(model, plan), heads_record(self.layers, kept_heads))
 
     @property
@@ -530,7 +418,7 @@ def _fit_to_size(model: nn.Module, ctx, allocation: _Allocation) -> tuple[dict, 
         plan, kept_heads = allocation.plan(budget)
         return plan, kept_heads, (state_bytes(replay(copy.deepcopy(model), plan)) / total_size if plan else 1.0)
 
-    limit = ctx.target_ratio * 1.002
+    limit = ctx.target_ratio * SIZE_SLACK
     low, high = 0, allocation.total_units
     best = attempt(low)
     for _ in range(BISECTION_STEPS):
@@ -571,9 +459,9 @@ class StructuredPruning(Method):
         if not plan:
             ctx.note(logger, f"prune: target ratio {ctx.target_ratio:.2f} cannot be reached by pruning channels.")
             return model, []
-        if size > ctx.target_ratio * 1.002:
+        if size > ctx.target_ratio * SIZE_SLACK:
             ctx.note(logger, f"prune: the narrowest allowed widths keep {size:.3f} of the size, above the target {ctx.target_ratio:.2f}.")
-        compensated = _compensate(model, plan, allocation.stats)
+        compensated = compensate(model, plan, allocation.stats)
         original_macs = sum(allocation.macs.values()) or 1
         del allocation  # its activation Grams are the size of a few layers: not kept through recovery
         heads = heads_record(layers, kept_heads)
