@@ -1,9 +1,9 @@
 """Frozen TorchScript traces whose number does not grow with the number of input shapes seen.
 
-Python dispatch between small ops is a large share of an int8 model's time at small inputs
-(all-MiniLM-L6-v2 `dynamic`, 240 batch-1 requests of random length, 2 threads: eager 1.83 s, one
-frozen trace 1.17 s). A trace per input shape paid ~0.3 s for every new length, which real traffic
-(requests of any length, corpora padded to each batch's longest) pays again and again.
+Python dispatch between small ops is a large share of an int8 model's time at small inputs, which
+a frozen trace removes. A trace per input shape paid ~0.3 s (all-MiniLM-L6-v2) for every new length,
+which real traffic (requests of any length, corpora padded to each batch's longest) pays again and
+again; `scripts/bench_workloads.py` times such traffic cold and warm.
 
 A trace records the ops and, through the tracer's size ops, shapes as values, so one trace usually
 serves every shape. It may not where the model turned a shape into a Python value (a branch, a

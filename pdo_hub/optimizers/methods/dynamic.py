@@ -10,8 +10,7 @@ what earlier steps lost, which keeps transformer embeddings at cosine >= 0.995 (
 Without a way to measure loss every Linear uses `per_token`. LSTM/GRU use torch.ao's stock dynamic
 modules. Large untied embedding tables are stored as int8 rows (all-MiniLM-L6-v2: 90.9 MB -> ~22 MB)
 unless that alone breaks the budget. Inference runs as one frozen trace for every input shape where it
-can (`_fast_forward`: a stream of batch-1 requests of random length ~35% faster than eager; the second
-call pays ~0.3 s to trace, once). torch has no CUDA kernels for these, so on CUDA the method is skipped with a note.
+can (`_fast_forward`: the second call pays ~0.3 s to trace, once). torch has no CUDA kernels for these, so on CUDA the method is skipped with a note.
 
 Both schemes are built portable by default (`_int8_isa`): 7-bit weights (and per-token activations),
 exact on CPUs without VNNI, where full-range int8 saturates; the record says which was built and a load
