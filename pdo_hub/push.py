@@ -5,6 +5,11 @@ The commit holds everything in the entry but the cache's own bookkeeping (`pdo_m
 rebuilt for the repo it is pushed to. `pdo_hub.from_pretrained("ORG/NAME")` then loads it as published
 (`pdo_hub.hub.variants`).
 
+`format="transformers"` pushes the stock-transformers form of the same variant instead
+(`pdo_hub.export.transformers_format`: torchao int8 in safetensors, `quantization_config` in
+`config.json`), which `transformers.AutoModel.from_pretrained` loads with torchao and no pdo-hub; its card
+says so (`library_name: transformers`) and carries the stock load's measured speed and fidelity.
+
 The token comes from the `token` argument, `HF_TOKEN` or the Hugging Face login, resolved by
 huggingface_hub; pdo-hub only hands it on. It is never written into a file, log or message: the card,
 commit message and errors are built from the entry's records, and Hub error text is scrubbed.
@@ -16,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -27,6 +33,8 @@ from pdo_hub.hub.flow import SOURCE_NAME
 
 logger = logging.getLogger(__name__)
 
+#: What `format=` accepts: pdo-hub's own files, or the stock-transformers (torchao) form.
+FORMATS = ("pdo", "transformers")
 #: Files every pushed variant has: pdo-hub cannot load it from the Hub without them.
 REQUIRED_FILES = ("model.safetensors", "pdo_recipe.json", "optimization_report.json", SOURCE_NAME)
 # The cache's bookkeeping, meaningful only in the local cache.
@@ -37,7 +45,7 @@ _PRIVATE_SOURCE_FIELDS = ("path",)
 
 def push_entry(entry: CacheEntry | str | os.PathLike[str], repo_id: str, *, endpoint: str | None = None,
                private: bool = False, token: str | None = None, revision: str = "main",
-               commit_message: str | None = None) -> dict[str, Any]:
+               commit_message: str | None = None, format: str = "pdo") -> dict[str, Any]:
     """Publish an optimized variant to `repo_id` in one commit, creating the repo if needed.
 
     Args:
@@ -48,6 +56,8 @@ def push_entry(entry: CacheEntry | str | os.PathLike[str], repo_id: str, *, endp
         token: Hub token with write access (default: `HF_TOKEN` or the login); never stored.
         revision: Branch to commit to (created from `main` when missing).
         commit_message: Commit summary (default: names the base model and the optimizations).
+        format: `pdo` (pdo-hub's own files, loaded by `pdo_hub.from_pretrained`) or `transformers` (loaded by
+            stock `transformers` with torchao; transformers models whose layers keep their original widths).
 
     Returns:
         `{"repo_id", "repo_url", "revision", "commit_sha", "commit_url", "files"}`.
@@ -62,13 +72,23 @@ def push_entry(entry: CacheEntry | str | os.PathLike[str], repo_id: str, *, endp
         >>> model = pdo_hub.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
         >>> push_entry(model.pdo_cache_path, "my-org/all-MiniLM-L6-v2-pdo")["repo_url"]
     """
+    if format not in FORMATS:
+        raise PushError(f"Unknown push format {format!r}: use one of {list(FORMATS)}.")
     validate_source_id("huggingface", repo_id)  # it must also be a valid cache id where it gets loaded
-    folder, names = _variant_files(entry)
+    with contextlib.ExitStack() as stack:
+        folder, names = _variant_files(entry)
+        _refuse_base_repo(folder, repo_id)
+        export = None
+        if format == "transformers":
+            folder, names, export = _transformers_files(folder, Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        return _push_files(folder, names, export, repo_id, endpoint=endpoint, private=private, token=token,
+                           revision=revision, commit_message=commit_message)
+
+
+def _push_files(folder: Path, names: list[str], export: dict[str, Any] | None, repo_id: str, *, endpoint: str | None,
+                private: bool, token: str | None, revision: str, commit_message: str | None) -> dict[str, Any]:
     report = json.loads((folder / "optimization_report.json").read_text(encoding="utf-8"))
     source = json.loads((folder / SOURCE_NAME).read_text(encoding="utf-8"))
-    if source.get("kind") == "huggingface" and source.get("source_id") == repo_id:
-        raise PushError(f"{repo_id!r} is the variant's own base model: pushing there would replace the original "
-                        f"with pdo-hub's format. Push to a new repo, e.g. {repo_id + '-pdo'!r}.")
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -79,7 +99,7 @@ def push_entry(entry: CacheEntry | str | os.PathLike[str], repo_id: str, *, endp
     pushed_as = repo_url.repo_id or repo_id
     public_source = {k: v for k, v in source.items() if k not in _PRIVATE_SOURCE_FIELDS}
     generated = {
-        CARD_NAME: build_card(report, public_source, pushed_as=pushed_as).content.encode("utf-8"),
+        CARD_NAME: build_card(report, public_source, pushed_as=pushed_as, export=export).content.encode("utf-8"),
         SOURCE_NAME: json.dumps(public_source, indent=2, sort_keys=True).encode("utf-8"),
     }
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=generated.get(name, str(folder / name)))
@@ -118,6 +138,26 @@ def _variant_files(entry: CacheEntry | str | os.PathLike[str]) -> tuple[Path, li
         raise PushError(f"{folder} is not a pdo-hub variant: {missing} missing. Push the folder of a cache entry "
                         "(model.pdo_cache_path after pdo_hub.from_pretrained / get_model, or `pdo-hub push SOURCE`).")
     return folder, names
+
+
+def _refuse_base_repo(folder: Path, repo_id: str) -> None:
+    source = json.loads((folder / SOURCE_NAME).read_text(encoding="utf-8"))
+    if source.get("kind") == "huggingface" and source.get("source_id") == repo_id:
+        raise PushError(f"{repo_id!r} is the variant's own base model: pushing there would replace the original "
+                        f"with pdo-hub's format. Push to a new repo, e.g. {repo_id + '-pdo'!r}.")
+
+
+def _transformers_files(folder: Path, out: Path) -> tuple[Path, list[str], dict[str, Any]]:
+    """Write the stock-transformers form of the variant in `folder` into `out`: (out, its files, export record)."""
+    from pdo_hub.core.errors import ExportError
+    from pdo_hub.export import read_variant, write_transformers_format
+
+    try:
+        export = write_transformers_format(read_variant(folder), out)
+    except ExportError as err:
+        raise PushError(f"Cannot push {folder} in the transformers format: {err}") from err
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    return out, names, export
 
 
 def _commit(api: Any, repo_id: str, operations: list, revision: str, message: str) -> Any:

