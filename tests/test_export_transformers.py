@@ -218,3 +218,29 @@ def test_minilm_in_the_transformers_format_meets_the_targets_without_pdo_hub(min
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["query"] == "Int8Tensor"
     assert result["cosine"] >= 0.995, f"held-out embedding cosine vs FP32 {result['cosine']:.4f} < 0.995"
+
+
+def test_mirror_manifest_push_format_publishes_the_stock_form(variant, hub_server, tmp_path, capsys):
+    import yaml
+
+    from pdo_hub.cli import main
+
+    manifest = tmp_path / "mirror.yaml"
+    manifest.write_text(yaml.safe_dump({"models": [{"source": f"hf:{BASE}", "config": FAST_CONFIG,
+                                                    "push": "org/tiny-mirror-stock", "push_format": "transformers"}]}))
+    assert main(["mirror", str(manifest), "--json", "--quiet"]) == 0, capsys.readouterr()
+    files = {f.path for f in hub_server.store.list_files("org/tiny-mirror-stock", hub_server.store.resolve("org/tiny-mirror-stock"))}
+    assert "pdo_export.json" in files and "pdo_recipe.json" not in files
+    assert json.loads(hub_server.store.read_bytes("org/tiny-mirror-stock", "config.json"))["quantization_config"]
+
+
+def test_mirror_manifest_refuses_an_unknown_push_format(tmp_path):
+    import yaml
+
+    from pdo_hub.core.errors import ConfigError
+    from pdo_hub.mirror.manifest import load_manifest
+
+    manifest = tmp_path / "mirror.yaml"
+    manifest.write_text(yaml.safe_dump({"models": [{"source": "hf:a/b", "push": "o/x", "push_format": "gguf"}]}))
+    with pytest.raises(ConfigError, match=r"push_format must be one of \['pdo', 'transformers'\], got 'gguf'"):
+        load_manifest(manifest)

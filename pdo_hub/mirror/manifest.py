@@ -12,8 +12,9 @@ models:
 Per model (and in `defaults`): `preset` (a built-in preset), `config` (a YAML file, relative to the manifest,
 or inline keys that override the preset), `auto_class`, `calibration` (a text file or image folder,
 relative to the manifest), `optimize` (false: only mirror the original), `push` (the repo id to push
-this variant to; `--push ORG` names it `ORG/<name>-pdo-<preset or config hash>`). Unknown keys are
-errors that name the key and the allowed ones.
+this variant to; `--push ORG` names it `ORG/<name>-pdo-<preset or config hash>`), `push_format` (`pdo`,
+the default, or `transformers`: the torchao form stock transformers loads, see `pdo_hub.push`). Unknown
+keys are errors that name the key and the allowed ones.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from pdo_hub.core.errors import ConfigError
 from pdo_hub.core.yaml_text import load_yaml
 from pdo_hub.sources import SourceSpec, existing_path, parse_source
 
-_SETTINGS = ("preset", "config", "auto_class", "calibration", "optimize", "push", "architecture")
+_SETTINGS = ("preset", "config", "auto_class", "calibration", "optimize", "push", "push_format", "architecture")
+_PUSH_FORMATS = ("pdo", "transformers")
 _MODEL_KEYS = ("source", "revision", *_SETTINGS)
 
 
@@ -47,6 +49,7 @@ class MirrorEntry:
         calibration: Calibration file or folder, or None.
         optimize: False mirrors the original only.
         push: Repo id to push the variant to, or None.
+        push_format: What to push: `pdo` (pdo-hub's files) or `transformers` (torchao int8 for stock transformers).
         architecture: torchvision model name for a local state-dict file.
     """
 
@@ -58,6 +61,7 @@ class MirrorEntry:
     optimize: bool = True
     push: str | None = None
     architecture: str | None = None
+    push_format: str = "pdo"
 
 
 @dataclass(frozen=True)
@@ -126,12 +130,16 @@ def _entry(settings: Mapping[str, Any], base: Path, where: str) -> MirrorEntry:
         if not isinstance(optimize, bool):
             raise ConfigError(f"{where}: optimize must be true or false, got {optimize!r}.")
         push = settings.get("push")
+        push_format = settings.get("push_format", "pdo")
+        if push_format not in _PUSH_FORMATS:
+            raise ConfigError(f"{where}: push_format must be one of {list(_PUSH_FORMATS)}, got {push_format!r}.")
         return MirrorEntry(
             source=source, config=config, config_label=label,
             auto_class=_string(settings.get("auto_class", "AutoModel"), "auto_class", where),
             calibration=_path(calibration, base, "calibration", where) if calibration is not None else None,
             optimize=optimize, push=_string(push, "push", where) if push is not None else None,
             architecture=_string(settings["architecture"], "architecture", where) if settings.get("architecture") else None,
+            push_format=push_format,
         )
     except ConfigError as err:
         message = str(err)

@@ -165,7 +165,7 @@ def _push(result: EntryResult, entry: MirrorEntry, options: MirrorOptions) -> En
     from pdo_hub.push import push_entry
 
     try:
-        pushed = push_entry(result.entry_path, target)
+        pushed = push_entry(result.entry_path, target, format=entry.push_format)
     except Exception as err:  # noqa: BLE001
         result.status, result.error = "failed", f"push to {target} failed: {_message(err)}"
         return result
