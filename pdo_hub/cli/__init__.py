@@ -1,6 +1,6 @@
 """The `pdo-hub` command: the only place that prints for humans.
 
-One module per command (`_demo`, `_optimize`, `_mirror`, `_push`, `_serve`, `_cache`), each with a
+One module per command (`_demo`, `_optimize`, `_mirror`, `_push`, `_export`, `_serve`, `_cache`), each with a
 `register(subparsers)` that adds its parser and sets `run`; `_output` holds the shared tables.
 """
 
@@ -14,7 +14,7 @@ import sys
 from pdo_hub.core.errors import PdoHubError
 
 # Command modules, in the order `pdo-hub --help` lists them.
-_COMMANDS = ("_demo", "_optimize", "_mirror", "_push", "_serve", "_cache")
+_COMMANDS = ("_demo", "_optimize", "_mirror", "_push", "_export", "_serve", "_cache")
 _OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "PDO_HUB_OFFLINE")
 
 

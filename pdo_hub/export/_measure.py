@@ -31,3 +31,10 @@ def interleaved_latency_ms(runs: dict[str, Run], example: Any, rounds: int = 7, 
                     run(example)
                 times[name].append((time.perf_counter() - start) * 1000 / calls)
     return {name: round(statistics.median(values), 3) for name, values in times.items()}
+
+
+def library_versions(*names: str) -> dict[str, str]:
+    """Installed versions of the libraries a measurement depends on (recorded beside the numbers)."""
+    import importlib.metadata as metadata
+
+    return {name: metadata.version(name) for name in names}

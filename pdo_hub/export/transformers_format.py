@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from pdo_hub.core.errors import ExportError
 from pdo_hub.export._dense import densify_into
-from pdo_hub.export._measure import cosine, interleaved_latency_ms
+from pdo_hub.export._measure import cosine, interleaved_latency_ms, library_versions
 from pdo_hub.export._variant import Variant, original_skeleton
 from pdo_hub.hub.card import EXPORT_RECORD, TRANSFORMERS_FORMAT
 
@@ -84,7 +84,7 @@ def write_transformers_format(variant: Variant, out: str | Path, *, measure: boo
         "quantized_embeddings": sorted(p for p, c in plan.items() if _is_embedding_config(c)),
         "float_modules": sorted(p for p, kind in kinds.items() if p not in plan),
         "weights_bytes": (out / "model.safetensors").stat().st_size,
-        "libraries": _versions(),
+        "libraries": library_versions("torch", "transformers", "torchao"),
     }
     if measure:
         record["measured"] = compare_with_variant(variant, out)
@@ -171,12 +171,6 @@ def _copy_small_files(folder: Path, out: Path) -> None:
             shutil.copyfile(path, out / path.name)
         elif path.is_dir() and not path.name.startswith("."):  # sentence-transformers modules (1_Pooling/)
             shutil.copytree(path, out / path.name, dirs_exist_ok=True)
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as metadata
-
-    return {name: metadata.version(name) for name in ("torch", "transformers", "torchao")}
 
 
 def _require_torchao() -> None:
