@@ -52,6 +52,7 @@ _LAZY = {
     "AutoModelForSeq2SeqLM": "pdo_hub.api",
     "AutoModelForImageClassification": "pdo_hub.api",
     "AutoModelForMultipleChoice": "pdo_hub.api",
+    "load_exported": "pdo_hub.export.loading",
     "get_model_manager": "pdo_hub.manager",
     "BaseModel": "pdo_hub.manager",
 }

@@ -115,3 +115,15 @@ def test_export_of_a_folder_that_is_not_a_variant_names_the_missing_file(tmp_pat
 
     with pytest.raises(ExportError, match=r"not a pdo-hub variant \(model.safetensors is missing\)"):
         read_variant(tmp_path)
+
+
+def test_load_exported_runs_the_onnx_folder_through_onnxruntime(pruned_static):
+    import pdo_hub
+    from pdo_hub.export import OnnxRuntimeModel
+
+    out, record, quantized, _ = pruned_static
+    model = pdo_hub.load_exported(out)
+    assert isinstance(model, OnnxRuntimeModel) and model.pdo_export == record
+    x = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        assert torch.nn.functional.cosine_similarity(model(x).flatten(), quantized(x).flatten(), dim=0) >= 0.99

@@ -244,3 +244,23 @@ def test_mirror_manifest_refuses_an_unknown_push_format(tmp_path):
     manifest.write_text(yaml.safe_dump({"models": [{"source": "hf:a/b", "push": "o/x", "push_format": "gguf"}]}))
     with pytest.raises(ConfigError, match=r"push_format must be one of \['pdo', 'transformers'\], got 'gguf'"):
         load_manifest(manifest)
+
+
+def test_cli_export_transformers_folder_loads_back_with_load_exported(variant, tmp_path, capsys):
+    import yaml
+
+    from pdo_hub.cli import main
+
+    config = tmp_path / "fast.yaml"
+    config.write_text(yaml.safe_dump({"post_download_optimization": FAST_CONFIG}))
+    out = tmp_path / "stock"
+    assert main(["export", f"hf:{BASE}", "--config", str(config), "--format", "transformers", "--out", str(out),
+                 "--quiet"]) == 0
+    assert "Load it with: transformers.AutoModel.from_pretrained" in capsys.readouterr().out
+    model = pdo_hub.load_exported(out)
+    assert model.pdo_export["format"] == "transformers-torchao"
+    assert type(model.encoder.layer[0].attention.self.query.weight).__name__ == "Int8Tensor"
+    inputs = encode()
+    assert torch.nn.functional.cosine_similarity(hidden(model, inputs).flatten(), hidden(variant, inputs).flatten(),
+                                                 dim=0) >= 0.999
+    assert pdo_hub.load_exported(variant.pdo_cache_path).pdo_recipe.methods == variant.pdo_recipe.methods

@@ -7,6 +7,7 @@ parity report (`pdo-hub export --format onnx`).
 """
 
 from pdo_hub.export._variant import Variant, read_variant
+from pdo_hub.export.loading import OnnxRuntimeModel, load_exported
 from pdo_hub.export.transformers_format import EXPORT_RECORD, write_transformers_format
 
-__all__ = ["EXPORT_RECORD", "Variant", "read_variant", "write_transformers_format"]
+__all__ = ["EXPORT_RECORD", "OnnxRuntimeModel", "Variant", "load_exported", "read_variant", "write_transformers_format"]
