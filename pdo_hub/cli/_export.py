@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from pdo_hub.cli._optimize import add_source_options, optimized_source
@@ -53,6 +54,9 @@ def _calibration_inputs(variant, calibration: str | None) -> list:
 
         texts = read_calibration(calibration).texts if calibration else None
         return examples.text_inputs(AutoTokenizer.from_pretrained(str(variant.folder)), variant.model, count, texts)
+    if calibration:
+        print("pdo-hub: note: ONNX Runtime calibrates vision exports on pdo-hub's built-in images; your --calibration "
+              "folder chose the variant but is not read again for the export.", file=sys.stderr)
     size = _image_size(variant)
     return examples.image_inputs(count, size=size)
 
