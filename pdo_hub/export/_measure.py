@@ -18,6 +18,14 @@ def cosine(reference: Sequence[torch.Tensor], other: Sequence[torch.Tensor]) -> 
     return float(sum(values) / len(values))
 
 
+def real_tokens(output: torch.Tensor, inputs: Any) -> torch.Tensor:
+    """The output rows of real tokens: padding positions carry no meaning (every pooling masks them out)."""
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if mask is None or output.dim() != 3 or output.shape[:2] != mask.shape:
+        return output
+    return output[mask.bool()]
+
+
 def interleaved_latency_ms(runs: dict[str, Run], example: Any, rounds: int = 7, calls: int = 3) -> dict[str, float]:
     """Median ms per call of each runtime, timed in interleaved rounds so machine drift hits all alike."""
     times: dict[str, list[float]] = {name: [] for name in runs}

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 
 from pdo_hub.core.errors import ExportError
-from pdo_hub.export._measure import cosine, interleaved_latency_ms, library_versions
+from pdo_hub.export._measure import cosine, interleaved_latency_ms, library_versions, real_tokens
 from pdo_hub.export._structure import float_structure, quantization_records
 from pdo_hub.export._variant import Variant
 from pdo_hub.hub.card import EXPORT_RECORD
@@ -118,8 +118,7 @@ def parity(model: nn.Module, onnx_path: Path, names: Sequence[str], held_out: Se
     with torch.inference_mode():
         ours = [output_tensor(call_model(model, x)).float() for x in held_out]
     theirs = [torch.from_numpy(session.run(None, _feed(x, names))[0]).float() for x in held_out]
-    # Padding positions carry no meaning (every pooling masks them out): compare the real tokens only.
-    ours, theirs = zip(*[(_real_tokens(a, x), _real_tokens(b, x)) for a, b, x in zip(ours, theirs, held_out)])
+    ours, theirs = zip(*[(real_tokens(a, x), real_tokens(b, x)) for a, b, x in zip(ours, theirs, held_out)])
     result = {"samples": len(held_out), "output_cosine": round(cosine(ours, theirs), 6),
               "max_abs_diff": round(max(float((a - b).abs().max()) for a, b in zip(ours, theirs)), 6)}
     if ours[0].dim() == 2 and not isinstance(held_out[0], dict):  # image classifier logits: same class picked?
@@ -133,13 +132,6 @@ def parity(model: nn.Module, onnx_path: Path, names: Sequence[str], held_out: Se
     result["onnxruntime_speed_vs_pytorch"] = round(latency["pytorch_variant"] / latency["onnxruntime"], 3)
     result["threads"] = torch.get_num_threads()
     return result
-
-
-def _real_tokens(output: torch.Tensor, inputs: Any) -> torch.Tensor:
-    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
-    if mask is None or output.dim() != 3 or output.shape[:2] != mask.shape:
-        return output
-    return output[mask.bool()]
 
 
 def ort_session(path: str | os.PathLike[str]) -> Any:

@@ -172,7 +172,7 @@ def _stock_results(export: Mapping[str, Any], task: str | None) -> list[EvalResu
                 measured.get("output_cosine_vs_pdo_hub")),
                ("speedup", "Stock transformers (eager torchao) speed vs pdo-hub's own model",
                 measured.get("stock_speed_vs_pdo_hub"))]
-    common = {"task_type": task or "other", "dataset_type": "pdo-hub-held-out",
+    common = {"task_type": task or "other", "dataset_type": "pdo-hub-stock-load-check",
               "dataset_name": f"Stock load check ({measured.get('inputs', 'not measured')})"}
     return [EvalResult(metric_type=kind, metric_name=name, metric_value=float(value), **common)
             for kind, name, value in metrics if isinstance(value, (int, float)) and not isinstance(value, bool)]
