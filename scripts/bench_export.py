@@ -40,17 +40,19 @@ from pdo_hub.optimizers import create_post_download_optimizer  # noqa: E402
 THREADS = 2
 
 
-def timed(runs: dict, example, rounds: int = 15) -> dict[str, float]:
-    """Median ms per call of each runner, interleaved rounds after one warm-up each."""
+def timed(runs: dict, example, rounds: int = 15, calls: int = 1) -> dict[str, float]:
+    """Median ms per call of each runner, interleaved rounds (of `calls` calls) after three warm-up calls each."""
     times = {name: [] for name in runs}
     with torch.inference_mode():
         for run in runs.values():
-            run(example)
+            for _ in range(3):
+                run(example)
         for _ in range(rounds):
             for name, run in runs.items():
                 start = time.perf_counter()
-                run(example)
-                times[name].append(1000 * (time.perf_counter() - start))
+                for _ in range(calls):
+                    run(example)
+                times[name].append(1000 * (time.perf_counter() - start) / calls)
     return {name: round(statistics.median(v), 3) for name, v in times.items()}
 
 
@@ -160,7 +162,7 @@ def bench_resnet(work: Path) -> dict:
     accuracy = {name: round(100 * top1_accuracy(run, x_test, y_test) if isinstance(run, torch.nn.Module)
                             else 100 * float(torch.cat([run(x) for x in x_test.split(50)]).argmax(1).eq(y_test).float().mean()), 2)
                 for name, run in runners.items()}
-    b1, b32 = timed(runners, x_test[:1]), timed(runners, x_test[:32], rounds=9)
+    b1, b32 = timed(runners, x_test[:1], rounds=30, calls=5), timed(runners, x_test[:32], rounds=9)
     peer_name = "ONNX Runtime int8 QDQ of the unpruned model"
     sizes = {peer_name: peer_bytes, "pdo-hub ONNX export (prune+static QDQ)": record["files"][record["file_name"]]}
     return {"applied": report["optimizations_applied"], "parity": record["parity"],
@@ -174,6 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="minilm,resnet")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the exported files (the folder is printed)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     work = Path(tempfile.mkdtemp(prefix="pdo-bench-export-"))
@@ -185,7 +188,10 @@ def main() -> None:
             results[name]["seconds"] = round(time.perf_counter() - start, 1)
             print(json.dumps({name: results[name]}, indent=2), flush=True)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"exported files kept in {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -64,9 +64,10 @@ def _calibration_inputs(variant, calibration: str | None) -> list:
 def _image_size(variant) -> int:
     """The image side the variant was traced with (recorded by int8 graphs), else torchvision's 224."""
     for record in variant.model.pdo_recipe.records:
-        for shape in record.get("inputs") or []:
-            if isinstance(shape, list) and len(shape) == 4:
-                return int(shape[-1])
+        for spec in record.get("inputs") or []:  # [{"shape": [1, 3, 224, 224], "dtype": ...}]
+            shape = spec.get("shape") if isinstance(spec, dict) else None
+            if isinstance(shape, list) and len(shape) == 4 and isinstance(shape[-1], int):
+                return shape[-1]
     return 224
 
 
