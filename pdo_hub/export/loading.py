@@ -61,7 +61,7 @@ def load_exported(folder: str | os.PathLike[str]) -> nn.Module:
 
         source = json.loads((folder / "pdo_source.json").read_text(encoding="utf-8"))
         auto_cls = transformers_models.auto_class_named((source.get("loader") or {}).get("auto_class", "AutoModel"))
-        model = auto_cls.from_pretrained(str(folder)).eval()
+        model = auto_cls.from_pretrained(str(folder), use_safetensors=True).eval()  # never a pickle
         model.pdo_export = record
         return model
     if kind == "onnx":

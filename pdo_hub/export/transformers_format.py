@@ -101,7 +101,7 @@ def compare_with_variant(variant: Variant, folder: Path, samples: int = 8) -> di
     from pdo_hub.optimizers.inputs import output_tensor
 
     auto_cls = transformers_models.auto_class_named(variant.source["loader"]["auto_class"])
-    stock = auto_cls.from_pretrained(str(folder)).eval()
+    stock = auto_cls.from_pretrained(str(folder), use_safetensors=True).eval()
     inputs = examples.text_inputs(AutoTokenizer.from_pretrained(str(folder)), stock, samples)
 
     def run(model: nn.Module):

@@ -217,7 +217,7 @@ def _load_stock_format(entry: CacheEntry, source: dict[str, Any], repo_id: str) 
                           f"which this pdo-hub does not load (it loads {TRANSFORMERS_FORMAT!r}). Upgrade pdo-hub.")
     auto_cls = transformers_models.auto_class_named(source["loader"]["auto_class"])
     with bypass():  # inside intercept() this load must not be optimized again
-        model = auto_cls.from_pretrained(str(entry.path)).eval()
+        model = auto_cls.from_pretrained(str(entry.path), use_safetensors=True).eval()  # never a pickle
     model.config._name_or_path = repo_id
     model.pdo_report = entry.read_json("optimization_report.json")
     model.pdo_export = record
