@@ -38,14 +38,17 @@ class DistillSettings:
     Attributes:
         steps: Adam steps on the whole batch (the cost: one forward and backward each).
         lr: Adam learning rate on the input pixels (inputs start as N(0, 1), in normalized units).
-        label_weight: weight of the label-consistency term (0 turns it off).
+        label_weight: weight of the label-consistency term (0 turns it off). Measured on the digits
+            ResNet-18 (conservative preset): without it the inputs are unconfident and int8's estimated
+            loss on them was 2.2 pt (real 0.0); at 0.05, svd's estimate was 8.2 pt against 1.5 real;
+            at 0.3, 3.7 against 1.75; at 1.0 the inputs fit svd worse (3.25 pt real).
         max_pixels: inputs larger than this (per sample, per channel) are distilled at a reduced size and
             upsampled: BatchNorm statistics are spatial averages, and the cost grows with the pixels.
     """
 
     steps: int = 60
     lr: float = 0.2
-    label_weight: float = 0.05
+    label_weight: float = 0.3
     max_pixels: int = 64 * 64
 
 
