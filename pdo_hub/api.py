@@ -31,7 +31,9 @@ def from_pretrained(repo_id: str, *, revision: str | None = None, config: Config
         cache_dir: Hub client cache for the original files (default `HF_HUB_CACHE`).
         local_files_only: No network: load from the optimized cache or raise `OfflineCacheMissError`.
         token: Hub token for private or gated repos (used for downloads only, never stored).
-        **kwargs: transformers `from_pretrained` arguments (e.g. `num_labels`), part of the cache key.
+        **kwargs: transformers `from_pretrained` arguments (e.g. `num_labels`), part of the cache key; also
+            pdo-hub's `calibration_data=` (a text file, sentences or tokenized batches from your domain) and
+            `eval_fn=` (your task metric `eval_fn(model) -> accuracy`), see `pdo_hub.hub.from_pretrained`.
 
     Returns:
         The optimized `nn.Module`; its report is `model.pdo_report`.

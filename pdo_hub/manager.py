@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -115,7 +115,8 @@ class ModelManager:
     def download_and_load_model(self, source: str, model_id: str, name: str | None = None, *,
                                 config: PostDownloadOptimizationConfig | dict | str | None = None, revision: str | None = None,
                                 weights: Any = "DEFAULT", architecture: Any = None, auto_class: str = "AutoModel",
-                                local_files_only: bool = False, **kwargs: Any) -> ManagedModel:
+                                local_files_only: bool = False, calibration_data: Any = None,
+                                eval_fn: Callable[[Any], float] | None = None, **kwargs: Any) -> ManagedModel:
         """Fetch `model_id` from `source`, optimize it (or reuse the cached variant) and register it as `name`.
 
         Args:
@@ -129,6 +130,10 @@ class ModelManager:
             architecture: For local state dicts: torchvision model name or callable returning the module.
             auto_class: transformers Auto class (huggingface and local folders).
             local_files_only: No network and no optimization: cached variants only.
+            calibration_data: Inputs from your domain to calibrate and judge candidates on (images or tensor
+                batches for vision models, sentences or tokenized batches for text models); without it,
+                vision models with BatchNorm are calibrated on inputs distilled from its statistics.
+            eval_fn: Task metric `eval_fn(model) -> accuracy in [0, 1]` on your labelled data.
             **kwargs: Passed to the source's loader.
 
         Returns:
@@ -136,14 +141,15 @@ class ModelManager:
         """
         opt_config = load_config(config) if config is not None else self.config.post_download_optimization
         name = name or str(model_id)
+        judging = {"calibration_data": calibration_data, "eval_fn": eval_fn}
         if source == "torchvision":
-            model = get_model(model_id, weights, config=opt_config, local_files_only=local_files_only, **kwargs)
+            model = get_model(model_id, weights, config=opt_config, local_files_only=local_files_only, **judging, **kwargs)
         elif source == "huggingface":
             model = from_pretrained(model_id, revision=revision, config=opt_config, auto_class=auto_class,
-                                    local_files_only=local_files_only, **kwargs)
+                                    local_files_only=local_files_only, **judging, **kwargs)
         elif source == "local":
             model = load_local(model_id, architecture=architecture, auto_class=auto_class, config=opt_config,
-                               local_files_only=local_files_only)
+                               local_files_only=local_files_only, **judging)
         else:
             raise ConfigError(f"source={source!r} is not supported. Allowed values: {', '.join(SOURCES)}.")
         managed = ManagedModel(name, ModelConfig(opt_config))

@@ -28,7 +28,7 @@ _BRANCH_HASH_CHARS = 16
 VARIANTS_FIELD = "pdoVariants"
 
 #: Bump when the calibration inputs pdo-hub synthesizes change: the optimized weights depend on them.
-INPUTS_VERSION = "inputs-v1"
+INPUTS_VERSION = "inputs-v2"  # v2: vision inputs distilled from BatchNorm statistics (ZeroQ), not noise
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SECRET_WORDS = ("token", "auth", "password", "passwd", "secret", "credential", "api_key", "apikey")

@@ -1,8 +1,9 @@
 """User calibration data for fetched models: sentences for text models, images for vision models.
 
 The optimizer calibrates, recovers and judges candidates on its inputs, so real inputs from the user's
-domain beat pdo-hub's built-in sentences and seeded tensors. Given as a text file (one example per line),
-a folder of images, or a list of sentences. Its content hash goes into the cache key: other calibration
+domain beat pdo-hub's built-in sentences and distilled images. Given as a text file (one example per
+line), a folder of images, a list of sentences, or batches already in memory (tensors, or mappings of
+tensors such as a tokenizer's output). Its content hash goes into the cache key: other calibration
 data gives another stored variant.
 """
 
@@ -13,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 from pdo_hub.core.errors import ConfigError
@@ -21,7 +23,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 #: More examples than this are not needed to calibrate and would only slow the search down.
 MAX_EXAMPLES = 512
 
-CalibrationLike = "Calibration | str | os.PathLike[str] | Sequence[str] | None"
+CalibrationLike = "Calibration | str | os.PathLike[str] | Sequence[str] | torch.Tensor | Sequence[batch] | None"
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,12 @@ class Calibration:
 
     texts: tuple[str, ...] = ()
     images: tuple[Path, ...] = ()
+    batches: tuple = ()
     origin: str = "user data"
 
     @property
     def kind(self) -> str:
-        return "text" if self.texts else "images"
+        return "text" if self.texts else "images" if self.images else "batches"
 
     def digest(self) -> str:
         """sha256 of the examples' content (what the cache key depends on, not where they live)."""
@@ -49,19 +52,22 @@ class Calibration:
             digest.update(json.dumps(list(self.texts), ensure_ascii=False).encode("utf-8"))
         for path in self.images:
             digest.update(hashlib.sha256(path.read_bytes()).digest())
+        for batch in self.batches:
+            _hash_batch(digest, batch)
         return digest.hexdigest()
 
     def describe(self) -> dict[str, Any]:
         """What the cache key and the source record say about the data (no local paths: records get pushed)."""
-        return {"kind": self.kind, "examples": len(self.texts or self.images), "sha256": self.digest()}
+        return {"kind": self.kind, "examples": len(self.texts or self.images or self.batches), "sha256": self.digest()}
 
 
 def read_calibration(value: Any) -> Calibration | None:
     """Turn what a user passes as calibration data into a `Calibration`.
 
     Args:
-        value: None, a `Calibration`, a text file (one example per line), a folder of PNG/JPEG images, or a
-            sequence of sentences.
+        value: None, a `Calibration`, a text file (one example per line), a folder of PNG/JPEG images, a
+            sequence of sentences, a tensor (one batch), or a sequence of batches (tensors, tuples of tensors
+            or mappings of tensors such as a tokenizer's `BatchEncoding`).
 
     Raises:
         ConfigError: a missing path, an empty file or folder, or an unsupported value.
@@ -82,11 +88,46 @@ def read_calibration(value: Any) -> Calibration | None:
                 raise ConfigError(f"Cannot read calibration file {path} as UTF-8 text: {err}.") from err
             return _texts([line for line in lines if line.strip()], str(path))
         raise ConfigError(f"Calibration path {path} does not exist: pass a text file (one example per line) or a folder of images.")
-    if isinstance(value, Sequence) and all(isinstance(item, str) for item in value):
+    if isinstance(value, Sequence) and value and all(isinstance(item, str) for item in value):
         return _texts([item for item in value if item.strip()], "sentences")
+    if _is_batch(value):
+        value = [value]
+    if isinstance(value, Sequence) and value and all(_is_batch(item) for item in value):
+        from pdo_hub.optimizers.inputs import normalize_inputs
+
+        batches = tuple(normalize_inputs(item) for item in value[:MAX_EXAMPLES])
+        return Calibration(batches=batches, origin=f"{len(batches)} batches")
     raise ConfigError(
-        f"calibration={type(value).__name__}: pass a text file, a folder of images, or a list of sentences."
+        f"calibration_data={type(value).__name__}: pass a text file, a folder of images, a list of sentences, a "
+        "tensor, or a list of batches (tensors or dicts of tensors)."
     )
+
+
+def _is_batch(value: Any) -> bool:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, Mapping):
+        return bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+    return isinstance(value, tuple) and bool(value) and all(isinstance(v, torch.Tensor) for v in value)
+
+
+def _hash_batch(digest: Any, batch: Any) -> None:
+    """Feed a batch's structure, dtypes, shapes and bytes to `digest` (keys in sorted order)."""
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        tensor = batch.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    elif isinstance(batch, Mapping):
+        for key in sorted(batch):
+            digest.update(str(key).encode())
+            _hash_batch(digest, batch[key])
+    else:
+        for item in batch:
+            _hash_batch(digest, item)
 
 
 def _texts(lines: list[str], origin: str) -> Calibration:
@@ -108,3 +149,34 @@ def load_images(calibration: Calibration, transform: Any) -> list:
             raise ConfigError(f"Cannot decode calibration image {path}: {err}.") from err
         tensors.append(transform(image).unsqueeze(0))
     return tensors
+
+
+def calibration_argument(calibration_data: Any, calibration: Any) -> Any:
+    """The one calibration value of an entry point that takes `calibration_data=` (and the older `calibration=`).
+
+    Raises:
+        ConfigError: both were given.
+    """
+    if calibration_data is not None and calibration is not None:
+        raise ConfigError("Pass calibration_data= only (calibration= is its older name), not both.")
+    return calibration_data if calibration_data is not None else calibration
+
+
+def eval_fn_record(eval_fn: Any) -> dict[str, str] | None:
+    """What the cache key says about a task metric `eval_fn(model) -> accuracy`.
+
+    Its accuracy decides which candidate is stored, so another metric must give another entry. A
+    function cannot be hashed by what it computes; its module, name and bytecode stand for it (a
+    changed body gives a new key; the same function over other data does not: name it differently).
+
+    Raises:
+        ConfigError: `eval_fn` is not callable.
+    """
+    if eval_fn is None:
+        return None
+    if not callable(eval_fn):
+        raise ConfigError(f"eval_fn={type(eval_fn).__name__} is not callable: pass a function model -> accuracy in [0, 1].")
+    code = getattr(eval_fn, "__code__", None) or getattr(getattr(eval_fn, "__call__", None), "__code__", None)
+    body = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest() if code is not None else ""
+    name = getattr(eval_fn, "__qualname__", type(eval_fn).__qualname__)
+    return {"module": str(getattr(eval_fn, "__module__", "")), "name": str(name), "code_sha256": body}

@@ -45,6 +45,8 @@ class _Scope:
 
     config: PostDownloadOptimizationConfig
     families: frozenset[str]
+    #: What every model loaded in the block is calibrated and judged on (`calibration_data=`, `eval_fn=`).
+    judging: tuple[tuple[str, Any], ...] = ()
 
 
 _SCOPE: ContextVar[_Scope | None] = ContextVar("pdo_hub_intercept", default=None)
@@ -114,7 +116,8 @@ _INSTALLED = _Installed()
 
 @contextlib.contextmanager
 def intercept(config: PostDownloadOptimizationConfig | dict | str | None = None, *, transformers: bool = True,
-              torchvision: bool = True) -> Iterator[None]:
+              torchvision: bool = True, calibration_data: Any = None,
+              eval_fn: Callable[[Any], float] | None = None) -> Iterator[None]:
     """Within the block, transformers Auto classes and torchvision builders return optimized models.
 
     Only calls made by the thread (or asyncio task) that entered the block are intercepted; see the
@@ -124,6 +127,9 @@ def intercept(config: PostDownloadOptimizationConfig | dict | str | None = None,
         config: Optimization config for every model loaded in the block (default: the seed's).
         transformers: Wrap the transformers Auto model classes.
         torchvision: Wrap the torchvision builders and `get_model`.
+        calibration_data: Inputs from your domain for every model loaded in the block (see
+            `pdo_hub.get_model` and `pdo_hub.from_pretrained` for what each family takes).
+        eval_fn: Task metric `eval_fn(model) -> accuracy in [0, 1]` judging every model loaded in the block.
 
     Example:
         >>> with pdo_hub.intercept({"benchmark_optimizations": False}):
@@ -133,7 +139,8 @@ def intercept(config: PostDownloadOptimizationConfig | dict | str | None = None,
     opt_config = load_config(config)
     families = [name for name, wanted in (("transformers", transformers), ("torchvision", torchvision)) if wanted]
     _INSTALLED.enter(families)
-    token = _SCOPE.set(_Scope(opt_config, frozenset(families)))
+    judging = tuple((k, v) for k, v in (("calibration_data", calibration_data), ("eval_fn", eval_fn)) if v is not None)
+    token = _SCOPE.set(_Scope(opt_config, frozenset(families), judging))
     try:
         yield
     finally:
@@ -147,6 +154,12 @@ def _active(family: str) -> PostDownloadOptimizationConfig | None:
     if scope is None or family not in scope.families or bypassing():
         return None
     return scope.config
+
+
+def _judging() -> dict[str, Any]:
+    """The innermost block's `calibration_data=` / `eval_fn=` (only those given)."""
+    scope = _SCOPE.get()
+    return dict(scope.judging) if scope is not None else {}
 
 
 def _patch_transformers(patches: _Patches) -> None:
@@ -189,12 +202,12 @@ def _optimized_pretrained(cls: type, name: str, opt_config: PostDownloadOptimiza
 
     if os.path.isdir(name):
         return local.load_local(name, auto_class=cls.__name__, config=opt_config,
-                                local_files_only=bool(kwargs.get("local_files_only", False)))
+                                local_files_only=bool(kwargs.get("local_files_only", False)), **_judging())
     model_config = kwargs.pop("config", None)
     return transformers_models.from_pretrained(
         name, revision=kwargs.pop("revision", None), config=opt_config, auto_class=cls.__name__,
         cache_dir=kwargs.pop("cache_dir", None), local_files_only=bool(kwargs.pop("local_files_only", False)),
-        token=kwargs.pop("token", None), model_config=model_config, **kwargs,
+        token=kwargs.pop("token", None), model_config=model_config, **_judging(), **kwargs,
     )
 
 
@@ -224,7 +237,7 @@ def _wrap_builder(name: str, builder: Callable) -> Callable:
 
         kwargs.pop("weights", None)
         kwargs.pop("progress", None)
-        return torchvision_models.get_model(name, weights, config=opt_config, builder=builder, **kwargs)
+        return torchvision_models.get_model(name, weights, config=opt_config, builder=builder, **_judging(), **kwargs)
 
     return wrapper
 

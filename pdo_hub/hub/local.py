@@ -11,7 +11,8 @@ from __future__ import annotations
 import fnmatch
 import logging
 from pathlib import Path
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -22,6 +23,7 @@ from pdo_hub.core.errors import ConfigError
 from pdo_hub.hub import _keys, examples, skeleton
 from pdo_hub.hub._context import bypass
 from pdo_hub.hub._files import sha256_of, tree_sha256
+from pdo_hub.hub.calibration import Calibration, eval_fn_record, read_calibration
 from pdo_hub.hub.flow import Request, copy_source_file, load_or_build, write_entry
 from pdo_hub.hub.transformers_models import IGNORE_PATTERNS, SMALL_FILE_PATTERNS, auto_class_named, load_entry, offline_reason
 from pdo_hub.optimizers import create_post_download_optimizer, load_optimized
@@ -34,7 +36,8 @@ Architecture = str | Callable[[], nn.Module]
 
 def load_local(path: str | Path, *, architecture: Architecture | None = None, auto_class: str = "AutoModel",
                config: PostDownloadOptimizationConfig | dict | str | None = None, local_files_only: bool = False,
-               verify: bool = False) -> nn.Module:
+               verify: bool = False, calibration_data: Any = None,
+               eval_fn: Callable[[nn.Module], float] | None = None) -> nn.Module:
     """The optimized model of a local file or folder.
 
     Args:
@@ -44,6 +47,11 @@ def load_local(path: str | Path, *, architecture: Architecture | None = None, au
         config: Optimization config.
         local_files_only: Never optimize: load from the optimized cache or raise.
         verify: Re-hash the entry's files before loading.
+        calibration_data: Inputs from your domain to calibrate and judge on: for folders, a text file, a
+            list of sentences or tokenized batches; for state dicts, tensor batches (a tensor or a list).
+            Without it, folders use the built-in sentences and vision state dicts inputs distilled from
+            their BatchNorm statistics. Part of the key.
+        eval_fn: Task metric `eval_fn(model) -> accuracy in [0, 1]`; its module, name and code are part of the key.
 
     Raises:
         ConfigError: unsupported path, or a state dict without `architecture`.
@@ -51,17 +59,18 @@ def load_local(path: str | Path, *, architecture: Architecture | None = None, au
     """
     path = Path(path).expanduser()
     opt_config = load_config(config)
+    judging = _Judging(read_calibration(calibration_data), eval_fn)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ConfigError(f"{path} is a folder without config.json: pass a transformers save folder or a weights file.")
-        return _load_folder(path, auto_class, opt_config, local_files_only, verify)
+        return _load_folder(path, auto_class, opt_config, local_files_only, verify, judging)
     if path.is_file() and path.suffix in STATE_DICT_SUFFIXES:
         if architecture is None:
             raise ConfigError(
                 f"{path.name} is a state dict: pass architecture= (a torchvision model name such as 'resnet18', or a "
                 "callable returning a fresh nn.Module of the same architecture)."
             )
-        return _load_state_dict_file(path, architecture, opt_config, local_files_only, verify)
+        return _load_state_dict_file(path, architecture, opt_config, local_files_only, verify, judging)
     raise ConfigError(f"Cannot load {path}: expected a transformers folder or a file ending in {', '.join(STATE_DICT_SUFFIXES)}.")
 
 
@@ -92,9 +101,9 @@ def _source_record(key: CacheKey, path: Path, loader: dict, opt_config: PostDown
 
 
 def _load_folder(path: Path, auto_class: str, opt_config: PostDownloadOptimizationConfig, local_files_only: bool,
-                 verify: bool) -> nn.Module:
+                 verify: bool, judging: "_Judging") -> nn.Module:
     auto_cls = auto_class_named(auto_class)
-    loader = {"library": "transformers", "auto_class": auto_class, "kwargs": {}}
+    loader = judging.record({"library": "transformers", "auto_class": auto_class, "kwargs": {}}, "text")
     key = CacheKey("local", _keys.safe_source_name(path.name), tree_sha256(path), _keys.variant_hash(opt_config, loader))
     source = _source_record(key, path, loader, opt_config)
     request = _request(key, f"local folder {path} ({auto_class})", f"load {path} once without offline mode", local_files_only, verify)
@@ -102,15 +111,20 @@ def _load_folder(path: Path, auto_class: str, opt_config: PostDownloadOptimizati
     def write(folder: Path) -> None:
         with bypass():
             original = auto_cls.from_pretrained(str(path)).eval()
-        inputs = None
+        inputs = list(judging.calibration.batches) if judging.calibration and judging.calibration.batches else None
+        texts = judging.calibration.texts if judging.calibration else None
         try:
             from transformers import AutoTokenizer
 
-            inputs = examples.text_inputs(AutoTokenizer.from_pretrained(str(path)), original, opt_config.calibration_samples)
+            if inputs is None:
+                inputs = examples.text_inputs(AutoTokenizer.from_pretrained(str(path)), original, opt_config.calibration_samples, texts)
         except Exception as err:  # no tokenizer saved: the optimizer synthesizes inputs
+            if texts:
+                raise ConfigError(f"Calibration sentences were given, but {path} has no tokenizer to encode them ({err}).") from err
             logger.info("No tokenizer in %s (%s).", path, err)
         optimized, report = create_post_download_optimizer(opt_config).optimize_model(
-            model=original, model_name=path.name, example_inputs=inputs[0] if inputs else None, calibration_data=inputs)
+            model=original, model_name=path.name, example_inputs=inputs[0] if inputs else None, calibration_data=inputs,
+            eval_fn=judging.eval_fn)
         for file in sorted(path.rglob("*")):
             relative = file.relative_to(path).as_posix()
             if file.is_file() and any(fnmatch.fnmatch(relative, p) for p in SMALL_FILE_PATTERNS) \
@@ -123,9 +137,9 @@ def _load_folder(path: Path, auto_class: str, opt_config: PostDownloadOptimizati
 
 
 def _load_state_dict_file(path: Path, architecture: Architecture, opt_config: PostDownloadOptimizationConfig,
-                          local_files_only: bool, verify: bool) -> nn.Module:
+                          local_files_only: bool, verify: bool, judging: "_Judging") -> nn.Module:
     make, arch_name, vision = _architecture(architecture)
-    loader = {"library": "torch", "architecture": arch_name}
+    loader = judging.record({"library": "torch", "architecture": arch_name}, "batches")
     key = CacheKey("local", _keys.safe_source_name(path.name), sha256_of(path), _keys.variant_hash(opt_config, loader))
     source = _source_record(key, path, loader, opt_config)
     request = _request(key, f"local file {path} ({arch_name})", f"load {path} once without offline mode", local_files_only, verify)
@@ -134,9 +148,11 @@ def _load_state_dict_file(path: Path, architecture: Architecture, opt_config: Po
         original = make()
         original.load_state_dict(read_state_dict(path), strict=True)
         original.eval()
-        inputs = examples.image_inputs(opt_config.calibration_samples) if vision else None
+        # Without user data, one example: the optimizer distills its calibration inputs from it.
+        inputs = list(judging.calibration.batches) if judging.calibration else examples.image_inputs(1) if vision else None
         optimized, report = create_post_download_optimizer(opt_config).optimize_model(
-            model=original, model_name=path.stem, example_inputs=inputs[0] if inputs else None, calibration_data=inputs)
+            model=original, model_name=path.stem, example_inputs=inputs[0] if inputs else None,
+            calibration_data=inputs if judging.calibration else None, eval_fn=judging.eval_fn)
         write_entry(folder, optimized, report, source)
 
     def load(entry: CacheEntry) -> nn.Module:
@@ -165,3 +181,29 @@ def _architecture(architecture: Architecture) -> tuple[Callable[[], nn.Module], 
         name = f"{getattr(architecture, '__module__', '?')}.{getattr(architecture, '__qualname__', type(architecture).__name__)}"
         return architecture, name, False
     raise ConfigError(f"architecture={architecture!r}: pass a torchvision model name or a callable returning an nn.Module.")
+
+
+@dataclass(frozen=True)
+class _Judging:
+    """The user's calibration data and task metric for one local model."""
+
+    calibration: Calibration | None
+    eval_fn: Callable[[nn.Module], float] | None
+
+    def record(self, loader: dict[str, Any], kind: str) -> dict[str, Any]:
+        """`loader` with what the key needs to know about them.
+
+        Raises:
+            ConfigError: calibration data of a kind this source cannot use.
+        """
+        if self.calibration is not None:
+            usable = ("text", "batches") if kind == "text" else ("batches",)
+            if self.calibration.kind not in usable:
+                raise ConfigError(
+                    f"calibration_data of kind {self.calibration.kind!r} cannot calibrate a local "
+                    f"{'transformers folder' if kind == 'text' else 'state dict'}: pass "
+                    f"{'a text file, sentences or tokenized batches' if kind == 'text' else 'preprocessed tensor batches'}.")
+            loader["calibration"] = self.calibration.describe()
+        if self.eval_fn is not None:
+            loader["eval_fn"] = eval_fn_record(self.eval_fn)
+        return loader

@@ -22,7 +22,7 @@ from pdo_hub.core.config import PostDownloadOptimizationConfig, load_config
 from pdo_hub.core.errors import ConfigError, InvalidRepoIdError, OfflineCacheMissError
 from pdo_hub.hub import _keys, examples, skeleton
 from pdo_hub.hub._context import bypass
-from pdo_hub.hub.calibration import Calibration, load_images, read_calibration
+from pdo_hub.hub.calibration import Calibration, calibration_argument, eval_fn_record, load_images, read_calibration
 from pdo_hub.hub._files import sha256_of
 from pdo_hub.hub.flow import Request, load_or_build, write_entry
 from pdo_hub.hub.transformers_models import offline_reason
@@ -59,6 +59,7 @@ def weights_file(weights: Any) -> Path:
 
 def get_model(name: str, weights: Any = "DEFAULT", *, config: PostDownloadOptimizationConfig | dict | str | None = None,
               local_files_only: bool = False, verify: bool = False, builder: Callable[..., nn.Module] | None = None,
+              calibration_data: Any = None, eval_fn: Callable[[nn.Module], float] | None = None,
               calibration: Any = None, **kwargs: Any) -> nn.Module:
     """The optimized model of a torchvision architecture with pretrained weights.
 
@@ -69,8 +70,12 @@ def get_model(name: str, weights: Any = "DEFAULT", *, config: PostDownloadOptimi
         local_files_only: No network: load from the optimized cache or raise.
         verify: Re-hash the entry's files before loading.
         builder: The builder to call (default: torchvision's registry); used by the interception layer.
-        calibration: A folder of PNG/JPEG images from your domain to calibrate and judge on (through the
-            weights' own preprocessing) instead of seeded tensors; part of the key.
+        calibration_data: Inputs from your domain to calibrate and judge candidates on, instead of inputs
+            distilled from the model's BatchNorm statistics: a folder of PNG/JPEG images (through the
+            weights' own preprocessing), a preprocessed tensor batch, or a list of them; part of the key.
+        eval_fn: Task metric `eval_fn(model) -> accuracy in [0, 1]` on your labelled data: candidates are
+            then judged by the accuracy they lose on it; its module, name and code are part of the key.
+        calibration: The older name of `calibration_data`.
         **kwargs: Builder arguments (part of the key).
 
     Raises:
@@ -92,8 +97,8 @@ def get_model(name: str, weights: Any = "DEFAULT", *, config: PostDownloadOptimi
         with bypass():
             return builder(weights=None, **kwargs)
     opt_config = load_config(config)
-    calib = read_calibration(calibration)
-    source_id, loader = weights_source_id(member), vision_loader_record(name, kwargs, calib)
+    calib = read_calibration(calibration_argument(calibration_data, calibration))
+    source_id, loader = weights_source_id(member), vision_loader_record(name, kwargs, calib, eval_fn)
     cache = OptimizedCache()
     reason = offline_reason(local_files_only)
     path = weights_file(member)
@@ -110,9 +115,10 @@ def get_model(name: str, weights: Any = "DEFAULT", *, config: PostDownloadOptimi
     def write(folder: Path) -> None:
         with bypass():
             original = builder(weights=member, progress=False, **kwargs).eval()
-        inputs = _image_inputs(member, builder, opt_config.calibration_samples, calib)
+        inputs = _image_inputs(member, builder, calib)
         optimized, report = create_post_download_optimizer(opt_config).optimize_model(
-            model=original, model_name=name, example_inputs=inputs[0], calibration_data=inputs)
+            model=original, model_name=name, example_inputs=inputs[0], eval_fn=eval_fn,
+            calibration_data=inputs if calib is not None else None)
         write_entry(folder, optimized, report, source)
         meta = json.dumps(dict(member.meta), indent=2, sort_keys=True, default=str)
         (folder / "weights_meta.json").write_text(meta, encoding="utf-8")
@@ -130,13 +136,16 @@ def weights_source_id(member: Any) -> str:
     return f"{type(member).__name__}.{member.name}"
 
 
-def vision_loader_record(name: str, kwargs: dict[str, Any], calibration: Calibration | None = None) -> dict[str, Any]:
-    """How the original is built and calibrated: part of the cache key and of the source record."""
+def vision_loader_record(name: str, kwargs: dict[str, Any], calibration: Calibration | None = None,
+                         eval_fn: Any = None) -> dict[str, Any]:
+    """How the original is built, calibrated and judged: part of the cache key and of the source record."""
     loader: dict[str, Any] = {"library": "torchvision", "builder": name, "kwargs": _keys.canonical_kwargs(kwargs)}
     if calibration is not None:
-        if calibration.kind != "images":
-            raise ConfigError("torchvision models take a folder of images as calibration data, not sentences.")
+        if calibration.kind == "text":
+            raise ConfigError("torchvision models take images as calibration data (a folder of images or tensors), not sentences.")
         loader["calibration"] = calibration.describe()
+    if eval_fn is not None:
+        loader["eval_fn"] = eval_fn_record(eval_fn)
     return loader
 
 
@@ -176,7 +185,10 @@ def _known_ref(cache: OptimizedCache, source_id: str, file_name: str) -> str | N
         return None
 
 
-def _image_inputs(member: Any, builder: Callable[..., nn.Module], count: int, calibration: Calibration | None = None) -> list:
+def _image_inputs(member: Any, builder: Callable[..., nn.Module], calibration: Calibration | None = None) -> list:
+    """The user's calibration images, or else one example input (the optimizer distills the rest from it)."""
+    if calibration is not None and calibration.batches:
+        return list(calibration.batches)
     if calibration is not None:
         images = load_images(calibration, member.transforms())
         if ".detection" in builder.__module__:
@@ -188,7 +200,7 @@ def _image_inputs(member: Any, builder: Callable[..., nn.Module], count: int, ca
         size = int(crop[0] if isinstance(crop, (list, tuple)) else crop or size)
     except Exception:  # transforms of some weights take arguments; the default size is fine for calibration
         pass
-    images = examples.image_inputs(count, size=size)
+    images = examples.image_inputs(1, size=size)
     if ".detection" in builder.__module__:  # detection models take a list of CHW images
         return [([image[0]],) for image in images]
     return images

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch.nn as nn
 
@@ -23,7 +23,7 @@ from pdo_hub.core.errors import ConfigError
 from pdo_hub.hub import _keys, examples, revisions, skeleton
 from pdo_hub.hub._context import bypass
 from pdo_hub.hub._imports import LAZY_IMPORTS
-from pdo_hub.hub.calibration import Calibration, read_calibration
+from pdo_hub.hub.calibration import Calibration, calibration_argument, eval_fn_record, read_calibration
 from pdo_hub.hub.flow import SOURCE_NAME, Request, copy_source_file, load_or_build, write_entry
 from pdo_hub.optimizers import create_post_download_optimizer, load_optimized
 
@@ -80,6 +80,8 @@ def from_pretrained(
     token: str | bool | None = None,
     verify: bool = False,
     model_config: Any = None,
+    calibration_data: Any = None,
+    eval_fn: Callable[[nn.Module], float] | None = None,
     calibration: Any = None,
     **kwargs: Any,
 ) -> nn.Module:
@@ -98,8 +100,12 @@ def from_pretrained(
         token: Hub token for private or gated repos (never stored).
         verify: Re-hash the entry's files before loading (sizes are always checked).
         model_config: A transformers `PretrainedConfig` for the original (transformers' own `config=`).
-        calibration: Sentences to calibrate and judge on instead of the built-in ones: a text file (one
-            per line) or a list of strings; part of the key.
+        calibration_data: Inputs to calibrate and judge candidates on instead of the built-in sentences: a
+            text file (one sentence per line), a list of strings, or tokenized batches (a `BatchEncoding`
+            or dict of tensors, or a list of them); part of the key.
+        eval_fn: Task metric `eval_fn(model) -> accuracy in [0, 1]` on your labelled data: candidates are
+            then judged by the accuracy they lose on it; its module, name and code are part of the key.
+        calibration: The older name of `calibration_data`.
         **kwargs: Passed to the Auto class's `from_pretrained` (e.g. `num_labels`); part of the key.
 
     Returns:
@@ -111,9 +117,9 @@ def from_pretrained(
     """
     opt_config = load_config(config)
     auto_cls = auto_class_named(auto_class)
-    calib = read_calibration(calibration)
+    calib = read_calibration(calibration_argument(calibration_data, calibration))
     model_kwargs = model_arguments(kwargs, model_config)
-    loader = loader_record(auto_class, model_kwargs, calib)
+    loader = loader_record(auto_class, model_kwargs, calib, eval_fn)
     cache = OptimizedCache()
     reason = offline_reason(local_files_only)
     from pdo_hub.hub import variants  # deferred: variants imports this module
@@ -144,7 +150,7 @@ def from_pretrained(
 
     def write(folder: Path) -> None:
         _build_entry(folder, source, auto_cls, opt_config, cache_dir=cache_dir, token=token, model_kwargs=model_kwargs,
-                     calibration=calib)
+                     calibration=calib, eval_fn=eval_fn)
 
     model = load_or_build(request, load_entry, write, cache)
     if reason is None:
@@ -167,14 +173,18 @@ def model_arguments(kwargs: dict[str, Any], model_config: Any = None) -> dict[st
     return model_kwargs
 
 
-def loader_record(auto_class: str, model_kwargs: dict[str, Any], calibration: Calibration | None = None) -> dict[str, Any]:
-    """How the original is built and calibrated: part of the cache key and of the source record."""
+def loader_record(auto_class: str, model_kwargs: dict[str, Any], calibration: Calibration | None = None,
+                  eval_fn: Any = None) -> dict[str, Any]:
+    """How the original is built, calibrated and judged: part of the cache key and of the source record."""
     loader: dict[str, Any] = {"library": "transformers", "auto_class": auto_class,
                               "kwargs": _keys.canonical_kwargs(model_kwargs)}
     if calibration is not None:
-        if calibration.kind != "text":
-            raise ConfigError("Hub models take text calibration (a text file or a list of sentences), not images.")
+        if calibration.kind == "images":
+            raise ConfigError("Hub models take text calibration (a text file, a list of sentences or tokenized "
+                              "batches), not a folder of images.")
         loader["calibration"] = calibration.describe()
+    if eval_fn is not None:
+        loader["eval_fn"] = eval_fn_record(eval_fn)
     return loader
 
 
@@ -197,7 +207,7 @@ def load_entry(entry: CacheEntry) -> nn.Module:
 
 def _build_entry(folder: Path, source: dict, auto_cls: Any, opt_config: PostDownloadOptimizationConfig, *,
                  cache_dir: str | None, token: Any, model_kwargs: dict[str, Any],
-                 calibration: Calibration | None = None) -> None:
+                 calibration: Calibration | None = None, eval_fn: Callable[[nn.Module], float] | None = None) -> None:
     from huggingface_hub import snapshot_download
 
     from pdo_hub.hub import _blob_check, _retry
@@ -224,6 +234,7 @@ def _build_entry(folder: Path, source: dict, auto_cls: Any, opt_config: PostDown
     crashpoint("optimize.start")
     optimized, report = optimizer.optimize_model(
         model=original, model_name=repo_id, example_inputs=inputs[0] if inputs else None, calibration_data=inputs,
+        eval_fn=eval_fn,
     )
     crashpoint("optimize.done")
     _copy_small_files(small_files, folder)
@@ -235,6 +246,8 @@ def _build_entry(folder: Path, source: dict, auto_cls: Any, opt_config: PostDown
 def _text_inputs(files: Path, model: nn.Module, count: int, calibration: Calibration | None = None) -> list | None:
     from transformers import AutoTokenizer
 
+    if calibration is not None and calibration.batches:
+        return list(calibration.batches)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(files))
     except Exception as err:  # no tokenizer in the repo (vision/audio models): the optimizer guesses inputs

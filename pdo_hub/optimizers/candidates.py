@@ -60,6 +60,11 @@ class Candidate:
             entry["output_cosine"] = round(self.fidelity.cosine, 6)
             if self.fidelity.top1_agreement is not None:
                 entry["top1_agreement"] = round(self.fidelity.top1_agreement, 4)
+            if self.fidelity.kl is not None:
+                entry["kl"] = round(self.fidelity.kl, 6)
+            if self.accuracy is None:  # the loss is an estimate from held-out inputs: say how sure it is
+                entry["loss_standard_error"] = round(self.fidelity.standard_error, 6)
+                entry["estimate_uncertain"] = self.fidelity.uncertain
         if self.accuracy is not None:
             entry["accuracy"] = round(self.accuracy, 6)
         if self.accuracy_loss is not None:
@@ -168,10 +173,11 @@ def build_candidate(methods: tuple[str, ...], base: nn.Module, ctx: MethodContex
 
 
 def accuracy_loss(model: nn.Module, ctx: MethodContext, original: dict[str, Any]) -> float:
-    """Loss against the original: task accuracy drop with `eval_fn`, else 1 - output cosine."""
+    """Loss against the original: task accuracy drop with `eval_fn`, else the task-aware fidelity loss
+    (`evaluate.TASK_METRICS`) on the calibration inputs."""
     if ctx.eval_fn is not None:
         return max(0.0, original["accuracy"] - float(ctx.eval_fn(model)))
-    return fidelity(model, ctx.calibration_inputs, original["calibration_references"], ctx.device).loss
+    return fidelity(model, ctx.calibration_inputs, original["calibration_references"], ctx.device, original["logits"]).task_loss
 
 
 def measure_candidate(candidate: Candidate, ctx: MethodContext, original: dict[str, Any]) -> None:
@@ -179,12 +185,12 @@ def measure_candidate(candidate: Candidate, ctx: MethodContext, original: dict[s
     config = ctx.config
     model = candidate.model
     candidate.size_bytes = serialized_bytes(model)
-    candidate.fidelity = fidelity(model, ctx.extras["held_out_inputs"], original["references"], ctx.device)
+    candidate.fidelity = fidelity(model, ctx.extras["held_out_inputs"], original["references"], ctx.device, original["logits"])
     if ctx.eval_fn is not None:
         candidate.accuracy = float(ctx.eval_fn(model))
         candidate.accuracy_loss = max(0.0, original["accuracy"] - candidate.accuracy)
     else:
-        candidate.accuracy_loss = candidate.fidelity.loss
+        candidate.accuracy_loss = candidate.fidelity.task_loss
     if candidate.accuracy_loss > config.preserve_accuracy_threshold:
         candidate.status = "rejected"
         candidate.reason = (

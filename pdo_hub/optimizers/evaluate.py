@@ -16,26 +16,64 @@ import torch.nn.functional as F
 from .inputs import Inputs, batch_size, call_model, output_tensor, to_device
 
 
+#: What the optimizer judges a candidate by when no `eval_fn` is given, by what the model outputs.
+TASK_METRICS = {
+    "classifier_disagreement": "expected top-1 disagreement with the original on held-out inputs: the mean total "
+                               "variation between their softmax outputs (0 = same distributions, 1 = disjoint)",
+    "next_token_disagreement": "expected next-token disagreement with the original: the mean total variation between "
+                               "their softmax outputs over every real token position",
+    "pooled_embedding_cosine": "1 - cosine similarity of mask-pooled sentence embeddings",
+    "output_cosine": "1 - cosine similarity of the flattened outputs",
+}
+# An estimate is reported as uncertain when twice its standard error (over the held-out samples) is above
+# this: half a point of accuracy, the resolution at which users compare variants.
+UNCERTAIN_ABOVE = 0.005
+
+
 @dataclasses.dataclass
 class Fidelity:
     """How close a model's outputs are to the original's on the same inputs.
 
-    `cosine` is the mean per-sample cosine similarity of what the model's users consume (`measure`):
-    for a token encoder called with an `attention_mask`, its mask-pooled sentence embedding (what
-    sentence-transformers computes; padded positions carry no meaning and vary freely); otherwise the
-    flattened output. `top1_agreement` is the share of samples whose arg-max class matches (only for
-    2-D logits).
+    `cosine` is the mean per-sample cosine similarity of what the model's users consume: for a token
+    encoder called with an `attention_mask`, its mask-pooled sentence embedding (what sentence-transformers
+    computes; padded positions carry no meaning and vary freely); otherwise the flattened output.
+    For logits (2-D outputs, or a language model's `logits`) `disagreement` is the mean total variation
+    between the softmax outputs, a smooth estimate of the share of top-1 predictions that change (a
+    handful of held-out samples cannot resolve a fraction of a point by counting flips), `kl` the mean
+    KL(original || model), and `top1_agreement` the share of arg-max predictions that match.
+    `measure` names the task metric (`TASK_METRICS`); `samples` holds its per-sample losses.
     """
 
     cosine: float
     top1_agreement: float | None
     max_abs_error: float
     measure: str = "output_cosine"
+    disagreement: float | None = None
+    kl: float | None = None
+    relative_error: float | None = None
+    samples: list[float] = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def loss(self) -> float:
-        """Accuracy loss used when no task metric is given: 1 - cosine."""
+        """1 - cosine: what the methods steer by internally (their budgets are calibrated on it)."""
         return max(0.0, 1.0 - self.cosine)
+
+    @property
+    def task_loss(self) -> float:
+        """The accuracy loss the optimizer judges candidates by without `eval_fn` (the report's metric)."""
+        return self.disagreement if self.disagreement is not None else self.loss
+
+    @property
+    def standard_error(self) -> float:
+        """Standard error of `task_loss` over the held-out samples (0 with fewer than two)."""
+        if len(self.samples) < 2:
+            return 0.0
+        return statistics.stdev(self.samples) / len(self.samples) ** 0.5
+
+    @property
+    def uncertain(self) -> bool:
+        """Whether the estimate could be off by more than half a point (`UNCERTAIN_ABOVE`)."""
+        return len(self.samples) < 2 or 2.0 * self.standard_error > UNCERTAIN_ABOVE
 
 
 @torch.inference_mode()
@@ -43,29 +81,72 @@ def reference_outputs(model: nn.Module, inputs: list[Inputs], device: torch.devi
     return [output_tensor(call_model(model, to_device(x, device))).float().cpu() for x in inputs]
 
 
+def outputs_logits(model: nn.Module, example: Inputs, device: torch.device) -> bool:
+    """Whether the model's output is class logits: a `logits` field, or a plain 2-D tensor."""
+    with torch.inference_mode():
+        output = call_model(model, to_device(example, device))
+    if isinstance(output, torch.Tensor):
+        return output.dim() == 2 and output.shape[1] > 1
+    value = output.get("logits") if hasattr(output, "get") else getattr(output, "logits", None)
+    return isinstance(value, torch.Tensor)
+
+
 @torch.inference_mode()
-def fidelity(model: nn.Module, inputs: list[Inputs], references: list[torch.Tensor], device: torch.device) -> Fidelity:
+def fidelity(model: nn.Module, inputs: list[Inputs], references: list[torch.Tensor], device: torch.device,
+             logits: bool | None = None) -> Fidelity:
+    """Compare `model` with the original's `references` on `inputs`.
+
+    Args:
+        logits: whether the outputs are logits (`outputs_logits`); None: 2-D outputs are.
+    """
     cosines, agree, total, max_err, measures = [], 0, 0, 0.0, set()
+    tv_samples, kls, rel = [], [], []
     for x, ref in zip(inputs, references):
         out = output_tensor(call_model(model, to_device(x, device))).float().cpu()
         mask = _token_mask(x, ref)
+        is_logits = (ref.dim() == 2 and ref.shape[1] > 1) if logits is None else (logits and ref.dim() in (2, 3))
         if mask is None:
             a, b = out.reshape(out.shape[0], -1), ref.reshape(ref.shape[0], -1)
-            measures.add("output_cosine")
         else:
             a, b = _mean_pool(out, mask), _mean_pool(ref, mask)
-            measures.add("pooled_embedding_cosine")
         cosines.extend(F.cosine_similarity(a, b, dim=1, eps=1e-12).tolist())
+        rel.extend(((a - b).norm(dim=1) / b.norm(dim=1).clamp(min=1e-12)).tolist())
         max_err = max(max_err, float((out - ref).abs().max()))
+        if is_logits:
+            tv, kl = _distribution_gaps(out, ref, mask if ref.dim() == 3 else None)
+            tv_samples.extend(tv.tolist())
+            kls.extend(kl.tolist())
+            measures.add("classifier_disagreement" if ref.dim() == 2 else "next_token_disagreement")
+        else:
+            measures.add("output_cosine" if mask is None else "pooled_embedding_cosine")
         if ref.dim() == 2:
             agree += int((out.argmax(1) == ref.argmax(1)).sum())
             total += ref.shape[0]
     measure = measures.pop() if len(measures) == 1 else "output_cosine"
-    return Fidelity(statistics.fmean(cosines), agree / total if total else None, max_err, measure)
+    result = Fidelity(statistics.fmean(cosines), agree / total if total else None, max_err, measure,
+                      relative_error=statistics.fmean(rel))
+    if measure.endswith("_disagreement"):
+        result.disagreement, result.kl, result.samples = statistics.fmean(tv_samples), statistics.fmean(kls), tv_samples
+    else:
+        result.samples = [1.0 - c for c in cosines]
+    return result
 
 
-def fidelity_measure(inputs: list[Inputs], references: list[torch.Tensor]) -> str:
-    """The name of what `fidelity` compares on these inputs (the report's `metric` without `eval_fn`)."""
+def _distribution_gaps(out: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: total variation and KL(ref || out) of the softmax outputs (token positions averaged under `mask`)."""
+    log_p, log_q = ref.log_softmax(-1), out.log_softmax(-1)
+    tv = 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).clamp(min=0.0)
+    if tv.dim() == 2:  # [batch, tokens]
+        weights = mask if mask is not None else torch.ones_like(tv)
+        tv, kl = ((t * weights).sum(1) / weights.sum(1).clamp(min=1.0) for t in (tv, kl))
+    return tv, kl
+
+
+def fidelity_measure(inputs: list[Inputs], references: list[torch.Tensor], logits: bool | None = None) -> str:
+    """The name of what `fidelity` judges by on these inputs (the report's `metric` without `eval_fn`)."""
+    if references and all((r.dim() == 2 and r.shape[1] > 1) if logits is None else (logits and r.dim() in (2, 3)) for r in references):
+        return "classifier_disagreement" if references[0].dim() == 2 else "next_token_disagreement"
     pooled = [_token_mask(x, ref) is not None for x, ref in zip(inputs, references)]
     return "pooled_embedding_cosine" if pooled and all(pooled) else "output_cosine"
 

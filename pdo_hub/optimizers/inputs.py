@@ -91,7 +91,8 @@ def split_held_out(batches: list[Inputs], seed: int = 0) -> tuple[list[Inputs], 
     """
     if len(batches) >= 4:
         held_out = batches[3::4]
-        return [b for i, b in enumerate(batches) if i % 4 != 3], held_out, f"{len(held_out)} held-out calibration batches"
+        plural = "es" if len(held_out) > 1 else ""
+        return [b for i, b in enumerate(batches) if i % 4 != 3], held_out, f"{len(held_out)} held-out calibration batch{plural}"
     if batches and all(batch_size(batch) >= 2 for batch in batches):
         calibration, held_out = [], []
         for batch in batches:

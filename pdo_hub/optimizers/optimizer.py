@@ -16,9 +16,10 @@ from ..core.errors import ConfigError
 from .artifacts import write_seed_artifacts
 from .candidates import Candidate, Prefixes, accuracy_loss, build_candidate, measure_candidate
 from .context import MethodContext
-from .evaluate import benchmark_interleaved, fidelity_measure, reference_outputs, timing_noise
+from .evaluate import TASK_METRICS, benchmark_interleaved, fidelity_measure, outputs_logits, reference_outputs, timing_noise
 from .flavours import fitting_quantization
-from .inputs import Inputs, infer_example_inputs, normalize_inputs, split_held_out, synthesize_inputs, to_device
+from .distilled import data_free_inputs
+from .inputs import Inputs, infer_example_inputs, normalize_inputs, split_held_out, to_device
 from .recipe import Recipe
 from .recovery import RecoveryTimeoutError
 from .report import REPORT_VERSION, disabled_report, environment, performance_metrics, size_metrics, timing_section
@@ -60,8 +61,9 @@ class PostDownloadOptimizer:
             model_name: name used in the report.
             example_inputs: one batch the model accepts (a tensor, a tuple, or a mapping of tensors such as
                 a dict or a tokenizer's `BatchEncoding`); guessed if None.
-            calibration_data: batches for calibration and fidelity checks (default: synthesized from
-                example_inputs, `config.calibration_samples` of them).
+            calibration_data: batches for calibration and fidelity checks (default: `config.calibration_samples`
+                inputs distilled from the model's BatchNorm statistics when it has them, else perturbed
+                copies of example_inputs; as many again are held out to judge candidates on).
             eval_fn: task metric `eval_fn(model) -> accuracy in [0, 1]`; when given, accuracy loss is measured
                 with it instead of output fidelity.
             train_data: labelled (inputs, labels) batches for methods that fine-tune (`qat` trains on the
@@ -87,9 +89,7 @@ class PostDownloadOptimizer:
             calibration, held_out, held_out_note = split_held_out(
                 [normalize_inputs(batch) for batch in calibration_data], config.seed)
         else:
-            synthesized = synthesize_inputs(example_inputs, 2 * config.calibration_samples, config.seed)
-            calibration, held_out = synthesized[0::2], synthesized[1::2]
-            held_out_note = f"{len(held_out)} held-out inputs perturbed from example_inputs (no calibration_data given)"
+            calibration, held_out, held_out_note = data_free_inputs(base, example_inputs, config)
         ctx = MethodContext(
             config=config, example_inputs=example_inputs, calibration_inputs=calibration, device=device,
             original_model=base, target_ratio=config.target_compression_ratio, eval_fn=eval_fn,
@@ -126,12 +126,15 @@ class PostDownloadOptimizer:
 
     # -- steps -------------------------------------------------------------------------------------
     def _measure_original(self, base: nn.Module, ctx: MethodContext) -> dict[str, Any]:
-        references = reference_outputs(base, ctx.extras["held_out_inputs"], ctx.device)
+        held_out = ctx.extras["held_out_inputs"]
+        references = reference_outputs(base, held_out, ctx.device)
+        logits = outputs_logits(base, held_out[0], ctx.device) if held_out else None
         return {
+            "logits": logits,
             "size_bytes": serialized_bytes(base),
             "calibration_references": reference_outputs(base, ctx.calibration_inputs, ctx.device),
             "references": references,
-            "fidelity_metric": fidelity_measure(ctx.extras["held_out_inputs"], references),
+            "fidelity_metric": fidelity_measure(held_out, references, logits),
             "held_out_note": ctx.extras["held_out_note"],
             "timing": None,  # timed with the candidates, in the same rounds (`_time`)
             "accuracy": float(ctx.eval_fn(base)) if ctx.eval_fn else None,
@@ -192,8 +195,10 @@ class PostDownloadOptimizer:
     def _report(self, model_name, config, original, chosen, candidates, notes, device, seconds) -> dict[str, Any]:
         final_bytes = chosen.size_bytes if chosen else original["size_bytes"]
         final_timing = chosen.timing if chosen else original["timing"]
+        metric = "task_accuracy" if original["accuracy"] is not None else original["fidelity_metric"]
         accuracy = {
-            "metric": "task_accuracy" if original["accuracy"] is not None else original["fidelity_metric"],
+            "metric": metric,
+            "metric_description": TASK_METRICS.get(metric, "the accuracy eval_fn returns, original minus variant"),
             "evaluated_on": "eval_fn" if original["accuracy"] is not None else original["held_out_note"],
             "preserve_accuracy_threshold": config.preserve_accuracy_threshold,
             "accuracy_loss": chosen.accuracy_loss if chosen else 0.0,
@@ -206,6 +211,12 @@ class PostDownloadOptimizer:
             accuracy["output_cosine"] = chosen.fidelity.cosine
             accuracy["top1_agreement"] = chosen.fidelity.top1_agreement
             accuracy["max_abs_error"] = chosen.fidelity.max_abs_error
+            accuracy["relative_output_error"] = chosen.fidelity.relative_error
+            if chosen.fidelity.kl is not None:
+                accuracy["kl"] = chosen.fidelity.kl
+            if original["accuracy"] is None:
+                accuracy["loss_standard_error"] = chosen.fidelity.standard_error
+                accuracy["estimate_uncertain"] = chosen.fidelity.uncertain
         seen: set[str] = set()  # pipelines built on a shared prefix share its notes: report each once
         for candidate in candidates:
             for note in candidate.notes:
