@@ -193,12 +193,14 @@ def test_static_resnet18_reloads_in_fresh_process(tmp_path):
 
 def test_optimizer_pipeline_svd_then_static_reloads(tmp_path):
     model = KitchenSink().eval()
-    config = {"quantization_method": "static", "auto_select_best_method": True, "save_optimized_model": False,
+    # Without auto-selection the configured pipeline (svd, then static) is kept when it fits the budget:
+    # which of several accepted candidates auto-selection picks depends on their measured speeds.
+    config = {"quantization_method": "static", "auto_select_best_method": False, "save_optimized_model": False,
               "benchmark_runs": 2, "calibration_samples": 4, "preserve_accuracy_threshold": 0.5, "target_compression_ratio": 0.8}
     optimized, report = PostDownloadOptimizer(config).optimize_model(model, "kitchen", torch.randn(1, 3, 16, 16))
     by_methods = {tuple(c["methods"]): c for c in report["candidates"]}
-    assert by_methods[("static",)]["status"] in ("accepted", "selected"), by_methods[("static",)]
-    assert "quantization_static" in report["optimizations_applied"], report["optimizations_applied"]
+    assert by_methods[("svd", "static")]["status"] == "selected", by_methods
+    assert report["optimizations_applied"] == ["tensor_factorization_svd", "quantization_static"], report["optimizations_applied"]
     save_optimized(optimized, tmp_path)
     x = torch.randn(2, 3, 16, 16)
     with torch.inference_mode():

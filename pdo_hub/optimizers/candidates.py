@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..core._crashpoints import crashpoint
-from .context import MethodContext
+from .context import MethodContext, probe_subset
 from .evaluate import Fidelity, Timing, fidelity
 from .recipe import Recipe
 from .registry import get_method
@@ -119,13 +119,17 @@ class Prefixes:
     def take(self, methods: tuple[str, ...]) -> _Stage | None:
         """Start building `methods`: a copy of its longest stored prefix (None: start from the base
         model); stored prefixes that no other pending pipeline needs are dropped."""
-        if methods in self._pending:
-            self._pending.remove(methods)
         stage = next((self._stored[methods[:n]] for n in range(len(methods), 0, -1) if methods[:n] in self._stored), None)
         stage = copy.deepcopy(stage) if stage is not None else None
+        self.drop(methods)
+        return stage
+
+    def drop(self, methods: tuple[str, ...]) -> None:
+        """`methods` will not be built (or has started): forget it, and the stored prefixes only it needed."""
+        if methods in self._pending:
+            self._pending.remove(methods)
         for prefix in [p for p in self._stored if not self.wanted(p)]:
             del self._stored[prefix]
-        return stage
 
 
 def build_candidate(methods: tuple[str, ...], base: nn.Module, ctx: MethodContext, prefixes: Prefixes | None = None) -> Candidate:
@@ -172,12 +176,35 @@ def build_candidate(methods: tuple[str, ...], base: nn.Module, ctx: MethodContex
     return candidate
 
 
-def accuracy_loss(model: nn.Module, ctx: MethodContext, original: dict[str, Any]) -> float:
+#: Methods that only add error to what they are given: post-training int8, no fine-tuning. (Factorizations
+#: and pruning recover by distillation, and `qat` trains: they may win back a prefix's loss.)
+ERROR_ONLY_METHODS = frozenset({"dynamic", "static", "fx"})
+
+
+def over_budget_prefix(methods: tuple[str, ...], measured: list[Candidate], threshold: float) -> Candidate | None:
+    """A measured candidate that is a proper prefix of `methods`, over the accuracy threshold, followed by error-only methods.
+
+    Such a pipeline cannot come back within the budget (a MiniLM `svd+dynamic` after `svd` lost 0.045
+    against a 0.02 budget cost 11 s of the conservative search), so it is not built.
+    """
+    for candidate in measured:
+        n = len(candidate.methods)
+        if n < len(methods) and methods[:n] == candidate.methods and candidate.accuracy_loss is not None \
+                and candidate.accuracy_loss > threshold and set(methods[n:]) <= ERROR_ONLY_METHODS:
+            return candidate
+    return None
+
+
+def accuracy_loss(model: nn.Module, ctx: MethodContext, original: dict[str, Any], probe: bool = False) -> float:
     """Loss against the original: task accuracy drop with `eval_fn`, else the task-aware fidelity loss
-    (`evaluate.TASK_METRICS`) on the calibration inputs."""
+    (`evaluate.TASK_METRICS`) on the calibration inputs (`probe`: on `ctx.probe_inputs` only)."""
     if ctx.eval_fn is not None:
         return max(0.0, original["accuracy"] - float(ctx.eval_fn(model)))
-    return fidelity(model, ctx.calibration_inputs, original["calibration_references"], ctx.device, original["logits"]).task_loss
+    if probe:
+        inputs, references = ctx.probe_inputs, probe_subset(original["calibration_references"])
+    else:
+        inputs, references = ctx.calibration_inputs, original["calibration_references"]
+    return fidelity(model, inputs, references, ctx.device, original["logits"]).task_loss
 
 
 def measure_candidate(candidate: Candidate, ctx: MethodContext, original: dict[str, Any]) -> None:

@@ -14,7 +14,7 @@ import torch.nn as nn
 from ..core.config import PostDownloadOptimizationConfig, load_config
 from ..core.errors import ConfigError
 from .artifacts import write_seed_artifacts
-from .candidates import Candidate, Prefixes, accuracy_loss, build_candidate, measure_candidate
+from .candidates import Candidate, Prefixes, accuracy_loss, build_candidate, measure_candidate, over_budget_prefix
 from .context import MethodContext
 from .evaluate import TASK_METRICS, benchmark_interleaved, fidelity_measure, outputs_logits, reference_outputs, timing_noise
 from .flavours import fitting_quantization
@@ -102,6 +102,7 @@ class PostDownloadOptimizer:
             ctx.extras["labelled_data"] = _labelled_batches(train_data, device)
         original = self._measure_original(base, ctx)
         ctx.measure_loss = lambda candidate_model: accuracy_loss(candidate_model, ctx, original)
+        ctx.measure_probe_loss = lambda candidate_model: accuracy_loss(candidate_model, ctx, original, probe=True)
         notes: list[str] = []
         fit = fitting_quantization(base, example_inputs) if config.enable_quantization else None
         candidates = self._build(candidate_pipelines(config, notes, fit), base, ctx, original, notes)
@@ -146,6 +147,13 @@ class PostDownloadOptimizer:
         prefixes = Prefixes(pipelines)
         candidates = []
         for index, methods in enumerate(pipelines):
+            lost = over_budget_prefix(methods, candidates, self.config.preserve_accuracy_threshold)
+            if lost is not None:
+                prefixes.drop(methods)
+                candidates.append(Candidate(methods, status="rejected", reason=(
+                    f"not built: its prefix {'+'.join(lost.methods)} already loses {lost.accuracy_loss:.4f}, over the threshold, "
+                    f"and {'+'.join(methods[len(lost.methods):])} (post-training int8) only adds error")))
+                continue
             candidates.append(self._try(methods, base, ctx, original, prefixes))
             if not self.config.auto_select_best_method and candidates[-1].status == "accepted":
                 if index + 1 < len(pipelines):

@@ -24,6 +24,7 @@ from ..core.errors import PdoHubError, RecipeError, StorageError
 from ..core.tensor_codec import decode_state_dict, encode_state_dict
 from ._canonical_safetensors import write_safetensors
 from .recipe import Recipe
+from .methods import _warm_up
 from .registry import get_method
 
 logger = logging.getLogger(__name__)
@@ -85,18 +86,22 @@ def read_recipe(directory: str | os.PathLike) -> Recipe:
     return Recipe.from_json(metadata[_RECIPE_KEY])
 
 
-def load_optimized(directory: str | os.PathLike, skeleton: nn.Module, *, assign: bool = False) -> nn.Module:
+def load_optimized(directory: str | os.PathLike, skeleton: nn.Module, *, assign: bool = False, warm_up: str = "background") -> nn.Module:
     """Rebuild an optimized model on `skeleton`, a fresh un-optimized instance of the original architecture.
 
     The skeleton's weights do not matter (it may be randomly initialised); its structure is changed
     in place by replaying the recipe, then every tensor is loaded strictly. With `assign=True` the
     loaded tensors replace the skeleton's instead of being copied into them, so a skeleton built
     without initialising its weights (or on the meta device) loads without a second copy.
+    `warm_up`: when an int8 variant builds its frozen trace (`methods/_warm_up.py`): on a background
+    thread (calls meanwhile run eagerly), `"now"` before returning, or `"off"` (on its first calls).
 
     Raises:
         RecipeError: the recipe is from a newer pdo-hub or names a method this install lacks.
         StorageError: the file is missing or damaged, or its tensors do not fit the rebuilt model.
     """
+    if warm_up not in _warm_up.MODES:
+        raise ValueError(f"warm_up must be one of {', '.join(_warm_up.MODES)}, not {warm_up!r}.")
     directory = Path(directory)
     recipe = read_recipe(directory)
     recipe.check_methods()
@@ -126,6 +131,7 @@ def load_optimized(directory: str | os.PathLike, skeleton: nn.Module, *, assign:
             f"unexpected keys {result.unexpected_keys[:10]}. Pass a fresh instance of the architecture the model was optimized from."
         )
     model.eval()
+    _warm_up.start(model, warm_up)  # the frozen trace is built now, not on the first requests
     model.pdo_recipe = recipe
     report_path = directory / REPORT_NAME
     if report_path.is_file():

@@ -31,6 +31,7 @@ from . import _int8_isa
 from ._fast_forward import accelerate
 from ._int8_linear import PORTABLE_MAX
 from ._torch_ao import quiet_torch_ao
+from ._warm_up import input_spec
 
 logger = logging.getLogger(__name__)
 FLOW = "eager"
@@ -88,6 +89,9 @@ def quantize(model: nn.Module, ctx, method: str, budget: float | None) -> tuple[
                               _int8_isa.FIELD: _int8_isa.portable("7-bit weights") if portable else _int8_isa.full_range(KERNELS)}
     if embeddings:
         record["embeddings"] = embeddings
+    spec = input_spec(ctx.example_inputs)
+    if spec is not None:
+        record["inputs"] = spec
     return accelerate(model), record
 
 
@@ -102,4 +106,4 @@ def rebuild(model: nn.Module, record: dict[str, Any]) -> nn.Module:
     model.eval()
     _wrap_and_convert(model, paths, [])
     restore_embeddings(model, record.get("embeddings", []), record["method"])
-    return accelerate(model)
+    return accelerate(model, record.get("inputs"))

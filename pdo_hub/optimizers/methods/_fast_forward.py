@@ -5,7 +5,10 @@ its small ops, which a frozen trace removes. `accelerate(model)` sets an instanc
 its state dict and its `config`) that runs eligible calls through `_traces.TraceCache`: one trace per
 input structure, built on the second call (~0.3 s for MiniLM) and checked against eager once per
 dimension that varies, so traffic of any lengths and batch sizes pays one trace, not one per shape.
-Where a model bakes a shape into its trace, that structure falls back to a trace per shape.
+Where a model bakes a shape into its trace, that structure falls back to a trace per shape. A loaded
+variant whose record keeps its input spec has that trace built and checked at load (`_warm_up`), so
+the first requests run as fast as later ones. The first eager call also groups sibling int8 layers
+that read the same input (`_shared_input`: query, key and value share one quantization and one GEMM).
 
 Eligible: eval mode, gradients off (`torch.no_grad` / `torch.inference_mode`: with gradients on the
 caller may want autograd, which a frozen trace drops), and only tensor inputs, either positional or
@@ -30,6 +33,7 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from . import _small_attention
+from ._shared_input import group_siblings, ungroup
 from ._traces import FAILED, TraceCache, identical
 
 logger = logging.getLogger(__name__)
@@ -53,20 +57,41 @@ class _Adapter(nn.Module):
 class FastForward:
     """The instance-level `forward` that `accelerate` installs; holds the traces (never saved)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, warm_up_inputs: list | None = None) -> None:
         self.model = model
         self.cache = TraceCache(trace_after=_TRACE_AFTER_CALLS)
+        self.warm_up_inputs = warm_up_inputs  # the record's input spec (`_warm_up`)
+        self.probed = False  # whether an eager call has grouped sibling int8 layers (`_shared_input`)
         self.__wrapped__ = type(model).forward.__get__(model)  # inspect.signature(model.forward) sees the real one
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(args, kwargs)
+
+    def warm_up(self, args: tuple, kwargs: dict) -> None:
+        """One call that builds the trace for its inputs' structure now (`_warm_up`)."""
+        if self._eligible(args, kwargs):
+            self._call(args, kwargs, trace_now=True)
+
+    def _call(self, args: tuple, kwargs: dict, trace_now: bool = False) -> Any:
         eager = type(self.model).forward
         if not self._eligible(args, kwargs):
             return eager(self.model, *args, **kwargs)
         keywords = tuple(name for name in _TRACEABLE_KEYWORDS if name in kwargs)
         tensors = args + tuple(kwargs[name] for name in keywords)
         structure = (len(args), keywords) + tuple((t.dim(), t.dtype, t.device) for t in tensors)
-        return self.cache.call(structure, tensors, lambda: eager(self.model, *args, **kwargs),
-                               lambda inputs, reference: self._build(inputs, keywords, reference), identical)
+        return self.cache.call(structure, tensors, lambda: self._eager(args, kwargs),
+                               lambda inputs, reference: self._build(inputs, keywords, reference), identical, trace_now=trace_now)
+
+    def _eager(self, args: tuple, kwargs: dict) -> Any:
+        run = lambda: type(self.model).forward(self.model, *args, **kwargs)  # noqa: E731
+        if self.probed:
+            return run()
+        # The first eager call (always before a trace is built) finds the int8 layers that share inputs.
+        self.probed = True
+        output, groups = group_siblings(self.model, run)
+        if groups:
+            logger.debug("dynamic: %d groups of int8 layers share their input: %s", len(groups), [len(g.members) for g in groups])
+        return output
 
     @property
     def traces(self) -> list:
@@ -95,7 +120,9 @@ class FastForward:
                 warnings.simplefilter("always")
                 example = tuple(t.clone() for t in tensors)
                 adapter = _Adapter(self.model, keywords).eval()
-                trace = torch.jit.freeze(torch.jit.trace(adapter, example, check_trace=False).eval())
+                # optimize_numerics=False: freeze's folding passes (conv-bn, ...) change results in the last
+                # bits, which can flip an int8 rounding; a trace must give exactly what eager gives.
+                trace = torch.jit.freeze(torch.jit.trace(adapter, example, check_trace=False).eval(), optimize_numerics=False)
                 outputs = trace(*example)
         except Exception as err:  # not traceable (data-dependent shapes, unsupported ops): stay eager
             logger.debug("dynamic: eager for inputs %s: %s: %s", [tuple(t.shape) for t in tensors], type(err).__name__, err)
@@ -115,13 +142,15 @@ class FastForward:
 
     def clear(self) -> None:
         self.cache.clear()
+        ungroup(self.model.modules())
+        self.probed = False
 
     def __getstate__(self) -> dict[str, Any]:
         # deepcopy / pickle must not copy TorchScript objects; traces are rebuilt on demand.
-        return {"model": self.model}
+        return {"model": self.model, "warm_up_inputs": self.warm_up_inputs}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["model"])
+        self.__init__(state["model"], state.get("warm_up_inputs"))
 
 
 @contextlib.contextmanager
@@ -144,12 +173,18 @@ def _trace_aware(filename: str) -> bool:
     return f"{os.sep}transformers{os.sep}" in filename
 
 
-def accelerate(model: nn.Module) -> nn.Module:
-    """Install `FastForward` on `model` (idempotent), with small-input CPU attention for transformers models; returns the model."""
-    if isinstance(model.__dict__.get("forward"), FastForward):
+def accelerate(model: nn.Module, warm_up_inputs: list | None = None) -> nn.Module:
+    """Install `FastForward` on `model` (idempotent), with small-input CPU attention for transformers models; returns the model.
+
+    `warm_up_inputs`: the input spec a record keeps (`_warm_up.input_spec`), so `load_optimized` can
+    build the trace at load.
+    """
+    fast = model.__dict__.get("forward")
+    if isinstance(fast, FastForward):
+        fast.warm_up_inputs = warm_up_inputs or fast.warm_up_inputs
         return model
     _small_attention.install(model)
-    model.forward = FastForward(model)
+    model.forward = FastForward(model, warm_up_inputs)
     model.register_load_state_dict_post_hook(_forget_traces)
     return model
 

@@ -40,11 +40,24 @@ class QuantizedGraph(nn.Module):
         object.__setattr__(self, "_traces", TraceCache(trace_after=1))
         self.register_load_state_dict_post_hook(_forget_traces)
 
+    #: The record's input spec (`_warm_up`): set on a rebuilt graph, so `warm_up` can build its trace at load.
+    warm_up_inputs = None
+
     def forward(self, *args: Any) -> Any:
+        return self._call(args)
+
+    def warm_up(self, args: tuple, kwargs: dict) -> None:
+        """One call that builds the trace for its inputs' structure now (`_warm_up`)."""
+        if kwargs or not self._can_trace(args):
+            return
+        self._call(args, trace_now=True)
+
+    def _call(self, args: tuple, trace_now: bool = False) -> Any:
         if not self._can_trace(args):
             return self.graph(*args)
         structure = tuple((a.dim(), a.dtype, a.device, a.is_contiguous(memory_format=torch.channels_last)) for a in args)
-        return self._traces.call(structure, args, lambda: self.graph(*args), lambda inputs, reference: self._trace(inputs), identical)
+        return self._traces.call(structure, args, lambda: self.graph(*args), lambda inputs, reference: self._trace(inputs), identical,
+                                 trace_now=trace_now)
 
     def _can_trace(self, args: tuple) -> bool:
         if not self.accelerate or self.training or not args or torch.jit.is_tracing() or torch.jit.is_scripting():
@@ -58,7 +71,9 @@ class QuantizedGraph(nn.Module):
                 warnings.simplefilter("ignore")
                 example = tuple(a.clone() for a in args)
                 traced = torch.jit.trace(self.graph.eval(), example, check_trace=False)
-                frozen = torch.jit.freeze(traced.eval())
+                # optimize_numerics=False: freeze's folding passes (conv-bn, ...) change results in the last
+                # bits, which can flip an int8 rounding; a trace must give exactly what eager gives.
+                frozen = torch.jit.freeze(traced.eval(), optimize_numerics=False)
         except Exception as err:  # some graphs cannot be traced (data-dependent shapes, ...): stay on FX
             logger.debug("int8 graph runs unfrozen for inputs %s: %s: %s", [tuple(a.shape) for a in args], type(err).__name__, err)
             return FAILED

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from typing import Any, Iterable
 
 import torch
@@ -29,7 +28,7 @@ import torch.nn as nn
 
 from ...core.errors import OptimizationError, RecipeError
 from ..inputs import Inputs, call_model
-from . import _int8_isa
+from . import _int8_isa, _warm_up
 from ._fast_graph import QuantizedGraph
 from ._int8_linear import PORTABLE_MAX
 from ._torch_ao import quiet_torch_ao
@@ -59,21 +58,15 @@ def positional_inputs(inputs: Inputs, method: str) -> tuple[torch.Tensor, ...]:
 
 
 def input_spec(args: tuple[torch.Tensor, ...]) -> list[dict[str, Any]]:
-    return [{"shape": list(a.shape), "dtype": str(a.dtype).replace("torch.", "")} for a in args]
+    return _warm_up.input_spec(args)
 
 
 def spec_inputs(spec: list[dict[str, Any]]) -> tuple[torch.Tensor, ...]:
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32}
-    try:
-        shapes = [item["shape"] for item in spec]
-        # A downloaded recipe could ask for zeros of any size; real example inputs are far below the limit.
-        if not all(isinstance(shape, list) and all(type(n) is int and n >= 0 for n in shape) for shape in shapes) or \
-                sum(math.prod(shape) for shape in shapes) > _MAX_INPUT_ELEMENTS:
-            raise RecipeError(f"The recipe's input shapes {str(shapes)[:200]} are not lists of sizes up to "
-                              f"{_MAX_INPUT_ELEMENTS} elements in all.")
-        return tuple(torch.zeros(shape, dtype=dtypes[item["dtype"]]) for shape, item in zip(shapes, spec))
-    except (KeyError, TypeError) as err:
-        raise RecipeError(f"The recipe's input spec {str(spec)[:200]} is not valid: {err}.") from err
+    """Positional example inputs of the recipe's spec (values do not matter: `rebuild` needs the structure)."""
+    args, kwargs = _warm_up.spec_inputs(spec, limit=_MAX_INPUT_ELEMENTS)
+    if kwargs:
+        raise RecipeError(f"The recipe's input spec names keyword inputs {sorted(kwargs)[:5]}; graph-mode records take positional tensors only.")
+    return args
 
 
 def _portable_qconfigs(qat: bool):
@@ -199,4 +192,6 @@ def rebuild(model: nn.Module, record: dict[str, Any]) -> QuantizedGraph:
     float_layers = list(record.get("float_layers", {}))
     qat = record.get("flow") == "qat"
     prepared = prepare(model, args, record["method"], float_layers=float_layers, qat=qat)
-    return convert(prepared, float_layers, qat=qat, in_place=True)
+    graph = convert(prepared, float_layers, qat=qat, in_place=True)
+    graph.warm_up_inputs = record["inputs"]  # `load_optimized` builds the trace once the weights are in
+    return graph

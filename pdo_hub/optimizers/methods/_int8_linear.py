@@ -65,8 +65,11 @@ class TokenInt8Linear(nn.Module):
     or empty). The constructor leaves them uninitialised (`from_float` or a state-dict load fills
     them): zero-filling MiniLM's tables on every cache-hit load cost ~200 ms. `portable`: weights on
     `PORTABLE_MAX` levels per side instead of 127, and activations too for a single output (structure,
-    so the recipe records it).
+    so the recipe records it). `shared_input`: the `_shared_input.SharedInput` this layer's calls go
+    through when it has siblings reading the same input (set by `FastForward`, never saved).
     """
+
+    shared_input = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, portable: bool = False) -> None:
         super().__init__()
@@ -92,6 +95,8 @@ class TokenInt8Linear(nn.Module):
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shared_input is not None:
+            return self.shared_input.output(self, x)
         rows = x.reshape(-1, self.in_features).float()
         scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / self.activation_levels
         quantized = (rows / scale).round_().to(torch.int8)
@@ -100,6 +105,13 @@ class TokenInt8Linear(nn.Module):
         if self.has_bias:
             y.add_(self.bias)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        # New weights: the group's concatenated copies of its members' weights are stale.
+        if self.shared_input is not None:
+            for member in self.shared_input.members:
+                member.shared_input = None
+        super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, per_token_activations=True, portable={self.portable}"

@@ -15,6 +15,7 @@ logger = logging.getLogger(__name__)
 
 def keep_high_precision(
     layers: Sequence[str], loss_with: Callable[[list[str]], float], budget: float, sensitivity: dict[str, float] | None = None,
+    probe_with: Callable[[list[str]], float] | None = None,
 ) -> dict[str, float]:
     """The fewest most-sensitive layers to leave out of quantization so `loss_with(quantized) <= budget`.
 
@@ -23,7 +24,9 @@ def keep_high_precision(
         loss_with: loss of the model with exactly these layers quantized.
         budget: the largest acceptable loss.
         sensitivity: a precomputed sensitivity per layer (e.g. a cheap per-layer error proxy); when
-            None, each layer's is measured as `loss_with([layer])` (one model evaluation per layer).
+            None, each layer's is measured as `probe_with([layer])` (one model evaluation per layer).
+        probe_with: a cheaper `loss_with` for ranking layers (fewer inputs); default `loss_with`. The
+            budget itself is always checked with `loss_with`.
 
     Returns:
         {path: sensitivity} of the layers to keep (empty when quantizing everything fits).
@@ -34,7 +37,7 @@ def keep_high_precision(
         logger.debug("mixed precision: every layer quantized, loss %.5f <= budget %.5f", full, budget)
         return {}
     if sensitivity is None:
-        sensitivity = {path: loss_with([path]) for path in layers}
+        sensitivity = {path: (probe_with or loss_with)([path]) for path in layers}
     order = sorted(layers, key=sensitivity.get)
     low, high = 0, len(order) - 1  # invariant: prefix `low` fits (0 always does), prefix `high + 1` does not
     while low < high:

@@ -71,19 +71,34 @@ class TraceCache:
         self.trace_after = trace_after
         self.entries: dict = {}
         self.calls: dict = {}  # calls per structure not yet traced
+        self.building: set = set()  # structures whose trace a thread is building: the others run eagerly meanwhile
+        self.generation = 0  # bumped by `clear`: a build started before it is dropped
         self.lock = threading.Lock()
 
-    def call(self, structure: Any, tensors: tuple, eager: Callable[[], Any], build: Builder, same: Callable[[Any, Any], bool]) -> Any:
+    def call(self, structure: Any, tensors: tuple, eager: Callable[[], Any], build: Builder, same: Callable[[Any, Any], bool],
+             trace_now: bool = False) -> Any:
+        """The call's output; `trace_now` builds the structure's trace on this call (a warm-up) whatever `trace_after` says."""
         shapes = tuple(tuple(t.shape) for t in tensors)
         with self.lock:
             entry = self.entries.get(structure)
+            builds = False
             if entry is None:
                 self.calls[structure] = calls = self.calls.get(structure, 0) + 1
+                builds = (calls >= self.trace_after or trace_now) and structure not in self.building
+                if builds:
+                    self.building.add(structure)
+                generation = self.generation
         if entry is None:
-            output = eager()
-            if calls >= self.trace_after:
+            if not builds:
+                return eager()
+            try:
+                output = eager()
                 built = build(tensors, output)
+            finally:
                 with self.lock:
+                    self.building.discard(structure)
+            with self.lock:
+                if generation == self.generation:
                     self.entries[structure] = FAILED if built is FAILED else _Generic(built, shapes)
                     self.calls.pop(structure, None)
             return output
@@ -157,6 +172,7 @@ class TraceCache:
         with self.lock:
             self.entries.clear()
             self.calls.clear()
+            self.generation += 1
 
     def __reduce__(self) -> tuple:
         # A copy (deepcopy, pickle) starts empty: TorchScript traces and locks are not copied.

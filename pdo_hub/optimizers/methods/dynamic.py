@@ -35,6 +35,7 @@ from ._embeddings import quantize_embeddings, restore_embeddings
 from ._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
 from ._mixed_precision import budget_after_earlier_steps, keep_high_precision
 from ._torch_ao import quiet_torch_ao
+from ._warm_up import input_spec
 
 logger = logging.getLogger(__name__)
 
@@ -100,17 +101,20 @@ class DynamicQuantization(Method):
         fast = {path: _fast_linear(floats[path], portable) for path in linears}
         precise = {path: TokenInt8Linear.from_float(floats[path], portable) for path in linears}
 
-        def loss_with(fast_paths: list[str]) -> float:
+        def loss_with(fast_paths: list[str], measure=ctx.measure_loss) -> float:
             chosen = set(fast_paths)
             for path in linears:
                 replace_module(model, path, fast[path] if path in chosen else precise[path])
-            return ctx.measure_loss(model)
+            return measure(model)
+
+        def probe_with(fast_paths: list[str]) -> float:  # ranks layers on fewer inputs
+            return loss_with(fast_paths, ctx.measure_probe_loss or ctx.measure_loss)
 
         if budget is None:
             ctx.note(logger, "dynamic: no accuracy measurement available: every Linear uses per-token activations (most faithful).")
             kept = {path: float("nan") for path in linears}
         else:
-            kept = keep_high_precision(linears, loss_with, budget)
+            kept = keep_high_precision(linears, loss_with, budget, probe_with=probe_with)
         schemes = {path: PRECISE if path in kept else FAST for path in linears}
         for path in linears:
             logger.debug("dynamic: %s int8 (%s activations)", path, schemes[path])
@@ -124,6 +128,9 @@ class DynamicQuantization(Method):
             record["embeddings"] = embeddings
         if budget is not None and kept:
             record["sensitivity"] = {path: round(loss, 6) for path, loss in kept.items()}
+        spec = input_spec(ctx.example_inputs)
+        if spec is not None:
+            record["inputs"] = spec
         return accelerate(model), [record]
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
@@ -154,4 +161,4 @@ class DynamicQuantization(Method):
                 else:
                     raise RecipeError(f"dynamic: unknown activation scheme '{scheme}' for '{path}': the recipe is from a newer pdo-hub.")
                 replace_module(model, path, new)
-        return accelerate(model)
+        return accelerate(model, record.get("inputs"))

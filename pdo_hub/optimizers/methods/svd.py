@@ -218,11 +218,11 @@ def output_weighted(model: nn.Module, layers: dict[str, nn.Module], options: lis
     (1 - cosine against the unfactored model's outputs on the calibration inputs) is measured, and
     its errors are scaled by loss / relative error, so the allocation trades measured output loss.
     A vocabulary is probed without exact rows (with them the calibration tokens would see no error),
-    at the relative error those tokens get. One forward over the calibration inputs per layer.
+    at the relative error those tokens get. One forward over the probe inputs (`ctx.probe_inputs`) per layer.
     """
     from ..evaluate import fidelity, reference_outputs
 
-    batches = ctx.calibration_inputs or [ctx.example_inputs]
+    batches = ctx.probe_inputs
     references = reference_outputs(model, batches, ctx.device)
     weighted, factors = [], {}
     for option in options:
