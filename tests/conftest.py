@@ -47,6 +47,22 @@ os.environ.pop("HF_TOKEN", None)
 
 
 @pytest.fixture(autouse=True)
+def _damage_waits_for_warm_ups(monkeypatch):
+    """Files are damaged in place (truncated, then rewritten) only by tests, and only after the background
+    warm-ups of loaded models are done: a loaded variant maps its weights file, and pulling pages from
+    under a running model is fatal (SIGBUS) for any memory-mapped load, as the README's known limits say."""
+    from pdo_hub.optimizers.methods import _warm_up
+
+    write_bytes = Path.write_bytes
+
+    def after_warm_ups(self, data):
+        _warm_up.wait_all(timeout=120)
+        return write_bytes(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", after_warm_ups)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_pdo_cache(tmp_path, monkeypatch):
     """Point the optimized cache at a per-test folder so no test sees another's entries."""
     monkeypatch.setenv("PDO_HUB_CACHE", str(tmp_path / "pdo_cache"))

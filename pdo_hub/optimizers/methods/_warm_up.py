@@ -129,6 +129,11 @@ def wait(model: nn.Module, timeout: float | None = None) -> bool:
     return True
 
 
+def wait_all(timeout: float | None = None) -> bool:
+    """Block until every background warm-up of this process is done (or `timeout` seconds each)."""
+    return all([wait(model, timeout) for model in list(_RUNNING.keys())])
+
+
 def warm_up(runners: list) -> None:
     """Build the traces of trace runners that know their input spec (see the module doc); never raises."""
     for runner in runners:
