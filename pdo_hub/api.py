@@ -36,7 +36,9 @@ def from_pretrained(repo_id: str, *, revision: str | None = None, config: Config
             `eval_fn=` (your task metric `eval_fn(model) -> accuracy`), see `pdo_hub.hub.from_pretrained`.
 
     Returns:
-        The optimized `nn.Module`; its report is `model.pdo_report`.
+        The optimized `nn.Module`; its report is `model.pdo_report`. A repo made by `pdo-hub push` loads as
+        published; one pushed with `--format onnx` returns an ONNX Runtime model (`pdo_hub.export.OnnxRuntimeModel`,
+        its parity report in `model.pdo_export`).
 
     Example:
         >>> model = pdo_hub.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")

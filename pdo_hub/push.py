@@ -10,6 +10,13 @@ rebuilt for the repo it is pushed to. `pdo_hub.from_pretrained("ORG/NAME")` then
 `config.json`), which `transformers.AutoModel.from_pretrained` loads with torchao and no pdo-hub; its card
 says so (`library_name: transformers`) and carries the stock load's measured speed and fidelity.
 
+`format="onnx"` pushes the ONNX export of the variant (`pdo_hub.export.onnx_format`, Optimum's layout:
+`model.onnx`, `model_quantized.onnx`, `config.json`, `ort_config.json`, tokenizer files, and
+`pdo_export.json` with the parity report against the PyTorch variant), exported from the same inputs
+`pdo-hub export --format onnx` uses; its card says `library_name: onnx` and shows how plain onnxruntime,
+Optimum's ORTModel and pdo-hub load it. `pdo_hub.from_pretrained` of that repo returns the ONNX
+Runtime model (`pdo_hub.hub.variants`).
+
 The token comes from the `token` argument, `HF_TOKEN` or the Hugging Face login, resolved by
 huggingface_hub; pdo-hub only hands it on. It is never written into a file, log or message: the card,
 commit message and errors are built from the entry's records, and Hub error text is scrubbed.
@@ -21,6 +28,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -30,11 +38,12 @@ from pdo_hub.cache.manifest import find_problems, read_manifest
 from pdo_hub.core.errors import PushError
 from pdo_hub.hub.card import CARD_NAME, build_card
 from pdo_hub.hub.flow import SOURCE_NAME
+from pdo_hub.optimizers.chart import CHART_NAME
 
 logger = logging.getLogger(__name__)
 
-#: What `format=` accepts: pdo-hub's own files, or the stock-transformers (torchao) form.
-FORMATS = ("pdo", "transformers")
+#: What `format=` accepts: pdo-hub's own files, the stock-transformers (torchao) form, or ONNX (ONNX Runtime).
+FORMATS = ("pdo", "transformers", "onnx")
 #: Files every pushed variant has: pdo-hub cannot load it from the Hub without them.
 REQUIRED_FILES = ("model.safetensors", "pdo_recipe.json", "optimization_report.json", SOURCE_NAME)
 # The cache's bookkeeping, meaningful only in the local cache.
@@ -45,7 +54,8 @@ _PRIVATE_SOURCE_FIELDS = ("path",)
 
 def push_entry(entry: CacheEntry | str | os.PathLike[str], repo_id: str, *, endpoint: str | None = None,
                private: bool = False, token: str | None = None, revision: str = "main",
-               commit_message: str | None = None, format: str = "pdo") -> dict[str, Any]:
+               commit_message: str | None = None, format: str = "pdo",
+               calibration: str | None = None) -> dict[str, Any]:
     """Publish an optimized variant to `repo_id` in one commit, creating the repo if needed.
 
     Args:
@@ -57,10 +67,14 @@ def push_entry(entry: CacheEntry | str | os.PathLike[str], repo_id: str, *, endp
         revision: Branch to commit to (created from `main` when missing).
         commit_message: Commit summary (default: names the base model and the optimizations).
         format: `pdo` (pdo-hub's own files, loaded by `pdo_hub.from_pretrained`) or `transformers` (loaded by
-            stock `transformers` with torchao; transformers models whose layers keep their original widths).
+            stock `transformers` with torchao; transformers models whose layers keep their original widths) or
+            `onnx` (ONNX Runtime files with a parity report; transformers and torchvision models).
+        calibration: `format="onnx"` only: a text file of sentences to calibrate the ONNX int8 with (default:
+            pdo-hub's built-in sentences or images, as `pdo-hub export`).
 
     Returns:
-        `{"repo_id", "repo_url", "revision", "commit_sha", "commit_url", "files"}`.
+        `{"repo_id", "repo_url", "revision", "commit_sha", "commit_url", "files"}`, plus `"export"` (the export
+        record, with the ONNX parity report) for the `transformers` and `onnx` formats.
 
     Raises:
         InvalidRepoIdError: `repo_id` is not a valid Hub repo id.
@@ -79,8 +93,9 @@ def push_entry(entry: CacheEntry | str | os.PathLike[str], repo_id: str, *, endp
         folder, names = _variant_files(entry)
         _refuse_base_repo(folder, repo_id)
         export = None
-        if format == "transformers":
-            folder, names, export = _transformers_files(folder, Path(stack.enter_context(tempfile.TemporaryDirectory())))
+        if format != "pdo":
+            out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            folder, names, export = _export_files(folder, out, format, calibration)
         return _push_files(folder, names, export, repo_id, endpoint=endpoint, private=private, token=token,
                            revision=revision, commit_message=commit_message)
 
@@ -99,7 +114,9 @@ def _push_files(folder: Path, names: list[str], export: dict[str, Any] | None, r
     pushed_as = repo_url.repo_id or repo_id
     public_source = {k: v for k, v in source.items() if k not in _PRIVATE_SOURCE_FIELDS}
     generated = {
-        CARD_NAME: build_card(report, public_source, pushed_as=pushed_as, export=export).content.encode("utf-8"),
+        # The chart is referenced only when it is pushed (export folders leave pareto.png out).
+        CARD_NAME: build_card(report, public_source, pushed_as=pushed_as, export=export,
+                              chart=None if CHART_NAME in names else False).content.encode("utf-8"),
         SOURCE_NAME: json.dumps(public_source, indent=2, sort_keys=True).encode("utf-8"),
     }
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=generated.get(name, str(folder / name)))
@@ -110,7 +127,8 @@ def _push_files(folder: Path, names: list[str], export: dict[str, Any] | None, r
         commit = _commit(api, pushed_as, operations, revision, message)
     logger.info("Pushed %s: commit %s.", pushed_as, commit.oid)
     return {"repo_id": pushed_as, "repo_url": str(repo_url), "revision": revision, "commit_sha": commit.oid,
-            "commit_url": commit.commit_url, "files": [op.path_in_repo for op in operations]}
+            "commit_url": commit.commit_url, "files": [op.path_in_repo for op in operations],
+            **({"export": export} if export is not None else {})}
 
 
 def _variant_files(entry: CacheEntry | str | os.PathLike[str]) -> tuple[Path, list[str]]:
@@ -147,15 +165,25 @@ def _refuse_base_repo(folder: Path, repo_id: str) -> None:
                         f"with pdo-hub's format. Push to a new repo, e.g. {repo_id + '-pdo'!r}.")
 
 
-def _transformers_files(folder: Path, out: Path) -> tuple[Path, list[str], dict[str, Any]]:
-    """Write the stock-transformers form of the variant in `folder` into `out`: (out, its files, export record)."""
+def _export_files(folder: Path, out: Path, format: str, calibration: str | None) -> tuple[Path, list[str], dict[str, Any]]:
+    """Write the variant in `folder` in another runtime's `format` into `out`: (out, its files, export record)."""
     from pdo_hub.core.errors import ExportError
     from pdo_hub.export import read_variant, write_transformers_format
 
     try:
-        export = write_transformers_format(read_variant(folder), out)
+        variant = read_variant(folder)
+        if format == "transformers":
+            export = write_transformers_format(variant, out)
+        else:
+            from pdo_hub.export._inputs import calibration_inputs
+            from pdo_hub.export.onnx_format import export_onnx
+
+            export = export_onnx(variant, out, calibration_inputs(variant, calibration))
     except ExportError as err:
-        raise PushError(f"Cannot push {folder} in the transformers format: {err}") from err
+        raise PushError(f"Cannot push {folder} in the {format} format: {err}") from err
+    for name in ("optimization_report.json", SOURCE_NAME):  # the card and the loader read them; ONNX copies
+        if not (out / name).is_file():                       # them only for transformers models
+            shutil.copyfile(folder / name, out / name)
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     return out, names, export
 

@@ -39,3 +39,16 @@ def encode(text: str = "Hello world, this is pdo-hub.") -> dict:
 def hidden(model, inputs: dict) -> torch.Tensor:
     with torch.inference_mode():
         return model(**inputs).last_hidden_state
+
+
+def tiny_bert_variant(hub_server, tmp_path_factory, repo_id: str):
+    """Publish a tiny BERT as `repo_id` and return its FAST_CONFIG variant, built in a cache of its own
+    (module fixtures outlive the per-test cache folder)."""
+    import pytest
+
+    import pdo_hub
+
+    hub_server.store.publish(repo_id, save_tiny_bert(tmp_path_factory.mktemp("tiny_bert_base")), message="tiny bert")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PDO_HUB_CACHE", str(tmp_path_factory.mktemp("tiny_bert_builder_cache")))
+        return pdo_hub.from_pretrained(repo_id, config=FAST_CONFIG)

@@ -130,9 +130,9 @@ def test_load_exported_runs_the_onnx_folder_through_onnxruntime(pruned_static):
 
 
 def test_vision_export_calibrates_at_the_image_size_the_variant_was_traced_with(pruned_static):
-    from pdo_hub.cli._export import _calibration_inputs
+    from pdo_hub.export._inputs import calibration_inputs
 
     _, _, quantized, _ = pruned_static
     variant = Variant(None, {"loader": {"library": "torch"}}, {"config": {"calibration_samples": 3}}, quantized)
-    inputs = _calibration_inputs(variant, None)
+    inputs = calibration_inputs(variant, None)
     assert len(inputs) == 3 and all(tuple(x.shape) == (1, 3, 16, 16) for x in inputs)

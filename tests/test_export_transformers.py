@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn as nn
-from hub_helpers import FAST_CONFIG, encode, hidden, save_tiny_bert
+from hub_helpers import FAST_CONFIG, encode, hidden, tiny_bert_variant
 from huggingface_hub import ModelCard
 from safetensors.torch import save_file
 
@@ -66,10 +66,7 @@ def stock_load(repo_or_folder: str, inputs: dict, tmp_path: Path, env_hub_cache:
 
 @pytest.fixture(scope="module")
 def variant(hub_server, tmp_path_factory):
-    hub_server.store.publish(BASE, save_tiny_bert(tmp_path_factory.mktemp("stock_base")), message="tiny bert")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PDO_HUB_CACHE", str(tmp_path_factory.mktemp("stock_builder_cache")))
-        return pdo_hub.from_pretrained(BASE, config=FAST_CONFIG)
+    return tiny_bert_variant(hub_server, tmp_path_factory, BASE)
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +127,8 @@ def test_pdo_hub_loads_the_stock_format_repo_as_published(variant, pushed, hub_s
 
 
 def test_unknown_push_format_is_refused_naming_the_choices(variant):
-    with pytest.raises(PushError, match=r"Unknown push format 'onnx'.*\['pdo', 'transformers'\]"):
-        push_entry(variant.pdo_cache_path, "org/x", format="onnx")
+    with pytest.raises(PushError, match=r"Unknown push format 'gguf'.*\['pdo', 'transformers', 'onnx'\]"):
+        push_entry(variant.pdo_cache_path, "org/x", format="gguf")
 
 
 class _Tiny(nn.Module):
@@ -242,7 +239,7 @@ def test_mirror_manifest_refuses_an_unknown_push_format(tmp_path):
 
     manifest = tmp_path / "mirror.yaml"
     manifest.write_text(yaml.safe_dump({"models": [{"source": "hf:a/b", "push": "o/x", "push_format": "gguf"}]}))
-    with pytest.raises(ConfigError, match=r"push_format must be one of \['pdo', 'transformers'\], got 'gguf'"):
+    with pytest.raises(ConfigError, match=r"push_format must be one of \['pdo', 'transformers', 'onnx'\], got 'gguf'"):
         load_manifest(manifest)
 
 

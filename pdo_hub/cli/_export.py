@@ -43,32 +43,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _calibration_inputs(variant, calibration: str | None) -> list:
-    """The inputs pdo-hub calibrates this kind of model with: the same sentences or synthesized images."""
-    from pdo_hub.hub import examples
+    """The export's inputs (`pdo_hub.export._inputs`), with a note when an image folder is not read again."""
+    from pdo_hub.export._inputs import calibration_inputs
 
-    count = int((variant.report.get("config") or {}).get("calibration_samples") or 32)
-    if variant.is_transformers:
-        from transformers import AutoTokenizer
-
-        from pdo_hub.hub.calibration import read_calibration
-
-        texts = read_calibration(calibration).texts if calibration else None
-        return examples.text_inputs(AutoTokenizer.from_pretrained(str(variant.folder)), variant.model, count, texts)
-    if calibration:
+    if calibration and not variant.is_transformers:
         print("pdo-hub: note: ONNX Runtime calibrates vision exports on pdo-hub's built-in images; your --calibration "
               "folder chose the variant but is not read again for the export.", file=sys.stderr)
-    size = _image_size(variant)
-    return examples.image_inputs(count, size=size)
-
-
-def _image_size(variant) -> int:
-    """The image side the variant was traced with (recorded by int8 graphs), else torchvision's 224."""
-    for record in variant.model.pdo_recipe.records:
-        for spec in record.get("inputs") or []:  # [{"shape": [1, 3, 224, 224], "dtype": ...}]
-            shape = spec.get("shape") if isinstance(spec, dict) else None
-            if isinstance(shape, list) and len(shape) == 4 and isinstance(shape[-1], int):
-                return shape[-1]
-    return 224
+    return calibration_inputs(variant, calibration)
 
 
 def register(commands) -> None:

@@ -78,7 +78,7 @@ def export_onnx(variant: Variant, out: str | os.PathLike[str], inputs: Sequence[
     Raises:
         ExportError: onnx/onnxruntime missing, or the variant's structure cannot be exported.
     """
-    _require_onnx()
+    require_onnx()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if not inputs:
@@ -278,7 +278,7 @@ def _quiet() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _require_onnx() -> None:
+def require_onnx() -> None:
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401

@@ -110,7 +110,8 @@ def with_retries(what: str, action: Callable[[], T], *, check: Callable[[], list
 
 def download_snapshot(repo_id: str, sha: str, *, what: str | None = None, cache_dir: str | None = None,
                       token: str | bool | None = None, allow_patterns: list[str] | None = None,
-                      ignore_patterns: list[str] | None = None) -> Path:
+                      ignore_patterns: list[str] | None = None,
+                      unchecked: tuple[str, ...] | None = None) -> Path:
     """`snapshot_download` of commit `sha`, with bounded retries and every file checked against the Hub's hashes.
 
     Args:
@@ -121,6 +122,8 @@ def download_snapshot(repo_id: str, sha: str, *, what: str | None = None, cache_
         token: Hub token (never stored).
         allow_patterns: Only these files (as `snapshot_download`).
         ignore_patterns: Not these files (as `snapshot_download`).
+        unchecked: Snapshot paths not checked against the Hub's hashes (default: the export formats pdo-hub
+            does not read; pass `()` when it reads one, as for a variant pushed as ONNX).
 
     Returns:
         The snapshot folder in the Hub client cache.
@@ -138,7 +141,8 @@ def download_snapshot(repo_id: str, sha: str, *, what: str | None = None, cache_
 
     return with_retries(what or f"{repo_id!r} at commit {sha[:12]}", download,
                         check=lambda: _blob_check.remove_damaged(repo_id, sha, cache_dir,
-                                                                 ignore=_blob_check.EXPORT_PATTERNS))
+                                                                 ignore=_blob_check.EXPORT_PATTERNS if unchecked is None
+                                                                 else unchecked))
 
 
 def model_info(repo_id: str, *, revision: str, token: str | bool | None = None) -> Any:

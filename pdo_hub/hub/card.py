@@ -12,7 +12,9 @@ replayed from `pdo_recipe.json`) says `pdo-hub`: stock transformers or torch can
 `transformers` would send Hub users to a loader that fails; the base model's library is kept in
 `pdo_hub.base_library`. A variant pushed in the stock-transformers format (`export=` given: torchao int8
 in safetensors) says `transformers`, shows the stock snippet first, and carries the measured speed and
-fidelity of the stock load against pdo-hub's own model, in the body and in `model-index`.
+fidelity of the stock load against pdo-hub's own model, in the body and in `model-index`. A variant
+pushed as ONNX (`export` of format `onnx`) says `onnx` and carries the parity of ONNX Runtime against
+the PyTorch variant (`pdo_hub.hub._card_onnx`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Mapping
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from pdo_hub.core.errors import RecipeError
+from pdo_hub.hub import _card_onnx
 from pdo_hub.optimizers.chart import CHART_NAME, has_chart
 from pdo_hub.optimizers.report import CANDIDATE_COLUMNS, candidate_rows, example_benchmark
 
@@ -90,7 +93,7 @@ def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_a
             that repo and tells how to load it from there.
         chart: Whether `pareto.png` lies beside the card (default: whenever the report has timed candidates).
         export: The export record (`pdo_export.json`) when the repo holds the variant in another format than
-            pdo-hub's own (the stock-transformers one): library, snippets and measurements follow it.
+            pdo-hub's own (stock-transformers or ONNX): library, snippets and measurements follow it.
 
     Returns:
         The card; `card.save(path)` writes it, `card.data` is its metadata.
@@ -112,12 +115,13 @@ def build_card(report: Mapping[str, Any], source: Mapping[str, Any], *, pushed_a
 def _card(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str | None, chart: bool | None,
           export: Mapping[str, Any]) -> ModelCard:
     methods = sorted({m for c in report.get("candidates", []) if c.get("status") == "selected" for m in c["methods"]})
-    stock = export.get("format") == TRANSFORMERS_FORMAT
-    tags = ["pdo-hub", *methods, *(report.get("optimizations_applied") or []), *(["torchao", "int8"] if stock else [])]
+    stock, onnx = export.get("format") == TRANSFORMERS_FORMAT, _card_onnx.is_onnx(export)
+    tags = ["pdo-hub", *methods, *(report.get("optimizations_applied") or []), *(["torchao", "int8"] if stock else []),
+            *(_card_onnx.tags(export) if onnx else [])]
     loader = source.get("loader") or {}
     data: dict[str, Any] = {
         "tags": list(dict.fromkeys(tags)),
-        "library_name": "transformers" if stock else LIBRARY_NAME,
+        "library_name": "transformers" if stock else _card_onnx.LIBRARY_NAME if onnx else LIBRARY_NAME,
         "pdo_hub": {
             "format": export.get("format", "pdo"),
             "source": {k: source[k] for k in ("kind", "source_id", "revision", "ref") if source.get(k)},
@@ -136,7 +140,7 @@ def _card(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str |
     task = task_of(source)
     if task:
         data["pipeline_tag"] = task
-    results = eval_results(report, task) + _stock_results(export, task)
+    results = eval_results(report, task) + _stock_results(export, task) + _card_onnx.results(export, task)
     if results:
         data.update(eval_results=results, model_name=pushed_as or f"{source.get('source_id', 'model')} (pdo-hub)")
     card_data = ModelCardData(**data)
@@ -214,8 +218,7 @@ def _body(report: Mapping[str, Any], source: Mapping[str, Any], pushed_as: str |
         "```",
         "",
         "## How to load",
-        *(_how_to_load_stock(source, pushed_as, export) if export.get("format") == TRANSFORMERS_FORMAT
-          else _how_to_load(source, pushed_as)),
+        *_how_to_load_any(source, pushed_as, export),
     ]
     notes = report.get("notes") or []
     if notes:
@@ -264,6 +267,8 @@ def _published(pushed_as: str | None, export: Mapping[str, Any]) -> list[str]:
                 "(`quantization_config.quant_method: torchao`, `Int8DynamicActivationInt8WeightConfig` / "
                 "`IntxWeightOnlyConfig`, version 2) stored in safetensors; nothing is pickled.", "",
                 *_stock_measurements(export), ""]
+    if _card_onnx.is_onnx(export):
+        return _card_onnx.published(pushed_as, export, _table)
     return [
         f"Published as `{pushed_as}` with `pdo-hub push`. The weights are in pdo-hub's format (`model.safetensors` "
         "plus `pdo_recipe.json`, which says how to rebuild the int8 / factorized / pruned layers): stock "
@@ -289,6 +294,14 @@ def _stock_measurements(export: Mapping[str, Any]) -> list[str]:
         "kernels; `torch.compile(model)` narrows the gap after a per-shape compile." if (measured.get(
             "stock_speed_vs_pdo_hub") or 0) < 1 else "the stock load is as fast or faster."),
     ]
+
+
+def _how_to_load_any(source: Mapping[str, Any], pushed_as: str | None, export: Mapping[str, Any]) -> list[str]:
+    if export.get("format") == TRANSFORMERS_FORMAT:
+        return _how_to_load_stock(source, pushed_as, export)
+    if _card_onnx.is_onnx(export):
+        return _card_onnx.how_to_load(source, pushed_as, export)
+    return _how_to_load(source, pushed_as)
 
 
 def _how_to_load_stock(source: Mapping[str, Any], pushed_as: str | None, export: Mapping[str, Any]) -> list[str]:

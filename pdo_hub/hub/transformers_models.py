@@ -88,7 +88,8 @@ def from_pretrained(
     """The optimized model of a Hub repo, from the optimized cache or built on a miss.
 
     A repo published with `pdo-hub push` (its commit holds `pdo_recipe.json` and `pdo_source.json`) is
-    downloaded and loaded as published, with no optimizer run (see `pdo_hub.hub.variants`).
+    downloaded and loaded as published, with no optimizer run (see `pdo_hub.hub.variants`); one pushed with
+    `--format onnx` (its `pdo_export.json` says `onnx`) is returned as an ONNX Runtime model (`OnnxRuntimeModel`).
 
     Args:
         repo_id: Hub repo id, e.g. `sentence-transformers/all-MiniLM-L6-v2`.

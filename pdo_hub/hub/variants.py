@@ -3,8 +3,12 @@
 A repo commit holding `pdo_recipe.json` and `pdo_source.json` is a published variant: its weights are
 already int8 / factorized / pruned in pdo-hub's format. One holding `pdo_export.json` and
 `pdo_source.json` instead is a variant pushed in the stock-transformers format (torchao int8): it is
-loaded by transformers itself, as any user without pdo-hub loads it. It is downloaded (only the files a variant
-needs), checked, committed to the optimized cache and loaded there; no optimizer runs.
+loaded by transformers itself, as any user without pdo-hub loads it. One whose `pdo_export.json` says
+format `onnx` (`pdo-hub push --format onnx`) is loaded as an ONNX Runtime model (`OnnxRuntimeModel`,
+as `pdo_hub.load_exported` loads an export folder): the repo's format is what asks for ONNX Runtime, and
+only the ONNX file the record names is downloaded (not the float `model.onnx` beside it). It is
+downloaded (only the files a variant needs), checked, committed to the optimized cache and loaded
+there; no optimizer runs.
 
 Cache key: `(huggingface, <published repo id>, <published commit sha>, AS_PUBLISHED_HASH)`. The commit
 sha fixes every byte of the variant, the config that made it included, so nothing a caller passes can
@@ -31,7 +35,7 @@ import torch.nn as nn
 
 from pdo_hub.cache import MANIFEST_NAME, CacheEntry, CacheKey, OptimizedCache
 from pdo_hub.core.errors import ConfigError, InvalidRepoIdError, OfflineCacheMissError, RecipeError
-from pdo_hub.hub import _keys, revisions, skeleton, transformers_models
+from pdo_hub.hub import _card_onnx, _keys, revisions, skeleton, transformers_models
 from pdo_hub.hub._context import bypass
 from pdo_hub.hub.card import CARD_NAME, EXPORT_RECORD, TRANSFORMERS_FORMAT
 from pdo_hub.hub.flow import SOURCE_NAME, Request, load_or_build
@@ -188,6 +192,8 @@ def load_published_entry(entry: CacheEntry, repo_id: str) -> nn.Module:
     """Rebuild the model of a published variant's entry (no network), after checking its source record."""
     source = check_source(entry.read_json(SOURCE_NAME), repo_id)
     loader = source["loader"]
+    if (entry.path / EXPORT_RECORD).is_file() and _card_onnx.is_onnx(_export_record(entry.read_json(EXPORT_RECORD))):
+        return _load_onnx_format(entry, repo_id)
     if loader["library"] == "transformers" and not (entry.path / "pdo_recipe.json").is_file():
         return _load_stock_format(entry, source, repo_id)
     if loader["library"] == "transformers":
@@ -222,6 +228,36 @@ def _load_stock_format(entry: CacheEntry, source: dict[str, Any], repo_id: str) 
     model.pdo_report = entry.read_json("optimization_report.json")
     model.pdo_export = record
     return model
+
+
+def _load_onnx_format(entry: CacheEntry, repo_id: str) -> nn.Module:
+    """A variant pushed as ONNX, run by ONNX Runtime (the float `model.onnx` is not downloaded)."""
+    from pdo_hub.core.errors import ExportError
+    from pdo_hub.export.loading import OnnxRuntimeModel
+    from pdo_hub.export.onnx_format import require_onnx
+
+    record = entry.read_json(EXPORT_RECORD)
+    try:
+        require_onnx()
+    except ExportError as err:  # it names the pip extra to install
+        raise RecipeError(f"{repo_id!r} was pushed as ONNX: {err}") from err
+    model = OnnxRuntimeModel(entry.path / _onnx_file_name(record, repo_id), record)
+    if (entry.path / "optimization_report.json").is_file():
+        model.pdo_report = entry.read_json("optimization_report.json")
+    return model
+
+
+def _export_record(record: Any) -> dict[str, Any]:
+    return record if isinstance(record, dict) else {}
+
+
+def _onnx_file_name(record: Any, repo_id: str) -> str:
+    """The ONNX file a downloaded export record names: a plain `*.onnx` name in the repo's root, nothing else."""
+    name = _export_record(record).get("file_name")
+    if not isinstance(name, str) or not name.endswith(".onnx") or "/" in name or "\\" in name or name.startswith("."):
+        raise RecipeError(f"{repo_id!r}: its {EXPORT_RECORD} names ONNX file {name!r}, not a plain *.onnx file name. "
+                          "Ask its publisher to push it again with `pdo-hub push --format onnx`.")
+    return name
 
 
 def check_source(record: Any, repo_id: str) -> dict[str, Any]:
@@ -288,20 +324,31 @@ def _download(folder: Path, repo_id: str, sha: str, *, cache_dir: str | None, to
                                         cache_dir=cache_dir, token=token, allow_patterns=_ALLOW_PATTERNS,
                                         ignore_patterns=_IGNORE_PATTERNS)
     markers = MARKERS if (snapshot / "pdo_recipe.json").is_file() else STOCK_MARKERS
-    missing = [name for name in ("model.safetensors", *sorted(markers)) if not (snapshot / name).is_file()]
+    weights = "model.safetensors"
+    if markers is STOCK_MARKERS and (snapshot / EXPORT_RECORD).is_file():
+        record = _export_record(_read_json(snapshot / EXPORT_RECORD, repo_id, sha))
+        if _card_onnx.is_onnx(record):  # the record decides which one ONNX file to fetch, checked against the Hub
+            weights = _onnx_file_name(record, repo_id)
+            snapshot = _retry.download_snapshot(repo_id, sha, what=f"ONNX file of {repo_id!r} at commit {sha[:12]}",
+                                                cache_dir=cache_dir, token=token, allow_patterns=[weights],
+                                                unchecked=())
+    missing = [name for name in (weights, *sorted(markers)) if not (snapshot / name).is_file()]
     if missing:
         raise RecipeError(f"{repo_id!r} at commit {sha[:12]} lacks {missing}: it is not a complete pdo-hub variant.")
-    try:
-        record = json.loads((snapshot / SOURCE_NAME).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
-        raise RecipeError(f"{SOURCE_NAME} of {repo_id!r} at commit {sha[:12]} is not valid JSON: {err}.") from err
-    check_source(record, repo_id)
+    check_source(_read_json(snapshot / SOURCE_NAME, repo_id, sha), repo_id)
     for path in sorted(snapshot.rglob("*")):
         relative = path.relative_to(snapshot)
         if path.is_file() and not any(part.startswith(".") for part in relative.parts):
             target = folder / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, target)  # follows the client cache's symlinks: entries hold real files
+
+
+def _read_json(path: Path, repo_id: str, sha: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise RecipeError(f"{path.name} of {repo_id!r} at commit {sha[:12]} is not valid JSON: {err}.") from err
 
 
 def _explain_ignored(repo_id: str, source: dict[str, Any], asked: dict[str, Any]) -> None:

@@ -13,7 +13,8 @@ Per model (and in `defaults`): `preset` (a built-in preset), `config` (a YAML fi
 or inline keys that override the preset), `auto_class`, `calibration` (a text file or image folder,
 relative to the manifest), `optimize` (false: only mirror the original), `push` (the repo id to push
 this variant to; `--push ORG` names it `ORG/<name>-pdo-<preset or config hash>`), `push_format` (`pdo`,
-the default, or `transformers`: the torchao form stock transformers loads, see `pdo_hub.push`). Unknown
+the default; `transformers`: the torchao form stock transformers loads; `onnx`: ONNX Runtime files with a
+parity report, calibrated with `calibration` when it is a text file; see `pdo_hub.push`). Unknown
 keys are errors that name the key and the allowed ones.
 """
 
@@ -33,7 +34,7 @@ from pdo_hub.core.yaml_text import load_yaml
 from pdo_hub.sources import SourceSpec, existing_path, parse_source
 
 _SETTINGS = ("preset", "config", "auto_class", "calibration", "optimize", "push", "push_format", "architecture")
-_PUSH_FORMATS = ("pdo", "transformers")
+_PUSH_FORMATS = ("pdo", "transformers", "onnx")  # pdo_hub.push.FORMATS (not imported: it pulls in the Hub client)
 _MODEL_KEYS = ("source", "revision", *_SETTINGS)
 
 
@@ -49,7 +50,8 @@ class MirrorEntry:
         calibration: Calibration file or folder, or None.
         optimize: False mirrors the original only.
         push: Repo id to push the variant to, or None.
-        push_format: What to push: `pdo` (pdo-hub's files) or `transformers` (torchao int8 for stock transformers).
+        push_format: What to push: `pdo` (pdo-hub's files), `transformers` (torchao int8 for stock transformers)
+            or `onnx` (ONNX Runtime files).
         architecture: torchvision model name for a local state-dict file.
     """
 

@@ -165,7 +165,9 @@ def _push(result: EntryResult, entry: MirrorEntry, options: MirrorOptions) -> En
     from pdo_hub.push import push_entry
 
     try:
-        pushed = push_entry(result.entry_path, target, format=entry.push_format)
+        # An ONNX push calibrates its int8 on the entry's own sentences (push_entry ignores it otherwise).
+        calibration = str(entry.calibration) if entry.calibration is not None and entry.calibration.is_file() else None
+        pushed = push_entry(result.entry_path, target, format=entry.push_format, calibration=calibration)
     except Exception as err:  # noqa: BLE001
         result.status, result.error = "failed", f"push to {target} failed: {_message(err)}"
         return result
