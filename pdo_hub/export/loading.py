@@ -11,33 +11,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
-import torch
 import torch.nn as nn
 
 from pdo_hub.core.errors import ExportError
 from pdo_hub.hub.card import EXPORT_RECORD, TRANSFORMERS_FORMAT
-
-
-class OnnxRuntimeModel(nn.Module):
-    """An exported ONNX model run by ONNX Runtime, callable like the PyTorch variant it came from."""
-
-    def __init__(self, path: Path, record: dict[str, Any]) -> None:
-        super().__init__()
-        from pdo_hub.export.onnx_format import ort_session
-
-        self.path, self.pdo_export = path, record
-        self.session = ort_session(path)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-
-    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
-        feeds = dict(zip(self.input_names, args))
-        feeds.update({name: value for name, value in kwargs.items() if name in self.input_names})
-        missing = [name for name in self.input_names if name not in feeds]
-        if missing:
-            raise ExportError(f"{self.path.name} needs inputs {self.input_names}; {missing} not given.")
-        return torch.from_numpy(self.session.run(None, {k: v.detach().cpu().numpy() for k, v in feeds.items()})[0])
+from pdo_hub.hub.onnx_runtime import OnnxRuntimeModel
 
 
 def load_exported(folder: str | os.PathLike[str]) -> nn.Module:

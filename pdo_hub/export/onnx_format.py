@@ -38,6 +38,7 @@ from pdo_hub.export._measure import cosine, interleaved_latency_ms, library_vers
 from pdo_hub.export._structure import float_structure, quantization_records
 from pdo_hub.export._variant import Variant
 from pdo_hub.hub.card import EXPORT_RECORD
+from pdo_hub.hub.onnx_runtime import ort_session, require_onnx  # noqa: F401 (ort_session: part of this module's API)
 
 logger = logging.getLogger(__name__)
 
@@ -132,16 +133,6 @@ def parity(model: nn.Module, onnx_path: Path, names: Sequence[str], held_out: Se
     result["onnxruntime_speed_vs_pytorch"] = round(latency["pytorch_variant"] / latency["onnxruntime"], 3)
     result["threads"] = torch.get_num_threads()
     return result
-
-
-def ort_session(path: str | os.PathLike[str]) -> Any:
-    """An ONNX Runtime CPU session with the machine's torch thread count (fair side-by-side timing)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _input_names(example: Any) -> list[str]:
@@ -276,11 +267,3 @@ def _quiet() -> Iterator[None]:
             yield
     finally:
         root.setLevel(level)
-
-
-def require_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as err:
-        raise ExportError("ONNX export needs onnx and onnxruntime: pip install 'pdo-hub[export]'.") from err

@@ -233,8 +233,7 @@ def _load_stock_format(entry: CacheEntry, source: dict[str, Any], repo_id: str) 
 def _load_onnx_format(entry: CacheEntry, repo_id: str) -> nn.Module:
     """A variant pushed as ONNX, run by ONNX Runtime (the float `model.onnx` is not downloaded)."""
     from pdo_hub.core.errors import ExportError
-    from pdo_hub.export.loading import OnnxRuntimeModel
-    from pdo_hub.export.onnx_format import require_onnx
+    from pdo_hub.hub.onnx_runtime import OnnxRuntimeModel, require_onnx
 
     record = entry.read_json(EXPORT_RECORD)
     try:
