@@ -35,19 +35,24 @@ def _loader(model) -> dict:
     return json.loads((Path(model.pdo_cache_path) / "pdo_source.json").read_text())["loader"]
 
 
-def _judged_by_user(model, metric: CountingMetric) -> None:
-    accuracy = model.pdo_report["accuracy_metrics"]
-    assert metric.calls >= 2, "eval_fn must judge the original and the candidate"
-    assert accuracy["metric"] == "task_accuracy" and accuracy["evaluated_on"] == "eval_fn"
-    loader = _loader(model)
-    assert loader["calibration"]["kind"] == "batches" and loader["calibration"]["examples"] == len(IMAGES)
-    assert loader["eval_fn"]["name"] == "CountingMetric"
+#: What `_user_evidence` finds when the user's batches calibrated the model and `eval_fn` judged it.
+JUDGED_BY_USER = {"eval_fn judged original and candidate": True, "metric": "task_accuracy", "evaluated_on": "eval_fn",
+                  "calibration": ("batches", len(IMAGES)), "eval_fn": "CountingMetric"}
+
+
+def _user_evidence(model, metric: CountingMetric) -> dict:
+    """What the stored entry and report say about the user's data and metric (compare with JUDGED_BY_USER)."""
+    accuracy, loader = model.pdo_report["accuracy_metrics"], _loader(model)
+    return {"eval_fn judged original and candidate": metric.calls >= 2, "metric": accuracy["metric"],
+            "evaluated_on": accuracy["evaluated_on"],
+            "calibration": (loader["calibration"]["kind"], loader["calibration"]["examples"]),
+            "eval_fn": loader["eval_fn"]["name"]}
 
 
 def test_get_model_calibrates_on_user_batches_judges_with_eval_fn_and_keys_by_both(resnet18_file):  # noqa: F811
     metric = CountingMetric()
     model = pdo_hub.get_model("resnet18", config=FAST_CONFIG, calibration_data=IMAGES, eval_fn=metric)
-    _judged_by_user(model, metric)
+    assert _user_evidence(model, metric) == JUDGED_BY_USER
     other_data = pdo_hub.get_model("resnet18", config=FAST_CONFIG, calibration_data=IMAGES[:3], eval_fn=metric)
     assert other_data.pdo_cache_path != model.pdo_cache_path, "other calibration data must be another entry"
     again = pdo_hub.get_model("resnet18", config=FAST_CONFIG, calibration_data=[x.clone() for x in IMAGES], eval_fn=metric)
@@ -60,7 +65,7 @@ def test_intercept_passes_calibration_data_and_eval_fn_to_torchvision_builders(r
     metric = CountingMetric()
     with pdo_hub.intercept(FAST_CONFIG, calibration_data=IMAGES, eval_fn=metric):
         model = torchvision.models.resnet18(weights="DEFAULT")
-    _judged_by_user(model, metric)
+    assert _user_evidence(model, metric) == JUDGED_BY_USER
 
 
 def test_model_manager_passes_calibration_data_and_eval_fn(resnet18_file):  # noqa: F811
@@ -71,7 +76,7 @@ def test_model_manager_passes_calibration_data_and_eval_fn(resnet18_file):  # no
         metric = CountingMetric()
         managed = get_model_manager(config=FAST_CONFIG).download_and_load_model(
             "torchvision", "resnet18", calibration_data=IMAGES, eval_fn=metric)
-        _judged_by_user(managed.model, metric)
+        assert _user_evidence(managed.model, metric) == JUDGED_BY_USER
         assert managed.metadata.optimization_report["accuracy_metrics"]["metric"] == "task_accuracy"
     finally:
         reset_model_manager()
@@ -88,7 +93,7 @@ def test_local_state_dict_takes_tensor_batches(tmp_path):
     from pdo_hub.hub import load_local
 
     model = load_local(path, architecture="resnet18", config=FAST_CONFIG, calibration_data=IMAGES, eval_fn=metric)
-    _judged_by_user(model, metric)
+    assert _user_evidence(model, metric) == JUDGED_BY_USER
 
 
 def test_from_pretrained_takes_tokenized_batches(hub_server, tmp_path):

@@ -58,6 +58,16 @@ class FullRangeDynamicLinear(_DynamicLinear):
         return new
 
 
+def per_token_int8_linear(rows: torch.Tensor, activation_levels: int, weight_t: torch.Tensor, scale: torch.Tensor,
+                          bias: torch.Tensor | None) -> torch.Tensor:
+    """(tokens x in) float rows -> (tokens x out) float: one activation scale per row, int8 GEMM, per-column dequantization."""
+    rows = rows.float()
+    row_scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / activation_levels
+    quantized = (rows / row_scale).round_().to(torch.int8)
+    y = torch._int_mm(quantized, weight_t).float().mul_(row_scale).mul_(scale)  # CPU kernel; dynamic is a CPU-only method
+    return y if bias is None else y.add_(bias)
+
+
 class TokenInt8Linear(nn.Module):
     """Per-token dynamic int8 activations x per-output-channel int8 weights, int32 accumulation.
 
@@ -97,13 +107,8 @@ class TokenInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
             return self.shared_input.output(self, x)
-        rows = x.reshape(-1, self.in_features).float()
-        scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / self.activation_levels
-        quantized = (rows / scale).round_().to(torch.int8)
-        acc = torch._int_mm(quantized, self.weight_t)  # CPU kernel; dynamic is a CPU-only method
-        y = acc.float().mul_(scale).mul_(self.scale)
-        if self.has_bias:
-            y.add_(self.bias)
+        y = per_token_int8_linear(x.reshape(-1, self.in_features), self.activation_levels, self.weight_t, self.scale,
+                                  self.bias if self.has_bias else None)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:

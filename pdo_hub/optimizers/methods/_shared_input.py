@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from ._int8_linear import TokenInt8Linear
+from ._int8_linear import TokenInt8Linear, per_token_int8_linear
 
 
 class SharedInput:
@@ -65,13 +65,7 @@ class SharedInput:
         return _ungrouped, ()
 
     def _compute(self, x: torch.Tensor) -> list[torch.Tensor]:
-        # The same ops as TokenInt8Linear.forward, on the members' weights side by side.
-        rows = x.reshape(-1, self.in_features).float()
-        scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / self.activation_levels
-        quantized = (rows / scale).round_().to(torch.int8)
-        y = torch._int_mm(quantized, self.weight_t).float().mul_(scale).mul_(self.scale)
-        if self.bias is not None:
-            y.add_(self.bias)
+        y = per_token_int8_linear(x.reshape(-1, self.in_features), self.activation_levels, self.weight_t, self.scale, self.bias)
         return [part.reshape(*x.shape[:-1], width).to(x.dtype) for part, width in zip(y.split(self.widths, 1), self.widths)]
 
 

@@ -135,11 +135,9 @@ def wait_all(timeout: float | None = None) -> bool:
 
 
 def warm_up(runners: list) -> None:
-    """Build the traces of trace runners that know their input spec (see the module doc); never raises."""
+    """Build the traces of `runners` (each with a `warm_up_inputs` spec: see `start`); never raises."""
     for runner in runners:
-        spec = getattr(runner, "warm_up_inputs", None)
-        if spec is None:
-            continue
+        spec = runner.warm_up_inputs
         try:
             with torch.inference_mode():
                 for grow in (False, True):
