@@ -47,10 +47,14 @@ os.environ.pop("HF_TOKEN", None)
 
 
 @pytest.fixture(autouse=True)
-def _damage_waits_for_warm_ups(monkeypatch):
-    """Files are damaged in place (truncated, then rewritten) only by tests, and only after the background
-    warm-ups of loaded models are done: a loaded variant maps its weights file, and pulling pages from
-    under a running model is fatal (SIGBUS) for any memory-mapped load, as the README's known limits say."""
+def _warm_ups_stay_in_their_test(monkeypatch):
+    """Background warm-ups (a loaded variant building its trace) end with the test that started them, and
+    files are damaged in place (truncated, then rewritten) only after they are done.
+
+    A loaded variant maps its weights file, and pulling pages from under a running model is fatal
+    (SIGBUS) for any memory-mapped load, as the README's known limits say. A warm-up still running in
+    the next test also broke `ast.parse` there (CPython 3.11.7's "AST constructor recursion depth
+    mismatch" when another thread runs Python code meanwhile)."""
     from pdo_hub.optimizers.methods import _warm_up
 
     write_bytes = Path.write_bytes
@@ -60,6 +64,8 @@ def _damage_waits_for_warm_ups(monkeypatch):
         return write_bytes(self, data)
 
     monkeypatch.setattr(Path, "write_bytes", after_warm_ups)
+    yield
+    _warm_up.wait_all(timeout=120)
 
 
 @pytest.fixture(autouse=True)
