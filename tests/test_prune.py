@@ -369,3 +369,36 @@ def test_minilm_heads_and_ffn_neurons_pruned_keep_held_out_embeddings():
     assert any(len(entry["out"]) < 1536 for path, entry in records[0]["modules"].items() if path.endswith("intermediate.dense"))
     cosine = embedding_cosine(model, optimized, tokenized_sentences(tokenizer, list(HELD_OUT_SENTENCES)))
     assert cosine >= 0.975, f"held-out sentence-embedding cosine {cosine:.4f}"  # 0.984 measured
+
+
+class _WideMLP(nn.Module):
+    """256 -> 128 -> 64: the hidden units are not predictable from a quarter of them (compensation cannot hide a cut)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(256, 128), nn.Linear(128, 64)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x)))
+
+
+@pytest.mark.parametrize(("threshold", "bounded"), [(0.02, False), (0.005, True)])
+def test_prune_cut_beyond_recovery_is_made_milder_to_fit_the_accuracy_budget(threshold, bounded):
+    """At 0.3 of the size this cut loses ~0.04 before recovery: within 5x a 0.02 budget (kept), beyond 5x 0.005 (milder)."""
+    from pdo_hub.optimizers.methods.prune import ACCURACY_SHARE
+
+    torch.manual_seed(0)
+    model, x = _WideMLP().eval(), torch.randn(4, 8, 256)
+    ctx = make_context(model, x, target_compression_ratio=0.3, recovery_steps=0, preserve_accuracy_threshold=threshold)
+    optimized, records = get_method("prune").apply(copy.deepcopy(model), ctx)
+    notes = [note for note in ctx.notes if "more than recovery wins back" in note]
+    if not bounded:
+        assert not notes and records[0]["size_ratio"] <= 0.3 * 1.002, (records[0]["size_ratio"], ctx.notes)
+        return
+    assert notes, ctx.notes
+    size = records[0]["size_ratio"] if records else 1.0
+    assert size > 0.3 * 1.002, f"pruned to {size:.3f} although the size target's cut is beyond recovery"
+    with torch.no_grad():
+        reference, output = model(x), optimized(x)
+    loss = 1 - torch.nn.functional.cosine_similarity(output.flatten(1), reference.flatten(1)).mean().item()
+    assert loss <= 2 * ACCURACY_SHARE * threshold, f"loss {loss:.4f} on the example after the milder cut"
