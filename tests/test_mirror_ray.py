@@ -114,7 +114,8 @@ def test_ray_worker_lost_on_every_attempt_is_a_failed_entry_after_the_retries(ra
     path = write_manifest(tmp_path, [f"hf:{bert_repos[4]}"])
     code, result = mirror_json(capsys, str(path), "--ray", "--ray-retries", "1")
     assert code == 1 and result["counts"]["failed"] == 1
-    assert "WorkerCrashedError" in result["entries"][0]["error"], result["entries"][0]["error"]
+    error = result["entries"][0]["error"]
+    assert error.startswith("its Ray worker was lost on all 2 attempts: WorkerCrashedError"), error
     attempts = {line.split()[1] for line in trace.read_text().splitlines() if line.startswith("optimize.start")}
     assert len(attempts) == 2, f"--ray-retries 1 means two attempts in two workers, got {len(attempts)}"
     assert check_complete_or_absent(Path(os.environ["PDO_HUB_CACHE"]), {}) == []
@@ -186,6 +187,24 @@ def test_ray_before_the_manifest_takes_no_address_and_a_dry_run_plans_as_local_m
     code = main(["mirror", "--ray", str(path), "--dry-run", "--json", "--quiet"])
     assert code == 0
     assert [e["status"] for e in json.loads(capsys.readouterr().out)["entries"]] == ["would optimize"]
+
+
+def test_ray_task_reserves_three_times_the_weights_plus_512_mib_and_a_gpu_only_for_cuda(bert_repos, hub_server, tmp_path):
+    from pdo_hub.cache import OptimizedCache
+    from pdo_hub.mirror import parse_manifest, plan_entry
+    from pdo_hub.mirror._ray_settings import task_resources, unschedulable
+
+    manifest = parse_manifest({"models": [{"source": f"hf:{bert_repos[0]}", "config": FAST_CONFIG},
+                                          {"source": f"hf:{bert_repos[0]}", "config": {**FAST_CONFIG, "device": "cuda"}}]},
+                              base=tmp_path)
+    cpu, cuda = (plan_entry(entry, offline=False, cache=OptimizedCache()) for entry in manifest.entries)
+    weights = next(f.size for f in hub_server.store.list_files(bert_repos[0], cpu.revision) if f.path == "model.safetensors")
+    assert task_resources(cpu, cpus=2, memory=None) == {"num_cpus": 2, "num_gpus": 0, "memory": 3 * weights + 512 * 2**20}
+    assert task_resources(cuda, cpus=1, memory=2**30) == {"num_cpus": 1, "num_gpus": 1, "memory": 2**30}
+    small_node = {"CPU": 4, "memory": 2**29}
+    estimated = task_resources(cpu, cpus=1, memory=None)
+    assert unschedulable(estimated, [small_node], estimated=True) is None and estimated["memory"] == 2**29
+    assert "1.0 GiB memory" in unschedulable(task_resources(cpu, cpus=1, memory=2**30), [small_node], estimated=False)
 
 
 def test_ray_not_installed_is_one_error_naming_the_scale_extra(tmp_path, capsys, monkeypatch):

@@ -17,6 +17,7 @@ Ray is imported only here, only when `--ray` is used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
@@ -89,15 +90,18 @@ def build_on_ray(to_build: list[tuple[int, Plan]], options) -> Iterator[tuple[in
             index, plan, started = pending.pop(done[0])
             try:
                 result = ray.get(done[0])
-            except Exception as err:  # noqa: BLE001 -- the worker was lost on every attempt
-                logger.info("%s: its Ray worker was lost %d times", plan.entry.source, settings.retries + 1)
+            except ray.exceptions.RayError as err:  # build_plan never raises: Ray itself failed the task
                 result = _failure(plan.entry, err, started)
-            logger.info("%s (%s): %s in %.1f s on Ray", plan.entry.source, plan.entry.config_label, result.status,
-                        result.seconds)
+                if isinstance(err, _lost_worker_errors(ray)):
+                    result.error = f"its Ray worker was lost on all {settings.retries + 1} attempts: {result.error}"
+            # The time since it was sent counts the queue and every attempt; result.seconds is the last attempt's.
+            logger.info("%s (%s): %s on Ray, %.1f s after it was sent", plan.entry.source, plan.entry.config_label,
+                        result.status, time.perf_counter() - started)
             yield index, result
     finally:
         for ref in pending:  # the driver stops early (Ctrl-C, an error): its builds stop too
-            ray.cancel(ref, force=True)
+            with contextlib.suppress(Exception):  # never hide why the driver stopped
+                ray.cancel(ref, force=True)
         if started_here:
             ray.shutdown()
 
@@ -147,6 +151,11 @@ def _build_task(plan: Plan, options, secrets: Secrets):
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     with secrets.applied():
         return build_plan(plan, options)
+
+
+def _lost_worker_errors(ray) -> tuple[type, ...]:
+    errors = ray.exceptions
+    return errors.WorkerCrashedError, errors.NodeDiedError, errors.OutOfMemoryError
 
 
 def _describe(resources: dict) -> str:
