@@ -20,7 +20,7 @@ from pdo_hub.cache import OptimizedCache
 from pdo_hub.optimizers.report import report_summary
 from pdo_hub.mirror.manifest import Manifest, MirrorEntry
 from pdo_hub.mirror.plan import FETCH, MISSING, OPTIMIZE, SKIP, Plan, plan_entry
-from pdo_hub.mirror.ray_jobs import RayOptions
+from pdo_hub.mirror.ray_jobs import RayOptions, build_on_ray
 
 logger = logging.getLogger("pdo_hub.mirror")
 
@@ -101,9 +101,7 @@ def run_manifest(manifest: Manifest, options: MirrorOptions = MirrorOptions(),
 
 
 def _build_all(to_build: list[tuple[int, Plan]], options: MirrorOptions):
-    if options.ray is not None and to_build:
-        from pdo_hub.mirror.ray_jobs import build_on_ray
-
+    if options.ray is not None and to_build:  # only when something is built: a cached run never joins Ray
         yield from build_on_ray(to_build, options)
         return
     if options.jobs <= 1 or len(to_build) <= 1:
