@@ -15,7 +15,7 @@ from conftest import HUB_PORT
 
 from pdo_hub.serve import HubServer, RepoStore
 
-__all__ = ["MINILM_REPO_ID", "hub_server", "minilm_repo", "minilm_source_files"]
+__all__ = ["MINILM_REPO_ID", "hub_server", "minilm_repo", "minilm_source_files", "resnet18_weights"]
 
 MINILM_REPO_ID = "sentence-transformers/all-MiniLM-L6-v2"
 # Training-data statistics: never read by transformers or sentence-transformers.
@@ -47,3 +47,19 @@ def minilm_repo(hub_server) -> tuple[str, str]:
     """Publish all-MiniLM-L6-v2 as `sentence-transformers/all-MiniLM-L6-v2`; returns (repo_id, commit sha)."""
     sha = hub_server.store.publish(MINILM_REPO_ID, minilm_source_files(), message="Mirror all-MiniLM-L6-v2")
     return MINILM_REPO_ID, sha
+
+
+@pytest.fixture(scope="session")
+def resnet18_weights() -> Path:
+    """`<TORCH_HOME>/hub/checkpoints/resnet18-f37072fd.pth` holding a seeded resnet18 state dict (no download)."""
+    import torch
+    import torchvision
+
+    from pdo_hub.hub import torchvision_models
+
+    path = torchvision_models.weights_file(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
+    if not path.is_file():
+        torch.manual_seed(0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    return path

@@ -52,3 +52,22 @@ def tiny_bert_variant(hub_server, tmp_path_factory, repo_id: str):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PDO_HUB_CACHE", str(tmp_path_factory.mktemp("tiny_bert_builder_cache")))
         return pdo_hub.from_pretrained(repo_id, config=FAST_CONFIG)
+
+
+def write_manifest(folder: Path, models: list, name: str = "manifest.yaml") -> Path:
+    """A mirror manifest of `models` with FAST_CONFIG as the default config."""
+    import yaml
+
+    path = folder / name
+    path.write_text(yaml.safe_dump({"defaults": {"config": FAST_CONFIG}, "models": models}), encoding="utf-8")
+    return path
+
+
+def mirror_json(capsys, *args: str) -> tuple[int, dict]:
+    """`pdo-hub mirror ARGS --json --quiet` in this process: (exit code, the printed JSON)."""
+    import json
+
+    from pdo_hub.cli import main
+
+    code = main(["mirror", *args, "--json", "--quiet"])
+    return code, json.loads(capsys.readouterr().out)

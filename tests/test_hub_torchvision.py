@@ -24,29 +24,16 @@ from pdo_hub.core.errors import OfflineCacheMissError
 from pdo_hub.hub import torchvision_models
 
 
-@pytest.fixture(scope="session")
-def resnet18_file() -> Path:
-    """`<TORCH_HOME>/hub/checkpoints/resnet18-f37072fd.pth` holding a seeded resnet18 state dict."""
-    import torchvision
-
-    path = torchvision_models.weights_file(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
-    if not path.is_file():
-        torch.manual_seed(0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    return path
-
-
 def _logits(model, seed: int = 1) -> torch.Tensor:
     with torch.inference_mode():
         return model(torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(seed)))
 
 
-def test_get_model_keys_by_file_hash_and_reuses_offline(resnet18_file, monkeypatch):
+def test_get_model_keys_by_file_hash_and_reuses_offline(resnet18_weights, monkeypatch):
     model = pdo_hub.get_model("resnet18", weights="DEFAULT", config=FAST_CONFIG)
     assert model.pdo_cache_status == "built"
     assert model.pdo_report["optimizations_applied"] == ["quantization_dynamic"]
-    sha = hashlib.sha256(resnet18_file.read_bytes()).hexdigest()
+    sha = hashlib.sha256(resnet18_weights.read_bytes()).hexdigest()
     assert Path(model.pdo_cache_path).name.startswith(sha)
     assert "ResNet18_Weights.IMAGENET1K_V1" in str(model.pdo_cache_path)
 
@@ -60,16 +47,16 @@ def test_get_model_keys_by_file_hash_and_reuses_offline(resnet18_file, monkeypat
     assert torch.equal(_logits(model), _logits(again))
 
     # Offline with the original file gone: the recorded file-name -> sha256 ref still finds the entry.
-    hidden = resnet18_file.with_name(resnet18_file.name + ".moved")
-    os.replace(resnet18_file, hidden)
+    hidden = resnet18_weights.with_name(resnet18_weights.name + ".moved")
+    os.replace(resnet18_weights, hidden)
     try:
         third = pdo_hub.get_model("resnet18", config=FAST_CONFIG)
         assert third.pdo_cache_path == model.pdo_cache_path
     finally:
-        os.replace(hidden, resnet18_file)
+        os.replace(hidden, resnet18_weights)
 
 
-def test_offline_without_weights_file_or_entry_raises_with_the_fix(resnet18_file, monkeypatch):
+def test_offline_without_weights_file_or_entry_raises_with_the_fix(resnet18_weights, monkeypatch):
     monkeypatch.setenv("PDO_HUB_OFFLINE", "1")
     with pytest.raises(OfflineCacheMissError, match=r"pdo_hub.get_model\('resnet18'"):
         pdo_hub.get_model("resnet18", config=FAST_CONFIG)  # file present, entry missing
@@ -77,7 +64,7 @@ def test_offline_without_weights_file_or_entry_raises_with_the_fix(resnet18_file
         pdo_hub.get_model("resnet34", config=FAST_CONFIG)  # neither file nor entry
 
 
-def test_weights_none_returns_the_plain_model(resnet18_file):
+def test_weights_none_returns_the_plain_model(resnet18_weights):
     import torchvision
 
     model = pdo_hub.get_model("resnet18", weights=None)

@@ -9,13 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
-from hub_helpers import FAST_CONFIG, save_tiny_bert
+from hub_helpers import FAST_CONFIG, mirror_json, save_tiny_bert, write_manifest
 
 from pdo_hub.cli import main
 from pdo_hub.core.errors import ConfigError
-from pdo_hub.hub import torchvision_models
 from pdo_hub.mirror import load_manifest, parse_manifest
 
 REPO = "pdo-test/mirror-bert"
@@ -27,30 +24,6 @@ def mirror_repo(hub_server, tmp_path_factory) -> str:
     folder = save_tiny_bert(tmp_path_factory.mktemp("mirror_bert"), seed=3)
     hub_server.store.publish(REPO, folder, message="tiny bert for the mirror")
     return REPO
-
-
-@pytest.fixture(scope="module")
-def resnet18_weights() -> Path:
-    """The torch hub cache seeded with resnet18 weights under torchvision's file name (no download here)."""
-    import torchvision
-
-    path = torchvision_models.weights_file(torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
-    if not path.is_file():
-        torch.manual_seed(0)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
-    return path
-
-
-def _manifest(tmp_path: Path, models: list, name: str = "manifest.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump({"defaults": {"config": FAST_CONFIG}, "models": models}), encoding="utf-8")
-    return path
-
-
-def _mirror(capsys, *args: str) -> tuple[int, dict]:
-    code = main(["mirror", *args, "--json", "--quiet"])
-    return code, json.loads(capsys.readouterr().out)
 
 
 def test_example_manifest_in_configs_parses():
@@ -87,28 +60,28 @@ def test_inline_config_keys_refine_the_preset(tmp_path):
 
 def test_second_run_skips_with_one_metadata_request_and_picks_up_a_new_commit(
         mirror_repo, resnet18_weights, hub_server, tmp_path, capsys):
-    path = _manifest(tmp_path, [{"source": f"hf:{mirror_repo}", "revision": "main"},
+    path = write_manifest(tmp_path, [{"source": f"hf:{mirror_repo}", "revision": "main"},
                                 {"source": "torchvision:resnet18:IMAGENET1K_V1"}])
-    code, first = _mirror(capsys, str(path))
+    code, first = mirror_json(capsys, str(path))
     assert code == 0, first
     assert [e["status"] for e in first["entries"]] == ["optimized", "optimized"]
 
     hub_server.clear_requests()
-    code, second = _mirror(capsys, str(path))
+    code, second = mirror_json(capsys, str(path))
     assert code == 0 and [e["status"] for e in second["entries"]] == ["skipped", "skipped"]
     assert hub_server.requests == [("GET", f"/api/models/{mirror_repo}/revision/main")]
     assert [e["entry"] for e in second["entries"]] == [e["entry"] for e in first["entries"]]
 
     folder = save_tiny_bert(tmp_path / "v2", seed=4)
     new_sha = hub_server.store.publish(mirror_repo, folder, message="new weights upstream")
-    code, third = _mirror(capsys, str(path))
+    code, third = mirror_json(capsys, str(path))
     assert [e["status"] for e in third["entries"]] == ["optimized", "skipped"]
     assert third["entries"][0]["revision"] == new_sha != first["entries"][0]["revision"]
 
 
 def test_one_failing_entry_does_not_stop_the_others_and_exits_non_zero(mirror_repo, tmp_path, capsys):
-    path = _manifest(tmp_path, ["hf:pdo-test/does-not-exist", f"hf:{mirror_repo}", "torchvision:not_a_model"])
-    code, result = _mirror(capsys, str(path))
+    path = write_manifest(tmp_path, ["hf:pdo-test/does-not-exist", f"hf:{mirror_repo}", "torchvision:not_a_model"])
+    code, result = mirror_json(capsys, str(path))
     assert code == 1
     statuses = {e["source"]: (e["status"], e["error"]) for e in result["entries"]}
     assert statuses[f"hf:{mirror_repo}"][0] == "optimized"
@@ -119,20 +92,20 @@ def test_one_failing_entry_does_not_stop_the_others_and_exits_non_zero(mirror_re
 
 
 def test_dry_run_says_what_would_happen_and_writes_nothing(mirror_repo, tmp_path, capsys):
-    path = _manifest(tmp_path, [f"hf:{mirror_repo}"])
-    code, result = _mirror(capsys, str(path), "--dry-run")
+    path = write_manifest(tmp_path, [f"hf:{mirror_repo}"])
+    code, result = mirror_json(capsys, str(path), "--dry-run")
     assert code == 0 and [e["status"] for e in result["entries"]] == ["would optimize"]
     cache = Path(os.environ["PDO_HUB_CACHE"])
     assert not any(cache.glob("models--*/entries/*")), "a dry run must not build anything"
 
 
 def test_offline_run_uses_only_the_cache_and_makes_no_request(mirror_repo, hub_server, tmp_path, capsys, monkeypatch):
-    path = _manifest(tmp_path, [f"hf:{mirror_repo}"])
-    assert _mirror(capsys, str(path))[0] == 0
-    missing = _manifest(tmp_path, [f"hf:{mirror_repo}", {"source": f"hf:{mirror_repo}", "preset": "quality"}], "two.yaml")
+    path = write_manifest(tmp_path, [f"hf:{mirror_repo}"])
+    assert mirror_json(capsys, str(path))[0] == 0
+    missing = write_manifest(tmp_path, [f"hf:{mirror_repo}", {"source": f"hf:{mirror_repo}", "preset": "quality"}], "two.yaml")
     hub_server.clear_requests()
     monkeypatch.setenv("PDO_HUB_OFFLINE", "1")
-    code, result = _mirror(capsys, str(missing), "--offline")
+    code, result = mirror_json(capsys, str(missing), "--offline")
     assert hub_server.requests == []
     assert code == 1
     assert [e["status"] for e in result["entries"]] == ["skipped", "failed"]
@@ -142,19 +115,19 @@ def test_offline_run_uses_only_the_cache_and_makes_no_request(mirror_repo, hub_s
 def test_original_only_entry_is_fetched_into_the_hub_cache(hub_server, tmp_path, capsys):
     repo = "pdo-test/mirror-original-only"
     hub_server.store.publish(repo, save_tiny_bert(tmp_path / "bert", seed=5), message="never fetched before")
-    path = _manifest(tmp_path, [{"source": f"hf:{repo}", "optimize": False}])
-    code, result = _mirror(capsys, str(path))
+    path = write_manifest(tmp_path, [{"source": f"hf:{repo}", "optimize": False}])
+    code, result = mirror_json(capsys, str(path))
     assert code == 0 and result["entries"][0]["status"] == "fetched"
     from huggingface_hub import snapshot_download
 
     local = Path(snapshot_download(repo, revision=result["entries"][0]["revision"], local_files_only=True))
     assert (local / "model.safetensors").is_file()
-    code, again = _mirror(capsys, str(path))
+    code, again = mirror_json(capsys, str(path))
     assert again["entries"][0]["status"] == "skipped"
 
 
 def test_two_mirror_processes_at_once_optimize_each_entry_once(mirror_repo, tmp_path):
-    path = _manifest(tmp_path, [{"source": f"hf:{mirror_repo}", "config": {**FAST_CONFIG, "seed": 7}}])
+    path = write_manifest(tmp_path, [{"source": f"hf:{mirror_repo}", "config": {**FAST_CONFIG, "seed": 7}}])
     command = [sys.executable, "-m", "pdo_hub.cli", "mirror", str(path), "--json", "--quiet"]
     runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
             for _ in range(2)]
@@ -167,15 +140,15 @@ def test_two_mirror_processes_at_once_optimize_each_entry_once(mirror_repo, tmp_
 
 
 def test_jobs_build_entries_in_worker_processes(mirror_repo, resnet18_weights, tmp_path, capsys):
-    path = _manifest(tmp_path, [f"hf:{mirror_repo}", "torchvision:resnet18:IMAGENET1K_V1"])
-    code, result = _mirror(capsys, str(path), "--jobs", "2")
+    path = write_manifest(tmp_path, [f"hf:{mirror_repo}", "torchvision:resnet18:IMAGENET1K_V1"])
+    code, result = mirror_json(capsys, str(path), "--jobs", "2")
     assert code == 0 and [e["status"] for e in result["entries"]] == ["optimized", "optimized"]
     assert all(Path(e["entry"]).is_dir() for e in result["entries"])
 
 
 def test_push_option_publishes_each_variant_and_the_pushed_repo_loads_as_published(mirror_repo, hub_server, tmp_path, capsys):
-    path = _manifest(tmp_path, [{"source": f"hf:{mirror_repo}", "config": {**FAST_CONFIG, "seed": 9}}])
-    code, result = _mirror(capsys, str(path), "--push", "pdo-mirror-org")
+    path = write_manifest(tmp_path, [{"source": f"hf:{mirror_repo}", "config": {**FAST_CONFIG, "seed": 9}}])
+    code, result = mirror_json(capsys, str(path), "--push", "pdo-mirror-org")
     assert code == 0, result
     entry = result["entries"][0]
     from pdo_hub.mirror import push_name

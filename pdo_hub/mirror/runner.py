@@ -1,5 +1,6 @@
-"""Running a manifest: plan every entry, build what is missing (in worker processes with `jobs` > 1),
-push when asked, and collect one result per entry. One failing entry never stops the others.
+"""Running a manifest: plan every entry, build what is missing (in worker processes with `jobs` > 1, or
+as Ray tasks with `ray`: see `ray_jobs`), push when asked, and collect one result per entry. One failing
+entry never stops the others.
 
 Builds of different models run in separate processes, not threads: torch's thread pool and the
 loaders' process-wide switches are shared by every thread of a process. Two mirrors (or two workers)
@@ -19,6 +20,7 @@ from pdo_hub.cache import OptimizedCache
 from pdo_hub.optimizers.report import report_summary
 from pdo_hub.mirror.manifest import Manifest, MirrorEntry
 from pdo_hub.mirror.plan import FETCH, MISSING, OPTIMIZE, SKIP, Plan, plan_entry
+from pdo_hub.mirror.ray_jobs import RayOptions, build_on_ray
 
 logger = logging.getLogger("pdo_hub.mirror")
 
@@ -56,6 +58,7 @@ class MirrorOptions:
         offline: Cache only, no network.
         push_org: Push each variant to `ORG/<name>-pdo-<config>` (an entry's `push:` names its own repo).
         progress: Show worker progress lines on stderr.
+        ray: Run the builds as tasks on a Ray cluster (None: on this machine).
     """
 
     jobs: int = 1
@@ -63,6 +66,7 @@ class MirrorOptions:
     offline: bool = False
     push_org: str | None = None
     progress: bool = False
+    ray: RayOptions | None = None
 
 
 def run_manifest(manifest: Manifest, options: MirrorOptions = MirrorOptions(),
@@ -97,6 +101,9 @@ def run_manifest(manifest: Manifest, options: MirrorOptions = MirrorOptions(),
 
 
 def _build_all(to_build: list[tuple[int, Plan]], options: MirrorOptions):
+    if options.ray is not None and to_build:  # only when something is built: a cached run never joins Ray
+        yield from build_on_ray(to_build, options)
+        return
     if options.jobs <= 1 or len(to_build) <= 1:
         for index, plan in to_build:
             yield index, build_plan(plan, options)
@@ -113,7 +120,7 @@ def _build_all(to_build: list[tuple[int, Plan]], options: MirrorOptions):
 
 
 def build_plan(plan: Plan, options: MirrorOptions) -> EntryResult:
-    """Fetch/optimize one planned entry (runs in a worker process when jobs > 1); never raises."""
+    """Fetch/optimize one planned entry (runs in a worker process when jobs > 1, a Ray task with ray); never raises."""
     entry, started = plan.entry, time.perf_counter()
     try:
         if plan.action == FETCH:
