@@ -5,6 +5,11 @@ Guarantees: an entry is complete or absent. A writer fills a unique temp folder 
 per-key file lock only keeps two processes from optimizing the same model twice; if locking fails or
 is bypassed, the rename still decides a single winner and nothing half-written is ever visible.
 
+With a shared tier (`PDO_HUB_SHARED_CACHE`, see `pdo_hub.cache.shared_tier`), a local miss is looked up
+there and pulled into the local cache (checked file by file, placed by the same rename), and a build
+takes the key's build lease on the tier, then publishes to it after committing locally. The tier is an
+addition: when it cannot be reached, lookups are local misses and builds are kept locally, with a warning.
+
 Nothing is deleted behind the user's back: a damaged entry is moved to `.quarantine/` (by a lookup of a
 caller holding the key's lock, or by a commit that finds it in the way), an entry of a newer pdo-hub is
 left alone, and only `remove`, `evict` and `prune` delete.
@@ -16,6 +21,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pdo_hub.cache import refs
 from pdo_hub.cache._files import (
@@ -28,6 +34,7 @@ from pdo_hub.cache._files import (
     release_lock,
     touch,
 )
+from pdo_hub.cache._objects import SharedCacheError
 from pdo_hub.cache._place import place
 from pdo_hub.cache._tmp import TempFolder
 from pdo_hub.cache.entry import CacheEntry
@@ -40,6 +47,9 @@ from pdo_hub.core import constants
 from pdo_hub.core._crashpoints import crashpoint
 from pdo_hub.core.errors import CacheError, ConfigError, InvalidRepoIdError
 
+if TYPE_CHECKING:
+    from pdo_hub.cache.shared_tier import SharedTier
+
 logger = logging.getLogger(__name__)
 
 
@@ -49,6 +59,8 @@ class OptimizedCache:
     Args:
         root: Cache root. None means `pdo_hub.core.constants.cache_dir()`, read at each call so that
             `PDO_HUB_CACHE` can change after the object is made.
+        shared: The shared tier's URL (or a `SharedTier`). None means `PDO_HUB_SHARED_CACHE`, read at each
+            call; unset, there is no shared tier.
 
     Example:
         >>> cache = OptimizedCache()
@@ -56,13 +68,30 @@ class OptimizedCache:
         >>> entry.read_json("optimization_report.json")
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, shared: str | SharedTier | None = None) -> None:
         self._root = Path(root).expanduser() if root is not None else None
+        self._shared = shared
 
     @property
     def root(self) -> Path:
         """The cache root folder."""
         return self._root if self._root is not None else constants.cache_dir()
+
+    @property
+    def shared(self) -> SharedTier | None:
+        """The shared tier, or None when none is configured.
+
+        Raises:
+            ConfigError: for a URL pdo-hub cannot use (the message says why), or s3fs missing.
+        """
+        if self._shared is None or isinstance(self._shared, str):
+            url = self._shared or constants.shared_cache_url()
+            if url is None:
+                return None
+            from pdo_hub.cache.shared_tier import tier_for  # imports fsspec: only with a tier
+
+            return tier_for(url)
+        return self._shared
 
     # --- reading -------------------------------------------------------------------------------
 
@@ -105,9 +134,22 @@ class OptimizedCache:
             verify: Re-hash every file; without it only the files changed since their last check.
         """
         path = entry_dir(self.root, key)
-        if not os.path.lexists(path):
+        if not os.path.lexists(path) and self.pull(key) is None:
             return None
         return examine(self.root, path, Check.FULL if verify else Check.CHANGED, key)
+
+    def pull(self, key: CacheKey) -> CacheEntry | None:
+        """Copy the entry of `key` from the shared tier into this cache (every file checked against the
+        published sha256, then placed atomically). None without a tier, when the tier lacks a usable entry,
+        or when it cannot be reached (a warning then: the caller falls back to building)."""
+        tier = self.shared
+        if tier is None:
+            return None
+        try:
+            return tier.pull(key, self.root)
+        except SharedCacheError as err:
+            logger.warning("%s A miss: the model is looked up or built locally.", err)
+            return None
 
     def quarantine(self, key: CacheKey, reason: str) -> Path | None:
         """Move the folder of `key` to `.quarantine/` (kept for inspection, never deleted) and warn naming
@@ -164,14 +206,42 @@ class OptimizedCache:
         With `PDO_HUB_CACHE_MAX_SIZE` set, least-recently-used entries are then evicted down to that size
         (never the entry just committed).
 
+        With a shared tier, the key's build lease is taken first (waiting while another machine builds
+        it); an entry published there meanwhile is pulled instead of built, and a new entry is published
+        after it is committed here (a failure to publish only warns: the local entry stays).
+
         Returns:
             The committed (or already present) entry.
 
         Raises:
             CacheError: when the writer wrote nothing or a reserved name or link, or the folder cannot be
                 placed (e.g. it holds an entry of a newer pdo-hub).
+            CacheLockTimeoutError: another machine held the key's build lease longer than `PDO_HUB_LOCK_TIMEOUT`.
             ConfigError: when `PDO_HUB_CACHE_MAX_SIZE` is not a size (checked before `writer` runs).
         """
+        tier = self.shared
+        if tier is None:
+            return self._commit_here(key, writer)
+        lease = tier.lease(key, constants.shared_lease_seconds())
+        try:
+            found = lease.acquire(constants.lock_timeout(), lambda: self.pull(key))
+        except SharedCacheError as err:
+            logger.warning("%s Building without the shared build lease.", err)
+            found = None
+        if found is not None:
+            return found
+        try:
+            entry = self._commit_here(key, writer)
+            crashpoint("commit.shared_publishing")
+            try:
+                tier.publish(entry)
+            except SharedCacheError as err:
+                logger.warning("%s The new entry %s is kept in the local cache only.", err, entry.path)
+        finally:
+            lease.release()
+        return entry
+
+    def _commit_here(self, key: CacheKey, writer: Callable[[Path], None]) -> CacheEntry:
         root = self.root
         max_bytes = constants.cache_max_size()
         temp = TempFolder(root / TMP_DIR, entry_folder_name(key))
