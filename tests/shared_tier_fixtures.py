@@ -15,6 +15,8 @@ import textwrap
 import uuid
 from pathlib import Path
 
+import pytest
+
 BUCKET = "pdo-shared"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -37,6 +39,25 @@ def make_bucket(endpoint: str, bucket: str = BUCKET) -> None:
         s3fs.S3FileSystem(endpoint_url=endpoint, key="testing", secret="testing", skip_instance_cache=True).mkdir(bucket)
     except FileExistsError:  # moto's state is per process: a second server in this process shares it
         pass
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server for the module, with the bucket made; yields its endpoint URL."""
+    server, endpoint = start_s3_server()
+    make_bucket(endpoint)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture
+def env(s3, monkeypatch):
+    """A fresh tier prefix for this test, set in the environment with a 1 s build lease; returns it."""
+    values = tier_env(s3)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PDO_HUB_SHARED_LEASE_SECONDS", "1")
+    return values
 
 
 def closed_port() -> int:

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from shared_tier_fixtures import BUCKET, closed_port, make_bucket, run_worker, start_s3_server, tier_env
+from shared_tier_fixtures import env, s3  # noqa: F401  (fixtures)
+from shared_tier_fixtures import closed_port, make_bucket, run_worker, start_s3_server, tier_env
 
 from pdo_hub.cache import CacheKey, OptimizedCache
 from pdo_hub.cache import shared_tier as shared_tier_module
@@ -20,24 +21,6 @@ from pdo_hub.cache.shared_tier import SharedTier
 from pdo_hub.core.errors import ConfigError
 
 KEY = CacheKey("huggingface", "org/model", "a" * 40, "1" * 64)
-
-
-@pytest.fixture(scope="module")
-def s3():
-    server, endpoint = start_s3_server()
-    make_bucket(endpoint)
-    yield endpoint
-    server.stop()
-
-
-@pytest.fixture
-def env(s3, monkeypatch):
-    """A fresh tier prefix for this test, set in the environment; returns it."""
-    values = tier_env(s3)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("PDO_HUB_SHARED_LEASE_SECONDS", "1")
-    return values
 
 
 def _tier(env) -> SharedTier:
@@ -189,19 +172,20 @@ def test_a_connection_dropped_in_the_middle_of_a_pull_leaves_no_local_entry(tmp_
     for name, value in tier_env(endpoint).items():
         monkeypatch.setenv(name, value)
     OptimizedCache(tmp_path / "a").get_or_create(KEY, _writer(b"w" * 100_000))
-    copy, copied = shared_tier_module._copy_stream, []
+    download, copied = shared_tier_module._download, []
 
-    def copy_then_drop(objects, path, target):
-        result = copy(objects, path, target)
-        copied.append(path)
-        server.stop()  # the store goes away after the first file of the entry
-        return result
+    def download_then_drop(objects, pairs):
+        copied.extend(download(objects, pairs[:1]))  # the first file arrives ...
+        copied.append(pairs[0][1].read_bytes())
+        server.stop()  # ... then the store goes away
+        return download(objects, pairs[1:])
 
-    monkeypatch.setattr(shared_tier_module, "_copy_stream", copy_then_drop)
+    monkeypatch.setattr(shared_tier_module, "_download", download_then_drop)
     reader = tmp_path / "b"
     with caplog.at_level(logging.WARNING):
         assert OptimizedCache(reader).lookup(KEY) is None
-    assert len(copied) == 1 and "failed to read" in caplog.text
+    assert copied == [b"w" * 100_000], "the first file had arrived when the store went away"
+    assert "failed to download" in caplog.text
     assert not _local_entry_folders(reader) and not list((reader / ".tmp").iterdir())
 
 
@@ -253,3 +237,19 @@ def test_a_waiter_takes_the_published_entry_instead_of_building(env, tmp_path):
     lease.release()
     waiter.join(timeout=20)
     assert done and done[0].manifest == entry.manifest
+
+
+# --- mirror --------------------------------------------------------------------------------------
+
+
+def test_the_mirror_planner_skips_an_entry_another_machine_published(env, tmp_path):
+    from pdo_hub.mirror import parse_manifest
+    from pdo_hub.mirror.plan import MISSING, SKIP, plan_entry
+
+    [entry] = parse_manifest({"models": [{"source": f"hf:org/model@{'a' * 40}"}]}, base=tmp_path).entries
+    driver = OptimizedCache(tmp_path / "driver")
+    plan = plan_entry(entry, offline=True, cache=driver)
+    assert plan.action == MISSING
+    OptimizedCache(tmp_path / "worker").commit(plan.key, _writer(b"w"))
+    again = plan_entry(entry, offline=True, cache=driver)
+    assert again.action == SKIP and driver.lookup(plan.key) is not None

@@ -23,7 +23,6 @@ never served.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -41,7 +40,7 @@ from pdo_hub.cache._tmp import TempFolder
 from pdo_hub.cache.entry import CacheEntry
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
 from pdo_hub.cache.layout import TMP_DIR, entry_folder_name, parse_repo_folder, repo_folder_name
-from pdo_hub.cache.manifest import ManifestError, check_manifest, write_manifest
+from pdo_hub.cache.manifest import ManifestError, check_manifest, find_problems, write_manifest
 from pdo_hub.core._crashpoints import crashpoint
 from pdo_hub.core.errors import InvalidRepoIdError
 
@@ -52,7 +51,6 @@ SHARED_FORMAT = 1
 #: An upload no record names that is older than this belongs to a publisher that is gone: the next
 #: publisher of the key deletes it. A day, so that no live publisher can ever lose its objects.
 STALE_UPLOAD_SECONDS = 24 * 3600
-_CHUNK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -166,22 +164,21 @@ class SharedTier:
         return record["upload"], manifest
 
     def _download(self, key: CacheKey, upload: str, manifest: dict, tmp: Path) -> tuple[float, list[str]]:
-        """Stream every file into `tmp`, hashing as it arrives; returns (seconds reading, problems)."""
-        transfer, problems = 0.0, []
+        """Download every file into `tmp`, then check each against the manifest; returns (seconds of
+        transfer, problems)."""
         folder = f"{self._uploads(key)}/{upload}"
-        for name, info in sorted(manifest["files"].items()):
+        pairs = {}
+        for name in sorted(manifest["files"]):
             target = tmp.joinpath(*name.split("/"))
             target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                seconds, size, digest = _copy_stream(self.objects, f"{folder}/{name}", target)
-            except FileNotFoundError:
-                problems.append(f"{name}: missing")
-                continue
-            transfer += seconds
-            if size != info["size"]:
-                problems.append(f"{name}: size {size}, expected {info['size']}")
-            elif digest != info["sha256"]:
-                problems.append(f"{name}: sha256 differs from the record")
+            pairs[name] = (f"{folder}/{name}", target)
+        started = time.perf_counter()
+        missing = set(_download(self.objects, list(pairs.values())))
+        transfer = time.perf_counter() - started
+        problems = [f"{name}: missing" for name, (remote, _) in pairs.items() if remote in missing]
+        if not problems:
+            # The same judgement as a local entry's (size, then sha256), on the bytes that will be placed.
+            problems = find_problems(tmp, manifest)
         return transfer, problems
 
     def _reject(self, raw: bytes, key: CacheKey, reason: str) -> None:
@@ -279,20 +276,9 @@ def _age(info: dict) -> float:
     return time.time() - float(modified) if isinstance(modified, (int, float)) else 0.0
 
 
-def _copy_stream(objects: ObjectStore, path: str, target: Path) -> tuple[float, int, str]:
-    """Copy one object to `target`, hashing it on the way; returns (seconds reading, size, sha256)."""
-    digest, size, reading = hashlib.sha256(), 0, 0.0
-    with objects.open_read(path) as source, open(target, "wb") as out:
-        while True:
-            started = time.perf_counter()
-            chunk = source.read(_CHUNK)
-            reading += time.perf_counter() - started
-            if not chunk:
-                break
-            digest.update(chunk)
-            out.write(chunk)
-            size += len(chunk)
-    return reading, size, digest.hexdigest()
+def _download(objects: ObjectStore, pairs: list[tuple[str, Path]]) -> list[str]:
+    """`objects.download` (a module function so that a test can cut the connection in the middle)."""
+    return objects.download(pairs)
 
 
 _TIERS: dict[tuple[str, ...], SharedTier] = {}
