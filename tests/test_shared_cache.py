@@ -253,3 +253,13 @@ def test_the_mirror_planner_skips_an_entry_another_machine_published(env, tmp_pa
     OptimizedCache(tmp_path / "worker").commit(plan.key, _writer(b"w"))
     again = plan_entry(entry, offline=True, cache=driver)
     assert again.action == SKIP and driver.lookup(plan.key) is not None
+
+
+def test_a_missing_bucket_is_a_warning_that_says_how_to_create_it(s3, tmp_path, monkeypatch, caplog):
+    for name, value in tier_env(s3).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PDO_HUB_SHARED_CACHE", "s3://no-such-bucket/prefix")
+    with caplog.at_level(logging.WARNING):
+        entry = OptimizedCache(tmp_path / "a").get_or_create(KEY, _writer(b"w"))
+    assert entry.path.is_dir(), "the build is kept locally"
+    assert "'no-such-bucket'" in caplog.text and "does not exist" in caplog.text and "mkdir" in caplog.text

@@ -87,6 +87,7 @@ class ObjectStore:
             )
         self.protocol = protocol
         self._down_until, self._down_reason = 0.0, ""
+        self._bucket_seen = protocol == "file"  # a local base folder is created by the first write
         self.fs, base = _open(url, protocol, self.shown)
         self.base = base.rstrip("/")
 
@@ -103,6 +104,20 @@ class ObjectStore:
                 return self.fs.cat_file(path)
             except FileNotFoundError:
                 return None
+
+    def _check_bucket(self) -> None:
+        # S3 answers NoSuchBucket as a missing object (s3fs: FileNotFoundError): without this check a
+        # missing bucket would look like an empty tier forever and fail only when publishing.
+        bucket = self.base.split("/", 1)[0]
+        try:
+            self.fs.call_s3("head_bucket", Bucket=bucket)  # not fs.exists: it answers False when unreachable
+        except FileNotFoundError as err:
+            raise SharedCacheError(
+                f"The bucket {bucket!r} of the shared cache {self.shown} does not exist (or these credentials cannot "
+                f"see it): create it, e.g. `aws s3 mb s3://{bucket}` or "
+                f"`python -c \"import s3fs; s3fs.S3FileSystem().mkdir('{bucket}')\"`."
+            ) from err
+        self._bucket_seen = True
 
     def download(self, pairs: list[tuple[str, Path]]) -> list[str]:
         """Copy objects to local files, several at a time (one GET each, no HEAD); returns the objects
@@ -197,8 +212,13 @@ class ObjectStore:
             raise SharedCacheError(f"The shared cache {self.shown} failed {self._down_reason}; not retried for "
                                    f"{RETRY_AFTER_SECONDS:g} s after a failure.")
         try:
+            if not self._bucket_seen:
+                self._check_bucket()
             yield
-        except (FileNotFoundError, FileExistsError, SharedCacheError):
+        except (FileNotFoundError, FileExistsError):
+            raise
+        except SharedCacheError:
+            self._down_until, self._down_reason = time.monotonic() + RETRY_AFTER_SECONDS, "(no such bucket)"
             raise
         except Exception as err:  # noqa: BLE001 -- botocore/aiohttp errors are not OSErrors
             self._down_until = time.monotonic() + RETRY_AFTER_SECONDS
