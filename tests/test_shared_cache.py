@@ -263,3 +263,13 @@ def test_a_missing_bucket_is_a_warning_that_says_how_to_create_it(s3, tmp_path, 
         entry = OptimizedCache(tmp_path / "a").get_or_create(KEY, _writer(b"w"))
     assert entry.path.is_dir(), "the build is kept locally"
     assert "'no-such-bucket'" in caplog.text and "does not exist" in caplog.text and "mkdir" in caplog.text
+
+
+def test_a_reader_killed_while_pulling_leaves_no_local_entry_and_the_next_pull_completes(env, tmp_path):
+    built = OptimizedCache(tmp_path / "a").get_or_create(KEY, _writer(b"w" * 1000))
+    reader = tmp_path / "reader"
+    run = run_worker(reader, KEY, env, kill_at="shared.pulled")  # downloaded and checked, not yet placed
+    assert run.returncode == -signal.SIGKILL, run.stderr
+    assert not _local_entry_folders(reader) and list((reader / ".tmp").iterdir()), "killed with its temp folder"
+    assert OptimizedCache(reader).get_or_create(KEY, _never).manifest == built.manifest
+    assert not list((reader / ".tmp").iterdir()), "the killed reader's temp folder was cleared"
