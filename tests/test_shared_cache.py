@@ -124,18 +124,30 @@ def test_two_concurrent_publishers_of_one_key_leave_one_entry_and_the_loser_dele
     assert pulled.file_path("model.safetensors").read_bytes() == winner.file_path("model.safetensors").read_bytes()
 
 
-def test_a_publisher_killed_between_its_objects_and_the_record_publishes_nothing(env, tmp_path):
-    run = run_worker(tmp_path / "killed", KEY, env, kill_at="shared.objects_uploaded")
+# Every point a build passes with a shared tier: lease taken, local commit, publication steps.
+BUILD_POINTS = ["lease.acquired", "commit.tmp_created", "commit.placed", "commit.shared_publishing",
+                "shared.objects_uploaded", "shared.record_created"]
+
+
+@pytest.mark.parametrize("point", BUILD_POINTS)
+def test_a_builder_killed_at_any_point_leaves_the_tier_complete_or_absent_and_the_next_one_finishes(env, tmp_path, point):
+    run = run_worker(tmp_path / "killed", KEY, env, kill_at=point)
     assert run.returncode == -signal.SIGKILL, run.stderr
     tier = _tier(env)
-    assert _objects(tier), "the killed publisher had uploaded its files"
-    assert not tier.has(KEY), "no record: the upload is invisible"
-    reader = tmp_path / "reader"
-    assert OptimizedCache(reader).lookup(KEY) is None
-    assert not _local_entry_folders(reader)
-    # Its lease was never released: the next builder takes it over once stale, builds and publishes.
-    built = OptimizedCache(tmp_path / "next").get_or_create(KEY, _writer(b"new"))
-    assert tier.has(KEY) and OptimizedCache(tmp_path / "third").get_or_create(KEY, _never).manifest == built.manifest
+    if point == "shared.objects_uploaded":
+        assert _objects(tier) and not tier.has(KEY), "uploaded files without a record are invisible"
+    reader = OptimizedCache(tmp_path / "reader")
+    found = reader.lookup(KEY)
+    assert (found is not None) == tier.has(KEY), "a record always names a complete entry"
+    if found is None:
+        assert not _local_entry_folders(tmp_path / "reader")
+    calls = []
+    built = OptimizedCache(tmp_path / "next").get_or_create(KEY, _writer(b"w" * 300_000, calls))
+    assert len(calls) == (0 if found else 1)
+    assert OptimizedCache(tmp_path / "third").get_or_create(KEY, _never).manifest == built.manifest
+    leases = tier.objects.names(tier.objects.path(".leases", "models--org--model", built.path.name))
+    # Killed after publishing, its lease stays (nobody builds a published key); else it was taken over.
+    assert leases == (["00000000"] if found else []), leases
 
 
 def test_a_tampered_remote_file_is_a_miss_never_served_and_the_next_build_replaces_it(env, tmp_path, caplog):
