@@ -285,3 +285,15 @@ def test_a_reader_killed_while_pulling_leaves_no_local_entry_and_the_next_pull_c
     assert not _local_entry_folders(reader) and list((reader / ".tmp").iterdir()), "killed with its temp folder"
     assert OptimizedCache(reader).get_or_create(KEY, _never).manifest == built.manifest
     assert not list((reader / ".tmp").iterdir()), "the killed reader's temp folder was cleared"
+
+
+def test_a_pulled_entry_counts_against_the_local_size_limit(env, tmp_path, monkeypatch):
+    other = CacheKey("huggingface", "org/other", "b" * 40, "1" * 64)
+    OptimizedCache(tmp_path / "a").get_or_create(KEY, _writer(b"w" * 1000))
+    reader = OptimizedCache(tmp_path / "b")
+    with monkeypatch.context() as local_only:
+        local_only.delenv("PDO_HUB_SHARED_CACHE")
+        reader.commit(other, _writer(b"o" * 1000))
+    monkeypatch.setenv("PDO_HUB_CACHE_MAX_SIZE", "1500")
+    assert reader.lookup(KEY) is not None
+    assert [entry.key for entry in reader.list_entries()] == [KEY], "the older local entry was evicted"

@@ -29,12 +29,11 @@ import os
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from pdo_hub.cache._files import prepare_root
 from pdo_hub.cache._lease import BuildLease
-from pdo_hub.cache._objects import ObjectStore, SharedCacheError, json_field
+from pdo_hub.cache._objects import ObjectStore, SharedCacheError, json_field, open_store
 from pdo_hub.cache._place import place
 from pdo_hub.cache._tmp import TempFolder
 from pdo_hub.cache.entry import CacheEntry
@@ -73,7 +72,7 @@ class SharedTier:
     """
 
     def __init__(self, url: str) -> None:
-        self.objects = ObjectStore(url)
+        self.objects = open_store(url)
         self.url = self.objects.shown
         self.last_pull: PullStats | None = None
         # Records found damaged, by their bytes: not downloaded again, and replaced by the next publish.
@@ -257,8 +256,9 @@ class SharedTier:
         """Delete uploads no record names that are older than `STALE_UPLOAD_SECONDS` (killed publishers')."""
         root = self._uploads(key)
         try:
-            stale = [path for path, info in self.objects.find(root).items()
-                     if not path[len(root) + 1:].startswith(keep + "/") and _age(info) > STALE_UPLOAD_SECONDS]
+            cutoff = time.time() - STALE_UPLOAD_SECONDS
+            stale = [path for path, modified in self.objects.find(root).items()
+                     if not path[len(root) + 1:].startswith(keep + "/") and modified < cutoff]
             self.objects.delete(stale)
         except SharedCacheError as err:  # housekeeping only
             logger.debug("Cannot clear old uploads under %s: %s", root, err)
@@ -266,14 +266,6 @@ class SharedTier:
 
 class _Foreign(ManifestError):
     """An intact record this pdo-hub cannot use (newer format, another key): a miss, never replaced."""
-
-
-def _age(info: dict) -> float:
-    """Seconds since an object was written (S3 gives a datetime, local file systems a timestamp)."""
-    modified = info.get("LastModified", info.get("mtime"))
-    if isinstance(modified, datetime):
-        modified = modified.timestamp()
-    return time.time() - float(modified) if isinstance(modified, (int, float)) else 0.0
 
 
 def _download(objects: ObjectStore, pairs: list[tuple[str, Path]]) -> list[str]:

@@ -141,15 +141,20 @@ class OptimizedCache:
     def pull(self, key: CacheKey) -> CacheEntry | None:
         """Copy the entry of `key` from the shared tier into this cache (every file checked against the
         published sha256, then placed atomically). None without a tier, when the tier lacks a usable entry,
-        or when it cannot be reached (a warning then: the caller falls back to building)."""
+        or when it cannot be reached (a warning then: the caller falls back to building). Evicts down to
+        `PDO_HUB_CACHE_MAX_SIZE` as `commit` does."""
         tier = self.shared
         if tier is None:
             return None
+        max_bytes = constants.cache_max_size()
         try:
-            return tier.pull(key, self.root)
+            entry = tier.pull(key, self.root)
         except SharedCacheError as err:
             logger.warning("%s A miss: the model is looked up or built locally.", err)
             return None
+        if entry is not None and max_bytes is not None:
+            self.evict(max_bytes, keep=key)  # a pulled entry fills the local disk like a built one
+        return entry
 
     def quarantine(self, key: CacheKey, reason: str) -> Path | None:
         """Move the folder of `key` to `.quarantine/` (kept for inspection, never deleted) and warn naming
