@@ -297,3 +297,28 @@ def test_a_pulled_entry_counts_against_the_local_size_limit(env, tmp_path, monke
     monkeypatch.setenv("PDO_HUB_CACHE_MAX_SIZE", "1500")
     assert reader.lookup(KEY) is not None
     assert [entry.key for entry in reader.list_entries()] == [KEY], "the older local entry was evicted"
+
+
+# --- an entry point end to end -------------------------------------------------------------------
+
+
+def test_from_pretrained_on_a_second_machine_loads_the_first_machines_variant_without_optimizing(
+        env, hub_server, tmp_path, monkeypatch):
+    import torch
+    from hub_helpers import FAST_CONFIG, encode, hidden, save_tiny_bert
+
+    import pdo_hub
+
+    repo_id = "pdo-test/shared-tier-bert"
+    sha = hub_server.store.publish(repo_id, save_tiny_bert(tmp_path / "source"), message="tiny bert")
+    monkeypatch.setenv("PDO_HUB_CACHE", str(tmp_path / "machine-a"))
+    built = pdo_hub.from_pretrained(repo_id, revision=sha, config=FAST_CONFIG)
+    assert built.pdo_cache_status == "built"
+    monkeypatch.setenv("PDO_HUB_CACHE", str(tmp_path / "machine-b"))
+    monkeypatch.setenv("PDO_HUB_TEST_TRACE", str(tmp_path / "trace"))  # every crash point reached, see _crashpoints
+    loaded = pdo_hub.from_pretrained(repo_id, revision=sha, config=FAST_CONFIG)
+    assert loaded.pdo_cache_status == "hit" and loaded.pdo_cache_path.is_relative_to(tmp_path / "machine-b")
+    reached = {line.split()[0] for line in (tmp_path / "trace").read_text().splitlines()}
+    assert "shared.pulled" in reached and "optimize.start" not in reached, sorted(reached)
+    inputs = encode()
+    assert torch.equal(hidden(built, inputs), hidden(loaded, inputs))
