@@ -303,7 +303,7 @@ def test_a_pulled_entry_counts_against_the_local_size_limit(env, tmp_path, monke
 
 
 def test_from_pretrained_on_a_second_machine_loads_the_first_machines_variant_without_optimizing(
-        env, hub_server, tmp_path, monkeypatch):
+        env, hub_server, tmp_path, monkeypatch, caplog):
     import torch
     from hub_helpers import FAST_CONFIG, encode, hidden, save_tiny_bert
 
@@ -322,3 +322,7 @@ def test_from_pretrained_on_a_second_machine_loads_the_first_machines_variant_wi
     assert "shared.pulled" in reached and "optimize.start" not in reached, sorted(reached)
     inputs = encode()
     assert torch.equal(hidden(built, inputs), hidden(loaded, inputs))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")  # any tier request would now fail
+    with caplog.at_level(logging.WARNING):
+        again = pdo_hub.from_pretrained(repo_id, revision=sha, config=FAST_CONFIG)
+    assert again.pdo_cache_status == "hit" and "shared cache" not in caplog.text, "a local hit makes no tier request"

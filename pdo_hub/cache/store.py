@@ -95,7 +95,8 @@ class OptimizedCache:
 
     # --- reading -------------------------------------------------------------------------------
 
-    def lookup(self, key: CacheKey, *, verify: bool = True, repair: bool = False) -> CacheEntry | None:
+    def lookup(self, key: CacheKey, *, verify: bool = True, repair: bool = False,
+               shared: bool = True) -> CacheEntry | None:
         """Return the entry of `key` if it is present and intact, else None.
 
         Every file listed in the manifest is checked against it (see `examine`). A damaged entry is a miss,
@@ -108,8 +109,9 @@ class OptimizedCache:
             verify: Re-hash every file. Without it only the files changed since their last check are hashed
                 (a few `stat` calls per hit); see `pdo_hub.cache._verified` for what that catches.
             repair: Quarantine a damaged entry (the caller holds the key's lock).
+            shared: On a local miss, pull the entry from the shared tier (when one is configured).
         """
-        verdict = self.examine(key, verify=verify)
+        verdict = self.examine(key, verify=verify, shared=shared)
         if verdict is None:
             return None
         if verdict.entry is not None:
@@ -124,7 +126,7 @@ class OptimizedCache:
             logger.warning("Cache entry %s cannot be used (%s); a miss, left in place.", verdict.path, verdict.reason)
         return None
 
-    def examine(self, key: CacheKey, *, verify: bool = False) -> Verdict | None:
+    def examine(self, key: CacheKey, *, verify: bool = False, shared: bool = True) -> Verdict | None:
         """Judge the folder of `key` without moving anything: None when absent, else a `Verdict` (usable,
         damaged, or unusable but intact, e.g. from a newer pdo-hub). Files found intact are recorded in
         the entry's verified stamp.
@@ -132,9 +134,10 @@ class OptimizedCache:
         Args:
             key: The key.
             verify: Re-hash every file; without it only the files changed since their last check.
+            shared: When the folder is absent, pull the entry from the shared tier first (if configured).
         """
         path = entry_dir(self.root, key)
-        if not os.path.lexists(path) and self.pull(key) is None:
+        if not os.path.lexists(path) and (not shared or self.pull(key) is None):
             return None
         return examine(self.root, path, Check.FULL if verify else Check.CHANGED, key)
 
