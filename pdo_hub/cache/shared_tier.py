@@ -31,14 +31,13 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pdo_hub.cache._files import prepare_root
+from pdo_hub.cache._files import new_temp_folder
 from pdo_hub.cache._lease import BuildLease
 from pdo_hub.cache._objects import ObjectStore, SharedCacheError, json_field, open_store
 from pdo_hub.cache._place import place
-from pdo_hub.cache._tmp import TempFolder
 from pdo_hub.cache.entry import CacheEntry
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
-from pdo_hub.cache.layout import TMP_DIR, entry_folder_name, parse_repo_folder, repo_folder_name
+from pdo_hub.cache.layout import entry_folder_name, parse_repo_folder, repo_folder_name
 from pdo_hub.cache.manifest import ManifestError, check_manifest, find_problems, write_manifest
 from pdo_hub.core._crashpoints import crashpoint
 from pdo_hub.core.errors import InvalidRepoIdError
@@ -57,7 +56,7 @@ class PullStats:
     """What the last pull of this process moved (for logs and the benchmark)."""
 
     bytes: int
-    transfer_seconds: float  #: time spent reading from the store
+    transfer_seconds: float  #: time spent downloading the files from the store
     seconds: float  #: the whole pull: transfer, hashing, writing, placing
 
 
@@ -122,9 +121,8 @@ class SharedTier:
             return None
         except ManifestError as err:
             return self._reject(raw, key, str(err))
-        temp = TempFolder(root / TMP_DIR, entry_folder_name(key))
-        prepare_root(root)
-        tmp = temp.create()
+        temp = new_temp_folder(root, key)
+        tmp = temp.path
         try:
             transfer, problems = self._download(key, upload, manifest, tmp)
             if problems:

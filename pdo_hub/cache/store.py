@@ -29,23 +29,22 @@ from pdo_hub.cache._files import (
     discard,
     last_access_ns,
     leftovers,
+    new_temp_folder,
     orphan_locks,
-    prepare_root,
     release_lock,
     touch,
 )
 from pdo_hub.cache._objects import SharedCacheError
 from pdo_hub.cache._place import place
-from pdo_hub.cache._tmp import TempFolder
 from pdo_hub.cache.entry import CacheEntry
 from pdo_hub.cache.integrity import Check, Verdict, examine, quarantine
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
-from pdo_hub.cache.layout import TMP_DIR, entry_dir, entry_folder_name, entry_folders, lock_path
+from pdo_hub.cache.layout import entry_dir, entry_folder_name, entry_folders, lock_path
 from pdo_hub.cache.locking import KeyLock
 from pdo_hub.cache.manifest import ManifestError, build_manifest, read_manifest, write_manifest
 from pdo_hub.core import constants
 from pdo_hub.core._crashpoints import crashpoint
-from pdo_hub.core.errors import CacheError, ConfigError, InvalidRepoIdError
+from pdo_hub.core.errors import ConfigError, InvalidRepoIdError
 
 if TYPE_CHECKING:
     from pdo_hub.cache.shared_tier import SharedTier
@@ -252,14 +251,8 @@ class OptimizedCache:
     def _commit_here(self, key: CacheKey, writer: Callable[[Path], None]) -> CacheEntry:
         root = self.root
         max_bytes = constants.cache_max_size()
-        temp = TempFolder(root / TMP_DIR, entry_folder_name(key))
-        try:
-            prepare_root(root)
-            tmp = temp.create()
-        except OSError as err:
-            raise CacheError(
-                f"Cannot write to the optimized cache at {root}: {err}. Point PDO_HUB_CACHE at a writable folder."
-            ) from err
+        temp = new_temp_folder(root, key)
+        tmp = temp.path
         try:
             crashpoint("commit.tmp_created")
             writer(tmp)
