@@ -326,3 +326,16 @@ def test_from_pretrained_on_a_second_machine_loads_the_first_machines_variant_wi
     with caplog.at_level(logging.WARNING):
         again = pdo_hub.from_pretrained(repo_id, revision=sha, config=FAST_CONFIG)
     assert again.pdo_cache_status == "hit" and "shared cache" not in caplog.text, "a local hit makes no tier request"
+
+
+def test_a_waiter_gives_up_on_a_live_lease_after_the_lock_timeout_naming_the_holder(env, tmp_path, monkeypatch):
+    from pdo_hub.core.errors import CacheLockTimeoutError
+
+    holder = _tier(env).lease(KEY, ttl=0.6)
+    assert holder.acquire(1, lambda: None) is None  # renewed every 0.2 s by its heartbeat: never stale
+    monkeypatch.setenv("PDO_HUB_LOCK_TIMEOUT", "1.5")
+    try:
+        with pytest.raises(CacheLockTimeoutError, match=r"held by process \d+ on host"):
+            OptimizedCache(tmp_path / "b").get_or_create(KEY, _never)
+    finally:
+        holder.release()
