@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ RETRY_AFTER_SECONDS = 10.0
 _S3_CLIENT_CONFIG = {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2, "mode": "standard"}}
 _S3_RETRIES = 1  # botocore retries once itself (max_attempts 2); s3fs would multiply that
 _PARALLEL = 8  # concurrent downloads of one entry's files: latency overlaps, few connections
+_CHUNK = 1024 * 1024
 
 
 class SharedCacheError(CacheError):
@@ -133,9 +135,10 @@ class ObjectStore:
         with self.reaching(f"upload {path}"):
             self._upload(local, path)
 
-    def download(self, pairs: list[tuple[str, Path]]) -> list[str]:
-        """Copy objects to local files (in parallel where the store allows); returns the objects that do not
-        exist. Every download has ended when this returns, failed or not."""
+    def download(self, pairs: list[tuple[str, Path]]) -> dict[str, tuple[int, str] | None]:
+        """Copy objects to local files (in parallel where the store allows), hashing the bytes as they
+        arrive; returns {object: (size, sha256 hex)}, None for an object that does not exist. Every download
+        has ended when this returns, failed or not."""
         with self.reaching(f"download {len(pairs)} objects under {self.base}"):
             return self._download(pairs)
 
@@ -247,19 +250,26 @@ class S3Store(ObjectStore):
     def _upload(self, local: Path, path: str) -> None:
         self.fs.put_file(str(local), path)
 
-    def _download(self, pairs: list[tuple[str, Path]]) -> list[str]:
+    def _download(self, pairs: list[tuple[str, Path]]) -> dict[str, tuple[int, str] | None]:
         async def all_of_them() -> list[Any]:
             limit = asyncio.Semaphore(_PARALLEL)
 
-            async def one(remote: str, local: Path) -> None:
+            async def one(remote: str, local: Path) -> tuple[int, str]:
+                bucket, key, _ = self.fs.split_path(remote)
                 async with limit:
-                    await self.fs._get_file(remote, str(local))  # one GET, streamed to the file; no HEAD
+                    # One GET streamed to the file, hashed on the way (no HEAD, no second pass over the bytes).
+                    reply = await self.fs._call_s3("get_object", Bucket=bucket, Key=key)
+                    digest, size = _Digest(), 0
+                    with open(local, "wb") as out:
+                        while chunk := await reply["Body"].read(_CHUNK):
+                            size += digest.add(chunk, out)
+                    return size, digest.hexdigest()
 
             # return_exceptions: no download may still be writing when the caller deletes the folder.
             return await asyncio.gather(*(one(remote, local) for remote, local in pairs), return_exceptions=True)
 
         results = asyncio.run_coroutine_threadsafe(all_of_them(), self.fs.loop).result()
-        return _missing_or_raise(pairs, results)
+        return _outcomes(pairs, results)
 
     def _delete(self, paths: list[str]) -> None:
         self.fs.rm(paths)
@@ -301,15 +311,18 @@ class LocalStore(ObjectStore):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local, path)
 
-    def _download(self, pairs: list[tuple[str, Path]]) -> list[str]:
+    def _download(self, pairs: list[tuple[str, Path]]) -> dict[str, tuple[int, str] | None]:
         results: list[Any] = []
         for remote, local in pairs:
             try:
-                shutil.copyfile(remote, local)
-                results.append(None)
+                digest, size = _Digest(), 0
+                with open(remote, "rb") as source, open(local, "wb") as out:
+                    while chunk := source.read(_CHUNK):
+                        size += digest.add(chunk, out)
+                results.append((size, digest.hexdigest()))
             except FileNotFoundError as err:
                 results.append(err)
-        return _missing_or_raise(pairs, results)
+        return _outcomes(pairs, results)
 
     def _delete(self, paths: list[str]) -> None:
         for path in paths:
@@ -324,12 +337,28 @@ class LocalStore(ObjectStore):
         return tmp
 
 
-def _missing_or_raise(pairs: list[tuple[str, Path]], results: list[Any]) -> list[str]:
-    """The objects whose download found nothing; re-raises the first other failure."""
+class _Digest:
+    """sha256 of a file being written chunk by chunk."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+
+    def add(self, chunk: bytes, out: Any) -> int:
+        self._hash.update(chunk)
+        out.write(chunk)
+        return len(chunk)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def _outcomes(pairs: list[tuple[str, Path]], results: list[Any]) -> dict[str, tuple[int, str] | None]:
+    """{object: (size, sha256)}, None for a missing one; re-raises the first other failure."""
     for result in results:
         if isinstance(result, BaseException) and not isinstance(result, FileNotFoundError):
             raise result
-    return [remote for (remote, _), result in zip(pairs, results) if isinstance(result, FileNotFoundError)]
+    return {remote: None if isinstance(result, FileNotFoundError) else result
+            for (remote, _), result in zip(pairs, results)}
 
 
 def json_field(raw: bytes | None, name: str) -> Any:

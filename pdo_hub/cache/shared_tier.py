@@ -38,7 +38,7 @@ from pdo_hub.cache._place import place
 from pdo_hub.cache.entry import CacheEntry
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
 from pdo_hub.cache.layout import entry_folder_name, parse_repo_folder, repo_folder_name
-from pdo_hub.cache.manifest import ManifestError, check_manifest, find_problems, write_manifest
+from pdo_hub.cache.manifest import ManifestError, check_manifest, write_manifest
 from pdo_hub.core._crashpoints import crashpoint
 from pdo_hub.core.errors import InvalidRepoIdError
 
@@ -161,8 +161,8 @@ class SharedTier:
         return record["upload"], manifest
 
     def _download(self, key: CacheKey, upload: str, manifest: dict, tmp: Path) -> tuple[float, list[str]]:
-        """Download every file into `tmp`, then check each against the manifest; returns (seconds of
-        transfer, problems)."""
+        """Download every file into `tmp`, hashing the bytes written as they arrive, and check each against the
+        manifest (size, then sha256); returns (seconds of transfer and hashing, overlapped; problems)."""
         folder = f"{self._uploads(key)}/{upload}"
         pairs = {}
         for name in sorted(manifest["files"]):
@@ -170,12 +170,17 @@ class SharedTier:
             target.parent.mkdir(parents=True, exist_ok=True)
             pairs[name] = (f"{folder}/{name}", target)
         started = time.perf_counter()
-        missing = set(_download(self.objects, list(pairs.values())))
+        got = _download(self.objects, list(pairs.values()))
         transfer = time.perf_counter() - started
-        problems = [f"{name}: missing" for name, (remote, _) in pairs.items() if remote in missing]
-        if not problems:
-            # The same judgement as a local entry's (size, then sha256), on the bytes that will be placed.
-            problems = find_problems(tmp, manifest)
+        problems = []
+        for name, (remote, _) in pairs.items():
+            expected = manifest["files"][name]
+            if got[remote] is None:
+                problems.append(f"{name}: missing")
+            elif got[remote][0] != expected["size"]:
+                problems.append(f"{name}: size {got[remote][0]}, expected {expected['size']}")
+            elif got[remote][1] != expected["sha256"]:
+                problems.append(f"{name}: sha256 differs from the record")
         return transfer, problems
 
     def _reject(self, raw: bytes, key: CacheKey, reason: str) -> None:
@@ -266,7 +271,7 @@ class _Foreign(ManifestError):
     """An intact record this pdo-hub cannot use (newer format, another key): a miss, never replaced."""
 
 
-def _download(objects: ObjectStore, pairs: list[tuple[str, Path]]) -> list[str]:
+def _download(objects: ObjectStore, pairs: list[tuple[str, Path]]) -> dict[str, tuple[int, str] | None]:
     """`objects.download` (a module function so that a test can cut the connection in the middle)."""
     return objects.download(pairs)
 
