@@ -62,3 +62,14 @@ def test_a_tampered_variant_in_the_shared_tier_is_not_served(env, tmp_path):
     tier.objects.write(weights, b"\x09" * 1000)
     with _replica(tmp_path / "replica") as server:
         assert list(HfApi(endpoint=server.url).list_models()) == []
+
+
+def test_serve_refuses_to_start_with_an_unusable_shared_cache_url(tmp_path, monkeypatch):
+    import pytest
+
+    from pdo_hub.core.errors import ConfigError
+    from pdo_hub.serve.service import ServeOptions, build_server
+
+    monkeypatch.setenv("PDO_HUB_SHARED_CACHE", "gs://bucket/prefix")
+    with pytest.raises(ConfigError, match="'gs' protocol is not supported"):
+        build_server(ServeOptions(port=0, cache=tmp_path / "cache"))
