@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 # Served kinds and the namespace their repos get (Hub repos keep their own id).
 _KIND_NAMESPACE = {"torchvision": "torchvision"}
+_SERVED_KINDS = ("huggingface", *_KIND_NAMESPACE)  # local files are not served (see above)
 _HIDDEN_FILES = RESERVED_NAMES  # the manifest and the stamps stay private to the cache
 
 
@@ -101,7 +102,7 @@ class CacheRepoStore:
         tier = self.cache.shared
         if tier is not None:
             for kind, source_id in self._reachable(tier.sources, []):
-                if kind in ("huggingface", *_KIND_NAMESPACE) and repo_id_of_source(kind, source_id) not in names:
+                if kind in _SERVED_KINDS and repo_id_of_source(kind, source_id) not in names:
                     if self._variants(repo_id_of_source(kind, source_id)):  # pulls its variants, checked
                         names.add(repo_id_of_source(kind, source_id))
         return sorted(names)
@@ -182,7 +183,7 @@ class CacheRepoStore:
     def _sync(self, kind: str, source_id: str, folder: Path) -> None:
         """Pull the variants of a source that the shared tier has and the local cache lacks."""
         tier = self.cache.shared
-        if tier is None or kind not in ("huggingface", *_KIND_NAMESPACE):
+        if tier is None or kind not in _SERVED_KINDS:
             return
         now = time.monotonic()
         with self._lock:
@@ -256,7 +257,7 @@ class CacheRepoStore:
 
     @staticmethod
     def _served(key: CacheKey) -> bool:
-        return key.kind in ("huggingface", *_KIND_NAMESPACE)
+        return key.kind in _SERVED_KINDS
 
 
 def default_main_hashes(config: object = None) -> tuple[str, ...]:
