@@ -26,6 +26,7 @@ OPTIONAL_IMPORTS = {
     "torchao": "export",  # the stock-transformers format (torchao int8 tensors)
     "onnx": "export",  # ONNX export
     "onnxruntime": "export",
+    "s3fs": "scale",  # the shared cache tier on S3 (pdo_hub.cache._objects)
 }
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import filelock
 
-from pdo_hub.cache._tmp import abandoned
+from pdo_hub.cache._tmp import TempFolder, abandoned
 from pdo_hub.cache.entry import CacheEntry
+from pdo_hub.cache.keys import CacheKey
 from pdo_hub.cache.layout import (
     ACCESS_STAMP,
     CACHEDIR_TAG,
@@ -24,9 +25,11 @@ from pdo_hub.cache.layout import (
     TMP_DIR,
     TRASH_DIR,
     children,
+    entry_folder_name,
     holder_path,
 )
 from pdo_hub.core._crashpoints import crashpoint
+from pdo_hub.core.errors import CacheError
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,23 @@ def prepare_root(root: Path) -> None:
     for path in leftovers(root):
         logger.info("Removing %s, left by an interrupted commit or removal.", path)
         delete(path)
+
+
+def new_temp_folder(root: Path, key: CacheKey) -> TempFolder:
+    """A new temp folder (created, locked) for an entry of `key` under `root`, which is prepared first.
+
+    Raises:
+        CacheError: when the cache cannot be written.
+    """
+    temp = TempFolder(root / TMP_DIR, entry_folder_name(key))
+    try:
+        prepare_root(root)
+        temp.create()
+    except OSError as err:
+        raise CacheError(
+            f"Cannot write to the optimized cache at {root}: {err}. Point PDO_HUB_CACHE at a writable folder."
+        ) from err
+    return temp
 
 
 def leftovers(root: Path, now: float | None = None) -> list[Path]:

@@ -100,6 +100,15 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise ManifestError(f"cannot read {MANIFEST_NAME}: {err}") from err
+    return check_manifest(manifest)
+
+
+def check_manifest(manifest: Any) -> dict[str, Any]:
+    """Structurally check a parsed manifest (from an entry folder or the shared tier); returns it.
+
+    Raises:
+        ManifestError: when it is malformed or names a file outside the entry.
+    """
     if not isinstance(manifest, dict):
         raise ManifestError(f"{MANIFEST_NAME} is not a JSON object")
     version = manifest.get("format_version")

@@ -5,6 +5,11 @@ Guarantees: an entry is complete or absent. A writer fills a unique temp folder 
 per-key file lock only keeps two processes from optimizing the same model twice; if locking fails or
 is bypassed, the rename still decides a single winner and nothing half-written is ever visible.
 
+With a shared tier (`PDO_HUB_SHARED_CACHE`, see `pdo_hub.cache.shared_tier`), a local miss is looked up
+there and pulled into the local cache (checked file by file, placed by the same rename), and a build
+takes the key's build lease on the tier, then publishes to it after committing locally. The tier is an
+addition: when it cannot be reached, lookups are local misses and builds are kept locally, with a warning.
+
 Nothing is deleted behind the user's back: a damaged entry is moved to `.quarantine/` (by a lookup of a
 caller holding the key's lock, or by a commit that finds it in the way), an entry of a newer pdo-hub is
 left alone, and only `remove`, `evict` and `prune` delete.
@@ -16,6 +21,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pdo_hub.cache import refs
 from pdo_hub.cache._files import (
@@ -23,22 +29,25 @@ from pdo_hub.cache._files import (
     discard,
     last_access_ns,
     leftovers,
+    new_temp_folder,
     orphan_locks,
-    prepare_root,
     release_lock,
     touch,
 )
+from pdo_hub.cache._objects import SharedCacheError
 from pdo_hub.cache._place import place
-from pdo_hub.cache._tmp import TempFolder
 from pdo_hub.cache.entry import CacheEntry
 from pdo_hub.cache.integrity import Check, Verdict, examine, quarantine
 from pdo_hub.cache.keys import CACHE_FORMAT_VERSION, CacheKey
-from pdo_hub.cache.layout import TMP_DIR, entry_dir, entry_folder_name, entry_folders, lock_path
+from pdo_hub.cache.layout import entry_dir, entry_folder_name, entry_folders, lock_path
 from pdo_hub.cache.locking import KeyLock
 from pdo_hub.cache.manifest import ManifestError, build_manifest, read_manifest, write_manifest
 from pdo_hub.core import constants
 from pdo_hub.core._crashpoints import crashpoint
-from pdo_hub.core.errors import CacheError, ConfigError, InvalidRepoIdError
+from pdo_hub.core.errors import ConfigError, InvalidRepoIdError
+
+if TYPE_CHECKING:
+    from pdo_hub.cache.shared_tier import SharedTier
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +58,8 @@ class OptimizedCache:
     Args:
         root: Cache root. None means `pdo_hub.core.constants.cache_dir()`, read at each call so that
             `PDO_HUB_CACHE` can change after the object is made.
+        shared: The shared tier's URL (or a `SharedTier`). None means `PDO_HUB_SHARED_CACHE`, read at each
+            call; unset, there is no shared tier.
 
     Example:
         >>> cache = OptimizedCache()
@@ -56,17 +67,35 @@ class OptimizedCache:
         >>> entry.read_json("optimization_report.json")
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, root: str | os.PathLike[str] | None = None, shared: str | SharedTier | None = None) -> None:
         self._root = Path(root).expanduser() if root is not None else None
+        self._shared = shared
 
     @property
     def root(self) -> Path:
         """The cache root folder."""
         return self._root if self._root is not None else constants.cache_dir()
 
+    @property
+    def shared(self) -> SharedTier | None:
+        """The shared tier, or None when none is configured.
+
+        Raises:
+            ConfigError: for a URL pdo-hub cannot use (the message says why), or s3fs missing.
+        """
+        if self._shared is None or isinstance(self._shared, str):
+            url = self._shared or constants.shared_cache_url()
+            if url is None:
+                return None
+            from pdo_hub.cache.shared_tier import tier_for  # imports fsspec: only with a tier
+
+            return tier_for(url)
+        return self._shared
+
     # --- reading -------------------------------------------------------------------------------
 
-    def lookup(self, key: CacheKey, *, verify: bool = True, repair: bool = False) -> CacheEntry | None:
+    def lookup(self, key: CacheKey, *, verify: bool = True, repair: bool = False,
+               shared: bool = True) -> CacheEntry | None:
         """Return the entry of `key` if it is present and intact, else None.
 
         Every file listed in the manifest is checked against it (see `examine`). A damaged entry is a miss,
@@ -79,8 +108,9 @@ class OptimizedCache:
             verify: Re-hash every file. Without it only the files changed since their last check are hashed
                 (a few `stat` calls per hit); see `pdo_hub.cache._verified` for what that catches.
             repair: Quarantine a damaged entry (the caller holds the key's lock).
+            shared: On a local miss, pull the entry from the shared tier (when one is configured).
         """
-        verdict = self.examine(key, verify=verify)
+        verdict = self.examine(key, verify=verify, shared=shared)
         if verdict is None:
             return None
         if verdict.entry is not None:
@@ -95,7 +125,7 @@ class OptimizedCache:
             logger.warning("Cache entry %s cannot be used (%s); a miss, left in place.", verdict.path, verdict.reason)
         return None
 
-    def examine(self, key: CacheKey, *, verify: bool = False) -> Verdict | None:
+    def examine(self, key: CacheKey, *, verify: bool = False, shared: bool = True) -> Verdict | None:
         """Judge the folder of `key` without moving anything: None when absent, else a `Verdict` (usable,
         damaged, or unusable but intact, e.g. from a newer pdo-hub). Files found intact are recorded in
         the entry's verified stamp.
@@ -103,11 +133,30 @@ class OptimizedCache:
         Args:
             key: The key.
             verify: Re-hash every file; without it only the files changed since their last check.
+            shared: When the folder is absent, pull the entry from the shared tier first (if configured).
         """
         path = entry_dir(self.root, key)
-        if not os.path.lexists(path):
+        if not os.path.lexists(path) and (not shared or self.pull(key) is None):
             return None
         return examine(self.root, path, Check.FULL if verify else Check.CHANGED, key)
+
+    def pull(self, key: CacheKey) -> CacheEntry | None:
+        """Copy the entry of `key` from the shared tier into this cache (every file checked against the
+        published sha256, then placed atomically). None without a tier, when the tier lacks a usable entry,
+        or when it cannot be reached (a warning then: the caller falls back to building). Evicts down to
+        `PDO_HUB_CACHE_MAX_SIZE` as `commit` does."""
+        tier = self.shared
+        if tier is None:
+            return None
+        max_bytes = constants.cache_max_size()
+        try:
+            entry = tier.pull(key, self.root)
+        except SharedCacheError as err:
+            logger.warning("%s A miss: the model is looked up or built locally.", err)
+            return None
+        if entry is not None and max_bytes is not None:
+            self.evict(max_bytes, keep=key)  # a pulled entry fills the local disk like a built one
+        return entry
 
     def quarantine(self, key: CacheKey, reason: str) -> Path | None:
         """Move the folder of `key` to `.quarantine/` (kept for inspection, never deleted) and warn naming
@@ -164,24 +213,46 @@ class OptimizedCache:
         With `PDO_HUB_CACHE_MAX_SIZE` set, least-recently-used entries are then evicted down to that size
         (never the entry just committed).
 
+        With a shared tier, the key's build lease is taken first (waiting while another machine builds
+        it); an entry published there meanwhile is pulled instead of built, and a new entry is published
+        after it is committed here (a failure to publish only warns: the local entry stays).
+
         Returns:
             The committed (or already present) entry.
 
         Raises:
             CacheError: when the writer wrote nothing or a reserved name or link, or the folder cannot be
                 placed (e.g. it holds an entry of a newer pdo-hub).
+            CacheLockTimeoutError: another machine held the key's build lease longer than `PDO_HUB_LOCK_TIMEOUT`.
             ConfigError: when `PDO_HUB_CACHE_MAX_SIZE` is not a size (checked before `writer` runs).
         """
+        tier = self.shared
+        if tier is None:
+            return self._commit_here(key, writer)
+        lease = tier.lease(key, constants.shared_lease_seconds())
+        try:
+            found = lease.acquire(constants.lock_timeout(), lambda: self.pull(key))
+        except SharedCacheError as err:
+            logger.warning("%s Building without the shared build lease.", err)
+            found = None
+        if found is not None:
+            return found
+        try:
+            entry = self._commit_here(key, writer)
+            crashpoint("commit.shared_publishing")
+            try:
+                tier.publish(entry)
+            except SharedCacheError as err:
+                logger.warning("%s The new entry %s is kept in the local cache only.", err, entry.path)
+        finally:
+            lease.release()
+        return entry
+
+    def _commit_here(self, key: CacheKey, writer: Callable[[Path], None]) -> CacheEntry:
         root = self.root
         max_bytes = constants.cache_max_size()
-        temp = TempFolder(root / TMP_DIR, entry_folder_name(key))
-        try:
-            prepare_root(root)
-            tmp = temp.create()
-        except OSError as err:
-            raise CacheError(
-                f"Cannot write to the optimized cache at {root}: {err}. Point PDO_HUB_CACHE at a writable folder."
-            ) from err
+        temp = new_temp_folder(root, key)
+        tmp = temp.path
         try:
             crashpoint("commit.tmp_created")
             writer(tmp)

@@ -43,15 +43,46 @@ def lock_timeout() -> float:
     Raises:
         ConfigError: when the value is not a number (the message names the variable).
     """
-    value = os.environ.get("PDO_HUB_LOCK_TIMEOUT", "").strip()
+    seconds = _seconds("PDO_HUB_LOCK_TIMEOUT", "use a number of seconds (negative waits forever)")
+    return DEFAULT_LOCK_TIMEOUT if seconds is None else seconds
+
+
+def _seconds(name: str, advice: str) -> float | None:
+    """`$name` as a number of seconds, None when unset; NaN is refused (neither a wait nor "forever")."""
+    value = os.environ.get(name, "").strip()
     if not value:
-        return DEFAULT_LOCK_TIMEOUT
+        return None
     try:
         seconds = float(value)
     except ValueError:
         seconds = float("nan")
-    if seconds != seconds:  # NaN: neither a wait nor "forever"
-        raise ConfigError(f"PDO_HUB_LOCK_TIMEOUT={value!r}: use a number of seconds (negative waits forever).")
+    if seconds != seconds:
+        raise ConfigError(f"{name}={value!r}: {advice}.")
+    return seconds
+
+
+def shared_cache_url() -> str | None:
+    """URL of the shared cache tier from `$PDO_HUB_SHARED_CACHE` (e.g. `s3://bucket/prefix`), or None."""
+    value = os.environ.get("PDO_HUB_SHARED_CACHE", "").strip()
+    return value or None
+
+
+#: Default lifetime of a shared-tier build lease without renewal (its holder renews it every third).
+DEFAULT_LEASE_SECONDS = 60.0
+
+
+def shared_lease_seconds() -> float:
+    """Seconds after which a build lease that is not renewed counts as abandoned: `$PDO_HUB_SHARED_LEASE_SECONDS`.
+
+    Raises:
+        ConfigError: when the value is not a positive number.
+    """
+    advice = "use a positive number of seconds"
+    seconds = _seconds("PDO_HUB_SHARED_LEASE_SECONDS", advice)
+    if seconds is None:
+        return DEFAULT_LEASE_SECONDS
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"PDO_HUB_SHARED_LEASE_SECONDS={seconds!r}: {advice}.")
     return seconds
 
 

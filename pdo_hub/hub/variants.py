@@ -136,7 +136,9 @@ def is_published(repo_id: str, resolved: Resolved, *, cache: OptimizedCache, ori
     is none (a commit sha was asked for) the Hub is asked only if neither entry is cached, so a cache
     hit keeps making no request.
     """
-    if cache.lookup(published_key(repo_id, resolved.sha), verify=False) is not None:
+    # Local only: this is asked on every load, and a published variant the tier has is pulled by
+    # load_published once the files below say what the commit is; a local hit stays free of requests.
+    if cache.lookup(published_key(repo_id, resolved.sha), verify=False, shared=False) is not None:
         return True
     files = resolved.files
     if files is None:

@@ -3,7 +3,9 @@
 A Hub entry costs one `model_info` call to learn the commit its branch points to now (none when the
 manifest pins a 40-hex commit); torchvision weights are immutable files named by their hash, so they
 need none. With the commit known, the cache key is computed without loading anything, and an entry
-whose key is cached is skipped. A new upstream commit is a new key, so it is picked up.
+whose key is cached is skipped. A new upstream commit is a new key, so it is picked up. With a shared
+tier (`PDO_HUB_SHARED_CACHE`) "cached" includes an entry another machine published there: the lookup
+pulls it into the local cache (checked file by file), so every driver and worker skips it.
 """
 
 from __future__ import annotations

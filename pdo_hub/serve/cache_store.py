@@ -9,6 +9,11 @@ default config (else the newest one). Files are served from the entry folders th
 sizes and sha256 come from each entry's manifest, so nothing is re-hashed per request.
 
 Entries of local files are not served: their records name paths on the serving machine.
+
+With a shared tier (`PDO_HUB_SHARED_CACHE`), several replicas with their own local caches serve one
+set of variants: a repo's variants published there are pulled into the local cache (each file checked
+against the published sha256, placed atomically) before it is answered, at most every
+`shared_refresh_seconds` per repo, so a variant built by any worker or replica is served by all of them.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pdo_hub.cache import CacheKey, OptimizedCache
-from pdo_hub.cache.layout import ENTRIES_DIR, entry_dir, repo_dir
+from pdo_hub.cache.layout import ENTRIES_DIR, entry_dir, entry_folder_name, repo_dir
 from pdo_hub.cache.manifest import RESERVED_NAMES, ManifestError, read_manifest
 from pdo_hub.core.errors import InvalidRepoIdError
 from pdo_hub.hub._keys import VARIANT_BRANCH_PREFIX, variant_branch
@@ -42,13 +48,19 @@ logger = logging.getLogger(__name__)
 
 # Served kinds and the namespace their repos get (Hub repos keep their own id).
 _KIND_NAMESPACE = {"torchvision": "torchvision"}
+_SERVED_KINDS = ("huggingface", *_KIND_NAMESPACE)  # local files are not served (see above)
 _HIDDEN_FILES = RESERVED_NAMES  # the manifest and the stamps stay private to the cache
 
 
 def repo_id_of(key: CacheKey) -> str:
     """The repo id an entry is served under."""
-    namespace = _KIND_NAMESPACE.get(key.kind)
-    return f"{namespace}/{key.source_id}" if namespace else key.source_id
+    return repo_id_of_source(key.kind, key.source_id)
+
+
+def repo_id_of_source(kind: str, source_id: str) -> str:
+    """The repo id the entries of a source are served under."""
+    namespace = _KIND_NAMESPACE.get(kind)
+    return f"{namespace}/{source_id}" if namespace else source_id
 
 
 @dataclass(frozen=True)
@@ -64,11 +76,16 @@ class CacheRepoStore:
     Args:
         cache: The cache to serve (default: `PDO_HUB_CACHE`).
         main_variant_hashes: Variant hashes `main` prefers (the server's default config), most wanted first.
+        shared_refresh_seconds: How long a repo's listing of the shared tier is reused before it is listed
+            again (one LIST request per repo and period; 0 lists on every request).
     """
 
-    def __init__(self, cache: OptimizedCache | None = None, main_variant_hashes: tuple[str, ...] = ()) -> None:
+    def __init__(self, cache: OptimizedCache | None = None, main_variant_hashes: tuple[str, ...] = (),
+                 shared_refresh_seconds: float = 2.0) -> None:
         self.cache = cache or OptimizedCache()
         self.main_variant_hashes = tuple(main_variant_hashes)
+        self.shared_refresh_seconds = shared_refresh_seconds
+        self._synced: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
         self._scanned: dict[str, tuple[int, dict[str, _Variant]]] = {}
         self._small_oids: dict[str, str] = {}
@@ -82,6 +99,12 @@ class CacheRepoStore:
 
     def list_repos(self) -> list[str]:
         names = {repo_id_of(entry.key) for entry in self.cache.list_entries() if self._served(entry.key)}
+        tier = self.cache.shared
+        if tier is not None:
+            for kind, source_id in self._reachable(tier.sources, []):
+                if kind in _SERVED_KINDS and repo_id_of_source(kind, source_id) not in names:
+                    if self._variants(repo_id_of_source(kind, source_id)):  # pulls its variants, checked
+                        names.add(repo_id_of_source(kind, source_id))
         return sorted(names)
 
     def settings(self, repo_id: str) -> RepoSettings:
@@ -139,6 +162,7 @@ class CacheRepoStore:
     def _variants(self, repo_id: str) -> dict[str, _Variant]:
         kind, source_id = self._source_of(repo_id)
         folder = repo_dir(self.cache.root, kind, source_id) / ENTRIES_DIR
+        self._sync(kind, source_id, folder)
         try:
             stamp = folder.stat().st_mtime_ns  # renames into the folder (commit, removal) change it
         except OSError:
@@ -155,6 +179,31 @@ class CacheRepoStore:
         with self._lock:
             self._scanned[repo_id] = (stamp, variants)
         return variants
+
+    def _sync(self, kind: str, source_id: str, folder: Path) -> None:
+        """Pull the variants of a source that the shared tier has and the local cache lacks."""
+        tier = self.cache.shared
+        if tier is None or kind not in _SERVED_KINDS:
+            return
+        now = time.monotonic()
+        with self._lock:
+            last = self._synced.get((kind, source_id))
+            if last is not None and now - last < self.shared_refresh_seconds:
+                return
+            self._synced[(kind, source_id)] = now
+        local = frozenset(path.name for path in folder.iterdir()) if folder.is_dir() else frozenset()
+        for key in self._reachable(lambda: tier.keys(kind, source_id, skip=local), []):
+            if entry_folder_name(key) not in local:
+                self.cache.examine(key)  # pulls it (checked file by file), or warns and leaves it out
+
+    def _reachable(self, call, default):
+        from pdo_hub.cache._objects import SharedCacheError
+
+        try:
+            return call()
+        except SharedCacheError as err:  # serve what the local cache has; the next refresh tries again
+            logger.warning("%s Serving the local cache only for now.", err)
+            return default
 
     def _read_variant(self, path: Path) -> _Variant | None:
         try:
@@ -208,7 +257,7 @@ class CacheRepoStore:
 
     @staticmethod
     def _served(key: CacheKey) -> bool:
-        return key.kind in ("huggingface", *_KIND_NAMESPACE)
+        return key.kind in _SERVED_KINDS
 
 
 def default_main_hashes(config: object = None) -> tuple[str, ...]:

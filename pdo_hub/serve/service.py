@@ -44,6 +44,7 @@ def build_server(options: ServeOptions) -> HubServer:
     from pdo_hub.serve.tokens import load_token_file
 
     cache = OptimizedCache(options.cache) if options.cache else OptimizedCache()
+    cache.shared  # noqa: B018 -- a bad PDO_HUB_SHARED_CACHE (ConfigError) stops the server here, not each request
     root = cache.root
     repos = RepoStore(Path(options.repos).expanduser() if options.repos else root / ".hub-repos")
     stores = [repos, CacheRepoStore(cache, main_variant_hashes=default_main_hashes(options.config))]

@@ -1,0 +1,75 @@
+"""`pdo-hub serve` replicas with their own local caches and one shared tier (moto's S3 server on
+127.0.0.1): a variant built by any worker or replica is listed and served by every replica, to the
+stock huggingface_hub client."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huggingface_hub import HfApi, hf_hub_download
+from shared_tier_fixtures import env, s3  # noqa: F401  (fixtures)
+
+from pdo_hub.cache import CacheKey, OptimizedCache
+from pdo_hub.serve import HubServer
+from pdo_hub.serve.cache_store import CacheRepoStore, variant_branch
+
+REPO = "org/model"
+FIRST = CacheKey("huggingface", REPO, "a" * 40, "1" * 64)
+SECOND = CacheKey("huggingface", REPO, "a" * 40, "2" * 64)
+
+
+def _writer(weights: bytes):
+    def write(folder: Path) -> None:
+        (folder / "model.safetensors").write_bytes(weights)
+        (folder / "config.json").write_text('{"model_type": "bert"}')
+        (folder / "README.md").write_text("---\nlibrary_name: pdo-hub\ntags: [pdo-hub]\n---\n# card\n")
+
+    return write
+
+
+def _replica(root: Path) -> HubServer:
+    # Refresh 0: each request lists the tier, so the test needs no sleep (the default reuses it for 2 s).
+    return HubServer(CacheRepoStore(OptimizedCache(root), shared_refresh_seconds=0))
+
+
+def test_a_variant_built_by_any_worker_is_listed_and_served_by_every_replica(env, tmp_path):
+    worker_weights, replica_weights = b"\x01" * 300_000, b"\x02" * 200_000
+    with _replica(tmp_path / "replica-a") as a, _replica(tmp_path / "replica-b") as b:
+        assert list(HfApi(endpoint=a.url).list_models()) == list(HfApi(endpoint=b.url).list_models()) == []
+        OptimizedCache(tmp_path / "worker").commit(FIRST, _writer(worker_weights))  # a mirror worker elsewhere
+        shas = set()
+        for name, server in (("a", a), ("b", b)):
+            assert [model.id for model in HfApi(endpoint=server.url).list_models()] == [REPO]
+            path = hf_hub_download(REPO, "model.safetensors", endpoint=server.url, cache_dir=tmp_path / f"client-{name}")
+            assert Path(path).read_bytes() == worker_weights
+            shas.add(HfApi(endpoint=server.url).model_info(REPO).sha)
+        assert len(shas) == 1, "every replica serves the variant under the same commit sha"
+
+        # A variant built by replica a (e.g. through POST /models/download) is served by replica b.
+        OptimizedCache(tmp_path / "replica-a").commit(SECOND, _writer(replica_weights))
+        path = hf_hub_download(REPO, "model.safetensors", revision=variant_branch(SECOND.config_hash),
+                               endpoint=b.url, cache_dir=tmp_path / "client-b2")
+        assert Path(path).read_bytes() == replica_weights
+        assert (tmp_path / "replica-b" / "models--org--model" / "entries").is_dir(), "served from b's local copy"
+
+
+def test_a_tampered_variant_in_the_shared_tier_is_not_served(env, tmp_path):
+    from pdo_hub.cache.shared_tier import SharedTier
+
+    OptimizedCache(tmp_path / "worker").commit(FIRST, _writer(b"\x01" * 1000))
+    tier = SharedTier(env["PDO_HUB_SHARED_CACHE"])
+    [weights] = [p for p in tier.objects.find(tier.objects.base) if p.endswith("model.safetensors")]
+    tier.objects.write(weights, b"\x09" * 1000)
+    with _replica(tmp_path / "replica") as server:
+        assert list(HfApi(endpoint=server.url).list_models()) == []
+
+
+def test_serve_refuses_to_start_with_an_unusable_shared_cache_url(tmp_path, monkeypatch):
+    import pytest
+
+    from pdo_hub.core.errors import ConfigError
+    from pdo_hub.serve.service import ServeOptions, build_server
+
+    monkeypatch.setenv("PDO_HUB_SHARED_CACHE", "gs://bucket/prefix")
+    with pytest.raises(ConfigError, match="'gs' protocol is not supported"):
+        build_server(ServeOptions(port=0, cache=tmp_path / "cache"))
