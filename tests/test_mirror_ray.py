@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from crash_harness import check_complete_or_absent, leftovers
 from hub_helpers import FAST_CONFIG, mirror_json, save_tiny_bert, write_manifest
+from shared_tier_fixtures import s3  # noqa: F401  (fixture)
+from shared_tier_fixtures import tier_env
 
 from pdo_hub.cli import main
 
@@ -136,6 +138,34 @@ def test_two_ray_drivers_at_once_build_each_entry_once(ray_cluster, bert_repos, 
         assert statuses == ["optimized", "skipped"], "the second driver must reuse the first one's build"
     builds = [line for line in trace.read_text().splitlines() if line.startswith("flow.building")]
     assert len(builds) == 2, f"one build per entry expected, got {len(builds)}"
+
+
+def test_two_ray_drivers_on_two_machines_build_each_entry_once_and_a_third_machine_only_pulls(
+        ray_cluster, bert_repos, s3, tmp_path):
+    """Two machines (their own local caches, so no shared file lock) mirror one manifest on Ray at once with
+    one shared tier: the tier's build lease makes it one build per entry, and the results are published
+    there: a third machine with an empty cache mirrors the manifest without building anything."""
+    trace = tmp_path / "trace.txt"
+    path = write_manifest(tmp_path, [{"source": f"hf:{repo}", "config": {**FAST_CONFIG, "seed": 37}} for repo in bert_repos[2:4]])
+    tier = {**os.environ, **tier_env(s3), "PDO_HUB_TEST_TRACE": str(trace)}
+
+    def driver(machine: str, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "pdo_hub.cli", "mirror", str(path), *extra, "--json", "--quiet"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**tier, "PDO_HUB_CACHE": str(tmp_path / machine)})
+
+    drivers = [driver(machine, "--ray", ray_cluster) for machine in ("machine-a", "machine-b")]
+    outputs = [process.communicate(timeout=300) for process in drivers]
+    assert [process.returncode for process in drivers] == [0, 0], outputs
+    results = [json.loads(out)["entries"] for out, _ in outputs]
+    for index in range(2):
+        statuses = sorted(entries[index]["status"] for entries in results)
+        assert statuses == ["optimized", "skipped"], f"entry {index}: the second machine must pull the first one's build"
+    assert len([line for line in trace.read_text().splitlines() if line.startswith("flow.building")]) == 2
+    out, err = driver("machine-c").communicate(timeout=300)
+    assert [entry["status"] for entry in json.loads(out)["entries"]] == ["skipped", "skipped"], err
+    assert len([line for line in trace.read_text().splitlines() if line.startswith("flow.building")]) == 2
+    assert len(list((tmp_path / "machine-c").glob("models--*/entries/*"))) == 2, "not pulled into the third machine"
 
 
 def test_hub_token_reaches_ray_workers_but_no_ray_log_or_record(ray_cluster, tmp_path, capsys, monkeypatch):

@@ -73,3 +73,28 @@ def test_serve_refuses_to_start_with_an_unusable_shared_cache_url(tmp_path, monk
     monkeypatch.setenv("PDO_HUB_SHARED_CACHE", "gs://bucket/prefix")
     with pytest.raises(ConfigError, match="'gs' protocol is not supported"):
         build_server(ServeOptions(port=0, cache=tmp_path / "cache"))
+
+
+def test_serve_reuses_a_repos_shared_listing_for_PDO_HUB_SHARED_REFRESH_SECONDS(env, tmp_path, monkeypatch):
+    import pytest
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from pdo_hub.core.errors import ConfigError
+    from pdo_hub.serve.service import ServeOptions, build_server
+
+    monkeypatch.setenv("PDO_HUB_SHARED_REFRESH_SECONDS", "-1")
+    with pytest.raises(ConfigError, match="PDO_HUB_SHARED_REFRESH_SECONDS"):
+        build_server(ServeOptions(port=0, cache=tmp_path / "replica"))
+    for seconds, found in (("3600", False), ("0", True)):
+        repo = f"org/refresh-{seconds}"  # one tier for both cases: a repo each
+        monkeypatch.setenv("PDO_HUB_SHARED_REFRESH_SECONDS", seconds)
+        with build_server(ServeOptions(port=0, cache=tmp_path / f"replica-{seconds}")) as server:
+            api = HfApi(endpoint=server.url)
+            with pytest.raises(RepositoryNotFoundError):
+                api.model_info(repo)  # lists the tier for this repo: nothing yet
+            OptimizedCache(tmp_path / "worker").commit(CacheKey("huggingface", repo, "a" * 40, "1" * 64), _writer(b"\x01" * 1000))
+            if found:
+                assert api.model_info(repo).sha, "listed again at once with 0 s"
+            else:
+                with pytest.raises(RepositoryNotFoundError):
+                    api.model_info(repo)  # the listing of a moment ago is reused: one LIST per repo and hour

@@ -69,6 +69,8 @@ def shared_cache_url() -> str | None:
 
 #: Default lifetime of a shared-tier build lease without renewal (its holder renews it every third).
 DEFAULT_LEASE_SECONDS = 60.0
+#: Default period a serve replica reuses its listing of a repo on the shared tier.
+DEFAULT_SHARED_REFRESH_SECONDS = 2.0
 
 
 def shared_lease_seconds() -> float:
@@ -83,6 +85,26 @@ def shared_lease_seconds() -> float:
         return DEFAULT_LEASE_SECONDS
     if not 0 < seconds < float("inf"):
         raise ConfigError(f"PDO_HUB_SHARED_LEASE_SECONDS={seconds!r}: {advice}.")
+    return seconds
+
+
+def shared_refresh_seconds() -> float:
+    """How long a `pdo-hub serve` replica reuses its listing of a repo on the shared tier:
+    `$PDO_HUB_SHARED_REFRESH_SECONDS` (default 2; 0 lists on every request).
+
+    Each period costs one LIST request per repo asked for: at 2 s, 10 replicas serving 1,000 busy repos
+    make about 5,000 a second (docs/scaling.md). A longer period only delays when a variant built
+    elsewhere is first served.
+
+    Raises:
+        ConfigError: when the value is not a number of seconds, 0 or more.
+    """
+    advice = "use a number of seconds, 0 or more"
+    seconds = _seconds("PDO_HUB_SHARED_REFRESH_SECONDS", advice)
+    if seconds is None:
+        return DEFAULT_SHARED_REFRESH_SECONDS
+    if not 0 <= seconds < float("inf"):
+        raise ConfigError(f"PDO_HUB_SHARED_REFRESH_SECONDS={seconds!r}: {advice}.")
     return seconds
 
 

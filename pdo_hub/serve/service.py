@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pdo_hub.cache import OptimizedCache
+from pdo_hub.core import constants
 from pdo_hub.serve.cache_store import CacheRepoStore, default_main_hashes
 from pdo_hub.serve.repo_store import RepoStore
 from pdo_hub.serve.server import HubServer
@@ -45,9 +46,11 @@ def build_server(options: ServeOptions) -> HubServer:
 
     cache = OptimizedCache(options.cache) if options.cache else OptimizedCache()
     cache.shared  # noqa: B018 -- a bad PDO_HUB_SHARED_CACHE (ConfigError) stops the server here, not each request
+    refresh = constants.shared_refresh_seconds()  # likewise a bad PDO_HUB_SHARED_REFRESH_SECONDS
     root = cache.root
     repos = RepoStore(Path(options.repos).expanduser() if options.repos else root / ".hub-repos")
-    stores = [repos, CacheRepoStore(cache, main_variant_hashes=default_main_hashes(options.config))]
+    stores = [repos, CacheRepoStore(cache, main_variant_hashes=default_main_hashes(options.config),
+                                    shared_refresh_seconds=refresh)]
     if options.upstream:
         from pdo_hub.serve.upstream_store import UpstreamStore
 
