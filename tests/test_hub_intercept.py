@@ -7,7 +7,6 @@ import sys
 import pytest
 import torch
 from hub_helpers import FAST_CONFIG, encode, hidden, save_tiny_bert
-from test_hub_torchvision import resnet18_file  # noqa: F401  (session fixture)
 
 import pdo_hub
 
@@ -47,7 +46,7 @@ def tiny_repo(hub_server, tmp_path_factory):
     return repo_id
 
 
-def test_torchvision_builders_and_get_model_return_optimized_models(resnet18_file):  # noqa: F811
+def test_torchvision_builders_and_get_model_return_optimized_models(resnet18_weights):
     import torchvision
     from torchvision.models import ResNet18_Weights
 

@@ -7,7 +7,6 @@ import torch
 import torch.nn as nn
 from hub_helpers import FAST_CONFIG, encode, hidden, save_tiny_bert
 from safetensors.torch import save_file
-from test_hub_torchvision import resnet18_file  # noqa: F401  (session fixture)
 
 from pdo_hub.core.errors import ConfigError
 
@@ -21,7 +20,7 @@ def manager():
     reset_model_manager()
 
 
-def test_seed_example_torchvision(manager, resnet18_file):  # noqa: F811
+def test_seed_example_torchvision(manager, resnet18_weights):
     from pdo_hub.core.base_model import get_model_manager
 
     model_manager = get_model_manager()
@@ -46,9 +45,9 @@ def test_huggingface_and_unknown_names(manager, hub_server, tmp_path):
         manager.download_and_load_model("ftp", "x")
 
 
-def test_local_state_dicts_and_folders(manager, tmp_path, resnet18_file):  # noqa: F811
+def test_local_state_dicts_and_folders(manager, tmp_path, resnet18_weights):
     pt = tmp_path / "my resnet.pth"
-    pt.write_bytes(resnet18_file.read_bytes())
+    pt.write_bytes(resnet18_weights.read_bytes())
     vision = manager.download_and_load_model("local", str(pt), "vision", architecture="resnet18")
     assert vision.metadata.optimization_report["optimizations_applied"] == ["quantization_dynamic"]
     again = manager.download_and_load_model("local", str(pt), "vision2", architecture="resnet18", local_files_only=True)

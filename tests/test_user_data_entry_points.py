@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from hub_helpers import FAST_CONFIG, encode, save_tiny_bert
-from test_hub_torchvision import resnet18_file  # noqa: F401  (session fixture)
 
 import pdo_hub
 from pdo_hub.core.errors import ConfigError
@@ -49,7 +48,7 @@ def _user_evidence(model, metric: CountingMetric) -> dict:
             "eval_fn": loader["eval_fn"]["name"]}
 
 
-def test_get_model_calibrates_on_user_batches_judges_with_eval_fn_and_keys_by_both(resnet18_file):  # noqa: F811
+def test_get_model_calibrates_on_user_batches_judges_with_eval_fn_and_keys_by_both(resnet18_weights):
     metric = CountingMetric()
     model = pdo_hub.get_model("resnet18", config=FAST_CONFIG, calibration_data=IMAGES, eval_fn=metric)
     assert _user_evidence(model, metric) == JUDGED_BY_USER
@@ -59,7 +58,7 @@ def test_get_model_calibrates_on_user_batches_judges_with_eval_fn_and_keys_by_bo
     assert again.pdo_cache_status == "hit" and again.pdo_cache_path == model.pdo_cache_path, "same content, same key"
 
 
-def test_intercept_passes_calibration_data_and_eval_fn_to_torchvision_builders(resnet18_file):  # noqa: F811
+def test_intercept_passes_calibration_data_and_eval_fn_to_torchvision_builders(resnet18_weights):
     import torchvision
 
     metric = CountingMetric()
@@ -68,7 +67,7 @@ def test_intercept_passes_calibration_data_and_eval_fn_to_torchvision_builders(r
     assert _user_evidence(model, metric) == JUDGED_BY_USER
 
 
-def test_model_manager_passes_calibration_data_and_eval_fn(resnet18_file):  # noqa: F811
+def test_model_manager_passes_calibration_data_and_eval_fn(resnet18_weights):
     from pdo_hub.core.base_model import get_model_manager, reset_model_manager
 
     reset_model_manager()
