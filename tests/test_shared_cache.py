@@ -17,6 +17,7 @@ from shared_tier_fixtures import closed_port, make_bucket, run_worker, start_s3_
 
 from pdo_hub.cache import CacheKey, OptimizedCache
 from pdo_hub.cache import shared_tier as shared_tier_module
+from pdo_hub.cache.layout import entry_folder_name
 from pdo_hub.cache.shared_tier import SharedTier
 from pdo_hub.core.errors import ConfigError
 
@@ -339,3 +340,29 @@ def test_a_waiter_gives_up_on_a_live_lease_after_the_lock_timeout_naming_the_hol
             OptimizedCache(tmp_path / "b").get_or_create(KEY, _never)
     finally:
         holder.release()
+
+
+def test_prune_clears_a_killed_publishers_upload_and_lease_but_never_a_published_entry(env, tmp_path, capsys, monkeypatch):
+    from pdo_hub.cli import main
+
+    orphan_key = CacheKey("huggingface", "org/other", "b" * 40, "2" * 64)
+    assert run_worker(tmp_path / "killed", orphan_key, env, kill_at="shared.objects_uploaded").returncode == -signal.SIGKILL
+    OptimizedCache(tmp_path / "a").get_or_create(KEY, _writer(b"kept" * 1000))
+    tier = _tier(env)
+    orphans, published = _objects(tier, orphan_key), _objects(tier)
+    leases = list(tier.objects.find(tier.objects.path(".leases")))
+    assert orphans and leases == [tier.objects.path(".leases", "models--org--other", entry_folder_name(orphan_key), "00000000")]
+
+    monkeypatch.setenv("PDO_HUB_CACHE", str(tmp_path / "a"))
+    assert main(["cache", "prune", "--shared"]) == 0  # all of it is fresh: a live publisher could still be at work
+    assert "cleared 0 objects" in capsys.readouterr().out and _objects(tier, orphan_key) == orphans
+
+    assert sorted(tier.prune(older_than=0)) == sorted(orphans + leases)
+    assert not _objects(tier, orphan_key) and _objects(tier) == published
+    assert not tier.objects.find(tier.objects.path(".leases"))
+    pulled = OptimizedCache(tmp_path / "b").lookup(KEY)
+    assert pulled is not None and pulled.file_path("model.safetensors").read_bytes() == b"kept" * 1000
+
+    monkeypatch.delenv("PDO_HUB_SHARED_CACHE")
+    assert main(["cache", "prune", "--shared"]) == 2
+    assert "no shared tier is set; set PDO_HUB_SHARED_CACHE" in capsys.readouterr().err

@@ -246,6 +246,39 @@ class SharedTier:
         logger.info("Published %s to the shared cache %s.", entry.path, self.url)
         return True
 
+    # --- housekeeping -------------------------------------------------------------------------
+
+    def prune(self, older_than: float = STALE_UPLOAD_SECONDS, *, dry_run: bool = False) -> list[str]:
+        """Delete what killed processes left on the tier: uploads no record names and lease generations
+        nobody renewed, untouched for `older_than` seconds (a live publisher finishes, and a live lease
+        holder renews, well within the default day). Published entries are never touched.
+
+        A publish of a key clears that key's own old uploads; this covers keys nobody publishes again.
+
+        Returns:
+            The object paths removed (or, with `dry_run`, that would be).
+
+        Raises:
+            SharedCacheError: the store cannot be reached.
+        """
+        cutoff = time.time() - older_than
+        removed = []
+        for repo in self.objects.names(self.objects.base):
+            if parse_repo_folder(repo) is None:
+                continue
+            entries = self.objects.path(repo, "entries")
+            named = {name[: -len(".json")]: json_field(self.objects.read(self.objects.path(repo, "entries", name)), "upload")
+                     for name in self.objects.names(entries) if name.endswith(".json")}
+            uploads = self.objects.path(repo, "objects")
+            for path, modified in self.objects.find(uploads).items():
+                entry, upload = (path[len(uploads) + 1:].split("/") + [""])[:2]
+                if named.get(entry) != upload and modified < cutoff:
+                    removed.append(path)
+        removed += [path for path, modified in self.objects.find(self.objects.path(".leases")).items() if modified < cutoff]
+        if not dry_run:
+            self.objects.delete(removed)
+        return removed
+
     def _replace_damaged(self, record_path: str, existing: bytes) -> bool:
         """Delete a record this process found damaged, so that a good build replaces it. Two repairers may
         both delete and create; each record standing names a complete upload, so readers stay safe."""

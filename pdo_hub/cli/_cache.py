@@ -10,6 +10,7 @@ import json
 import time
 
 from pdo_hub.cli._output import table
+from pdo_hub.core.errors import ConfigError
 from pdo_hub.core.sizes import format_size, parse_size
 
 
@@ -107,6 +108,14 @@ def _prune(args: argparse.Namespace) -> int:
         print(f"{verb} {_line(entry)}")
     for path in cleared:
         print(f"{'would clear' if args.dry_run else 'cleared'} {path.relative_to(cache.root)}")
+    if args.shared:
+        tier = cache.shared
+        if tier is None:
+            raise ConfigError("cache prune --shared: no shared tier is set; set PDO_HUB_SHARED_CACHE (e.g. s3://bucket/prefix).")
+        left = tier.prune(dry_run=args.dry_run)
+        for path in left:
+            print(f"{'would clear' if args.dry_run else 'cleared'} {path}")
+        print(f"{'would clear' if args.dry_run else 'cleared'} {len(left)} objects that killed publishers or builders left on {tier.url}")
     remaining = cache.size_bytes() - (sum(e.total_bytes for e in evicted) if args.dry_run else 0)
     print(f"{verb} {_count(len(evicted))} ({format_size(sum(e.total_bytes for e in evicted))}), "
           f"{len(cleared)} leftovers; {format_size(remaining)} in the cache")
@@ -148,4 +157,7 @@ def register(commands) -> None:
     prune.add_argument("--max-size", metavar="SIZE",
                        help="e.g. 500MB, 2GiB, 1.5G or bytes (powers of 1024); without it only leftovers are cleared")
     prune.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    prune.add_argument("--shared", action="store_true",
+                       help="also clear the shared tier ($PDO_HUB_SHARED_CACHE) of uploads no entry names and dead "
+                            "build leases, untouched for a day (what killed processes leave there)")
     prune.set_defaults(run=_prune)
