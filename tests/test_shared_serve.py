@@ -98,3 +98,14 @@ def test_serve_reuses_a_repos_shared_listing_for_PDO_HUB_SHARED_REFRESH_SECONDS(
             else:
                 with pytest.raises(RepositoryNotFoundError):
                     api.model_info(repo)  # the listing of a moment ago is reused: one LIST per repo and hour
+
+
+def test_the_model_listing_lists_the_tier_once_per_refresh_period(env, tmp_path):
+    worker = OptimizedCache(tmp_path / "worker")
+    worker.commit(FIRST, _writer(b"\x01" * 1000))
+    with HubServer(CacheRepoStore(OptimizedCache(tmp_path / "replica"), shared_refresh_seconds=3600)) as server:
+        assert [model.id for model in HfApi(endpoint=server.url).list_models()] == [REPO]
+        worker.commit(CacheKey("huggingface", "org/later", "a" * 40, "1" * 64), _writer(b"\x02" * 1000))
+        assert [model.id for model in HfApi(endpoint=server.url).list_models()] == [REPO], "the tier was listed again"
+    with _replica(tmp_path / "replica-0") as server:  # refresh 0: every listing sees the tier as it is
+        assert sorted(model.id for model in HfApi(endpoint=server.url).list_models()) == ["org/later", REPO]

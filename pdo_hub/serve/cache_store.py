@@ -76,8 +76,9 @@ class CacheRepoStore:
     Args:
         cache: The cache to serve (default: `PDO_HUB_CACHE`).
         main_variant_hashes: Variant hashes `main` prefers (the server's default config), most wanted first.
-        shared_refresh_seconds: How long a repo's listing of the shared tier is reused before it is listed
-            again (one LIST request per repo and period; 0 lists on every request).
+        shared_refresh_seconds: How long a listing of the shared tier (a repo's variants, or the repos for
+            the model listing) is reused before it is listed again (one LIST request per repo, and one for
+            the repos, per period; 0 lists on every request).
     """
 
     def __init__(self, cache: OptimizedCache | None = None, main_variant_hashes: tuple[str, ...] = (),
@@ -86,6 +87,7 @@ class CacheRepoStore:
         self.main_variant_hashes = tuple(main_variant_hashes)
         self.shared_refresh_seconds = shared_refresh_seconds
         self._synced: dict[tuple[str, str], float] = {}
+        self._sources: tuple[float, list[tuple[str, str]]] | None = None  # (when, the tier's sources)
         self._lock = threading.Lock()
         self._scanned: dict[str, tuple[int, dict[str, _Variant]]] = {}
         self._small_oids: dict[str, str] = {}
@@ -101,7 +103,7 @@ class CacheRepoStore:
         names = {repo_id_of(entry.key) for entry in self.cache.list_entries() if self._served(entry.key)}
         tier = self.cache.shared
         if tier is not None:
-            for kind, source_id in self._reachable(tier.sources, []):
+            for kind, source_id in self._tier_sources(tier):
                 if kind in _SERVED_KINDS and repo_id_of_source(kind, source_id) not in names:
                     if self._variants(repo_id_of_source(kind, source_id)):  # pulls its variants, checked
                         names.add(repo_id_of_source(kind, source_id))
@@ -179,6 +181,19 @@ class CacheRepoStore:
         with self._lock:
             self._scanned[repo_id] = (stamp, variants)
         return variants
+
+    def _tier_sources(self, tier) -> list[tuple[str, str]]:
+        """The tier's sources, listed at most once per `shared_refresh_seconds` (a LIST request each time)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._sources is not None and now - self._sources[0] < self.shared_refresh_seconds:
+                return self._sources[1]
+        sources = self._reachable(tier.sources, None)
+        if sources is None:
+            return []  # unreachable: try again on the next listing
+        with self._lock:
+            self._sources = (now, sources)
+        return sources
 
     def _sync(self, kind: str, source_id: str, folder: Path) -> None:
         """Pull the variants of a source that the shared tier has and the local cache lacks."""
