@@ -385,7 +385,7 @@ class _WideMLP(nn.Module):
 @pytest.mark.parametrize(("threshold", "bounded"), [(0.02, False), (0.005, True)])
 def test_prune_cut_beyond_recovery_is_made_milder_to_fit_the_accuracy_budget(threshold, bounded):
     """At 0.3 of the size this cut loses ~0.04 before recovery: within 5x a 0.02 budget (kept), beyond 5x 0.005 (milder)."""
-    from pdo_hub.optimizers.methods.prune import ACCURACY_SHARE
+    from pdo_hub.optimizers.methods._prune_extent import ACCURACY_SHARE
 
     torch.manual_seed(0)
     model, x = _WideMLP().eval(), torch.randn(4, 8, 256)

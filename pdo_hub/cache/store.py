@@ -309,7 +309,8 @@ class OptimizedCache:
         if entry is not None:
             return entry
         with self.lock(key, timeout=lock_timeout):
-            entry = self.lookup(key, verify=verify, repair=True)
+            # Local only: `commit` looks on the shared tier first thing (its build lease polls for a published entry).
+            entry = self.lookup(key, verify=verify, repair=True, shared=False)
             if entry is not None:
                 logger.debug("Another process built %s while this one waited for the lock.", entry.path)
                 return entry

@@ -194,8 +194,9 @@ def load_published_entry(entry: CacheEntry, repo_id: str) -> nn.Module:
     """Rebuild the model of a published variant's entry (no network), after checking its source record."""
     source = check_source(entry.read_json(SOURCE_NAME), repo_id)
     loader = source["loader"]
-    if (entry.path / EXPORT_RECORD).is_file() and _card_onnx.is_onnx(_export_record(entry.read_json(EXPORT_RECORD))):
-        return _load_onnx_format(entry, repo_id)
+    export = _export_record(entry.read_json(EXPORT_RECORD)) if (entry.path / EXPORT_RECORD).is_file() else None
+    if export is not None and _card_onnx.is_onnx(export):
+        return _load_onnx_format(entry, export, repo_id)
     if loader["library"] == "transformers" and not (entry.path / "pdo_recipe.json").is_file():
         return _load_stock_format(entry, source, repo_id)
     if loader["library"] == "transformers":
@@ -232,12 +233,12 @@ def _load_stock_format(entry: CacheEntry, source: dict[str, Any], repo_id: str) 
     return model
 
 
-def _load_onnx_format(entry: CacheEntry, repo_id: str) -> nn.Module:
-    """A variant pushed as ONNX, run by ONNX Runtime (the float `model.onnx` is not downloaded)."""
+def _load_onnx_format(entry: CacheEntry, record: dict[str, Any], repo_id: str) -> nn.Module:
+    """A variant pushed as ONNX (`record`: its export record), run by ONNX Runtime (the float `model.onnx`
+    is not downloaded)."""
     from pdo_hub.core.errors import ExportError
     from pdo_hub.hub.onnx_runtime import OnnxRuntimeModel, require_onnx
 
-    record = entry.read_json(EXPORT_RECORD)
     try:
         require_onnx()
     except ExportError as err:  # it names the pip extra to install

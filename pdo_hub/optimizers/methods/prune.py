@@ -69,8 +69,8 @@ from ..norm_folding import fold_norms_after, restore_folded
 from ..pruning_slices import channel_counts, replay, sliceable
 from ..recovery import recover
 from ..registry import Method, register_method
-from ..sizing import state_bytes
 from ._compensation import compensate, consumer_stats, merged
+from ._prune_extent import SIZE_SLACK, prune_extent
 from ._head_pruning import (
     AttentionLayer, find_attention_layers, head_scores, heads_record, kept_head_counts, per_head_cost, restore_head_counts,
     top_heads,
@@ -82,19 +82,6 @@ UNIT_SCALE = 10**9  # allocation costs are integers
 # `scripts/bench_lowrank.py --methods prune --ratios 0.5 --int8 '' --skip-minilm` with this weight:
 # 5 -> 1.52-1.60x FP32 eager, -0.5 pt top-1; 10 -> 1.53-1.55x, -2.25 pt.
 COMPUTE_WEIGHT = 5.0
-BISECTION_STEPS = 18
-SIZE_SLACK = 1.002  # a size within 0.2% of the target meets it (the bisection's last step)
-# A cut that loses more than `RECOVERABLE` times `preserve_accuracy_threshold` (out of sample, before
-# recovery) is beyond what distillation wins back: the digits ResNet-18 at 0.5 lost 0.051 and ended at
-# 0.015 after recovery; MiniLM at its aggressive target cut 54 of 72 heads, lost 0.52 and ended at 0.52,
-# so every pruned pipeline was rejected. Such a cut is made milder until it loses at most
-# `ACCURACY_SHARE` of the threshold on the held-back half of the calibration batches. That estimate is
-# optimistic on few inputs: MiniLM aggressive on the demo's 16 sentences (6 held back) then stored
-# prune+dynamic at an embedding cosine on 16 unseen sentences of 0.976 with a share of 0.5 (over the
-# 2% budget), 0.981 with 0.25 and 0.987 with 0.15 (0.255 of the size, `dynamic` alone 0.262).
-RECOVERABLE = 5.0
-ACCURACY_SHARE = 0.15
-ACCURACY_STEPS = 5  # bisection steps between the size target's budget and no pruning
 PROBES = (0.0, 0.4, 0.75)  # where in each menu (most lost first) the output loss is measured
 
 
@@ -421,63 +408,6 @@ class _Allocation:
         return sum(option.dense_params for option in self.options)
 
 
-def _fit_to_size(model: nn.Module, ctx, allocation: _Allocation) -> tuple[int, tuple[dict, dict, float]]:
-    """(budget, (plan, kept heads, size ratio)) for the largest budget whose replayed model meets the size target."""
-    total_size = state_bytes(model)
-
-    def attempt(budget: int) -> tuple[dict, dict, float]:
-        plan, kept_heads = allocation.plan(budget)
-        return plan, kept_heads, (state_bytes(replay(copy.deepcopy(model), plan)) / total_size if plan else 1.0)
-
-    limit = ctx.target_ratio * SIZE_SLACK
-    low, high = 0, allocation.total_units
-    best = attempt(low)
-    for _ in range(BISECTION_STEPS):
-        middle = (low + high) // 2
-        candidate = attempt(middle)
-        if candidate[0] and candidate[2] <= limit:
-            low, best = middle, candidate
-        else:
-            high = middle
-    return low, best
-
-
-def _bound_by_accuracy(model: nn.Module, ctx, allocation: _Allocation, budget: int) -> int:
-    """The budget to prune to: `budget` (the size target's) unless its cut is beyond recovery (`RECOVERABLE`);
-    then the smallest budget, found by bisection towards no pruning, whose loss is within `ACCURACY_SHARE`
-    of the threshold. A cut stronger than the budget allows is rejected anyway, and takes every pipeline
-    that starts with it along.
-
-    The loss is the task metric candidates are judged by (without labels), before recovery, with the
-    compensation fitted on one half of the calibration batches and measured on the other: measured on
-    the batches it was fitted to, MiniLM pruned to 0.0109 lost 0.078 on held-out sentences.
-    """
-    judge, threshold = allocation.judge, ctx.config.preserve_accuracy_threshold
-    if not threshold or judge is allocation.fit:
-        return budget  # too few batches to judge out of sample: the size target alone decides
-    references = reference_outputs(model, judge, ctx.device)
-
-    def loss_at(units: int) -> float:
-        pruned = allocation.build(copy.deepcopy(model), allocate_options(allocation.options, units), allocation.fit_stats)
-        return fidelity(pruned, judge, references, ctx.device).task_loss
-
-    loss = loss_at(budget)
-    if loss <= RECOVERABLE * threshold:
-        return budget
-    limit = ACCURACY_SHARE * threshold
-    low, high = budget, allocation.total_units  # over the limit at `low`; the whole model loses nothing
-    for _ in range(ACCURACY_STEPS):
-        middle = (low + high) // 2
-        if loss_at(middle) <= limit:
-            high = middle
-        else:
-            low = middle
-    ctx.note(logger, f"prune: the size target's cut loses {loss:.4f} on held-back calibration batches before recovery, "
-                     f"more than recovery wins back ({RECOVERABLE:g}x the threshold): pruned only as far as a loss of "
-                     f"{limit:.4f} ({ACCURACY_SHARE:g} of the threshold).")
-    return high
-
-
 def _note_heads(ctx, layers: list[AttentionLayer], kept_heads: dict[str, list[int]]) -> None:
     if not layers:
         return
@@ -502,16 +432,12 @@ class StructuredPruning(Method):
         calibration = _real_token_context(ctx)
         allocation = _Allocation(model, calibration, groups, layers)
         allocation.calibrate_to_output(model, calibration)
-        budget, (plan, kept_heads, size) = _fit_to_size(model, ctx, allocation)
-        bounded = _bound_by_accuracy(model, ctx, allocation, budget)
-        if bounded != budget:
-            plan, kept_heads = allocation.plan(bounded)
-            size = state_bytes(replay(copy.deepcopy(model), plan)) / state_bytes(model) if plan else 1.0
+        plan, kept_heads, size, bounded = prune_extent(model, ctx, allocation)
         if not plan:
             ctx.note(logger, f"prune: target ratio {ctx.target_ratio:.2f} cannot be reached by pruning channels"
-                             + (" within the accuracy budget." if bounded != budget else "."))
+                             + (" within the accuracy budget." if bounded else "."))
             return model, []
-        if size > ctx.target_ratio * SIZE_SLACK and bounded == budget:
+        if size > ctx.target_ratio * SIZE_SLACK and not bounded:
             ctx.note(logger, f"prune: the narrowest allowed widths keep {size:.3f} of the size, above the target {ctx.target_ratio:.2f}.")
         compensated = compensate(model, plan, allocation.stats)
         original_macs = sum(allocation.macs.values()) or 1
