@@ -4,8 +4,9 @@ For each preset, on the digits-trained ResNet-18 (`digits_resnet.py`):
 - `data-free`: no calibration data (inputs distilled from the BatchNorm statistics), example input N(0, 1);
 - `noise`: seeded Gaussian noise as calibration data (what pdo-hub did before distillation; default preset only);
 - `user data`: 128 training images in batches of 8.
-Then a small digits CNN (`data-free` and `user data`, default preset), and all-MiniLM-L6-v2 with the
-demo's 16 calibration sentences (accuracy: cosine of pooled embeddings on 16 other sentences).
+Then a small digits CNN (`data-free` and `user data`, default preset), and all-MiniLM-L6-v2 calibrated on
+pdo-hub's built-in sentences (what `mirror` uses without user data) and on the demo's 16 sentences
+(accuracy: cosine of pooled embeddings on 16 other sentences).
 
 Each row: chosen chain, size ratio, speedup (the optimizer's interleaved timing, batch 1), top-1 on the
 400 held-out digits (FP32 and variant), search time. Then, for every candidate the optimizer measured,
@@ -116,22 +117,27 @@ def row(label: str, preset: str, mode: str, report: dict, seconds: float, before
             "before": before, "after": after, "seconds": seconds, "metric": report["accuracy_metrics"]["metric"]}
 
 
-def minilm_case(preset: str) -> dict:
+def minilm_case(preset: str, mode: str) -> dict:
+    """`mode`: "built-in sentences" (what `mirror` calibrates on without user data) or "16 sentences" (the demo's)."""
     from transformers import AutoModel, AutoTokenizer
 
     from pdo_hub.demo import embedding_cosine, minilm_folder, tokenized_sentences
+    from pdo_hub.hub import examples
     from pdo_hub.mirror_demo import HELD_OUT_SENTENCES
 
     folder = minilm_folder()
     model = AutoModel.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    batches = tokenized_sentences(tokenizer)
+    if mode == "built-in sentences":
+        batches = examples.text_inputs(tokenizer, model, PostDownloadOptimizationConfig().calibration_samples)
+    else:
+        batches = tokenized_sentences(tokenizer)
     held_out = tokenized_sentences(tokenizer, list(HELD_OUT_SENTENCES))  # none of them calibrates
     start = time.perf_counter()
     optimized, report = create_post_download_optimizer(PostDownloadOptimizationConfig.from_preset(preset)).optimize_model(
         model=model, model_name="all-MiniLM-L6-v2", example_inputs=batches[0], calibration_data=batches)
     seconds = time.perf_counter() - start
-    return row("all-MiniLM-L6-v2", preset, "16 sentences", report, seconds, 1.0, embedding_cosine(model, optimized, held_out))
+    return row("all-MiniLM-L6-v2", preset, mode, report, seconds, 1.0, embedding_cosine(model, optimized, held_out))
 
 
 def print_rows(rows: list[dict]) -> None:
@@ -172,7 +178,7 @@ def main() -> None:
         for mode in ("data-free", "user data"):
             rows.append(digits_case(cnn, "digits CNN", "conservative", mode, estimates))
     if "minilm" in parts:
-        rows.extend(minilm_case(preset) for preset in PRESETS)
+        rows.extend(minilm_case(preset, mode) for mode in ("built-in sentences", "16 sentences") for preset in PRESETS)
     print_rows(rows)
     if estimates:
         print_estimates(estimates)

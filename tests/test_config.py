@@ -92,6 +92,17 @@ def test_hash_is_semantic():
             != PostDownloadOptimizationConfig(**qat, recovery_steps=50).config_hash()), "qat trains with recovery_steps"
 
 
+def test_embedding_bits_is_hashed_only_when_set_away_from_int8():
+    # Configs written before the key existed keep their hash, so their cache entries stay valid.
+    assert "embedding_bits" not in PostDownloadOptimizationConfig().canonical()
+    assert PostDownloadOptimizationConfig(embedding_bits=8).config_hash() == PostDownloadOptimizationConfig().config_hash()
+    assert PostDownloadOptimizationConfig(embedding_bits=4).config_hash() != PostDownloadOptimizationConfig().config_hash()
+    assert load_config("aggressive").embedding_bits == 4
+    no_int8 = {"enable_quantization": False}
+    assert (PostDownloadOptimizationConfig(**no_int8, embedding_bits=4).config_hash()
+            == PostDownloadOptimizationConfig(**no_int8).config_hash()), "nothing is quantized: the bits change nothing"
+
+
 def test_hash_is_stable_across_processes():
     code = "from pdo_hub import load_config; print(load_config('quality').config_hash())"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
@@ -112,6 +123,7 @@ def test_hash_is_stable_across_processes():
         ({"target_compression_ratio": "0.7"}, ["target_compression_ratio", "number"]),
         ({"benchmark_runs": 0}, ["benchmark_runs", ">= 1"]),
         ({"device": "tpu"}, ["device", "cpu, cuda, auto"]),
+        ({"embedding_bits": 3}, ["embedding_bits", "3", "8, 4"]),
         ({"version": 99}, ["version", "Upgrade"]),
     ],
 )

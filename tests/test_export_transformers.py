@@ -8,6 +8,8 @@ cosine vs FP32 >= 0.995, <= 30 MB).
 
 from __future__ import annotations
 
+import copy
+
 import json
 import subprocess
 import sys
@@ -25,7 +27,8 @@ import pdo_hub
 from pdo_hub.core.errors import ExportError, PushError
 from pdo_hub.export._dense import densify_into
 from pdo_hub.optimizers.layers import LowRankLinear
-from pdo_hub.optimizers.methods._int8_linear import FullRangeDynamicLinear, Int8Embedding, TokenInt8Linear
+from pdo_hub.optimizers.methods._embeddings import Int4Embedding, Int8Embedding
+from pdo_hub.optimizers.methods._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
 from pdo_hub.push import push_entry
 
 BASE = "pdo-test/stock-tiny-bert"
@@ -158,6 +161,18 @@ def test_densify_reads_each_int8_and_factorized_layer_as_its_exact_float_weight(
     assert torch.equal(skeleton.norm.weight, original.norm.weight)
     x = torch.randn(4, 8)
     assert torch.allclose(skeleton.a(x), variant.a(x), atol=0.05), "dequantized layer computes what the int8 one does"
+
+
+def test_densify_reads_four_bit_embedding_rows_as_their_decoded_table():
+    torch.manual_seed(0)
+    original = _Tiny()
+    original.embed = nn.Embedding(20, 64)  # 4-bit rows come in groups of 32 values
+    variant = copy.deepcopy(original)
+    variant.embed = Int4Embedding.from_float(original.embed)
+    skeleton = _Tiny()
+    skeleton.embed = nn.Embedding(20, 64)
+    assert densify_into(variant, skeleton)["embed"] == "probed"
+    assert torch.equal(skeleton.embed.weight, variant.embed(torch.arange(20)))
 
 
 def test_densify_refuses_pruned_widths_naming_the_module():

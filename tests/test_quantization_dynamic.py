@@ -234,3 +234,27 @@ def test_small_input_attention_matches_sdpa_and_is_not_saved(tmp_path, monkeypat
             torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     model.save_pretrained(tmp_path)  # a model saved or pushed must load with stock transformers
     assert _small_attention.NAME not in (tmp_path / "config.json").read_text()
+
+
+def _int8_loss(model) -> float:
+    """A loss that only fc2 in int8 (either scheme) breaks: the answer of any budget search is known."""
+    return 0.05 if type(model.fc2) is not torch.nn.Linear else 0.0
+
+
+@pytest.mark.parametrize("configured, fc2_float", [("fx", True), ("dynamic", False)])
+def test_dynamic_serving_fx_keeps_the_most_sensitive_linear_float(configured, fc2_float, tmp_path):
+    """`fx` means mixed precision with float layers; when `dynamic` serves it (a model fx cannot trace),
+    the layer int8 cannot fit stays float. A configured `dynamic` keeps every Linear int8."""
+    model = MLP().eval()
+    x = torch.randn(4, 32)
+    ctx = make_context(model, x, quantization_method=configured)
+    ctx.measure_loss = _int8_loss
+    ctx.notes = []
+    optimized, records = get_method("dynamic").apply(copy.deepcopy(model), ctx)
+    assert (type(optimized.fc2) is torch.nn.Linear) == fc2_float
+    assert (records[0]["schemes"]["fc2"] == "float") == fc2_float
+    assert type(optimized.fc1) is not torch.nn.Linear and type(optimized.fc3) is not torch.nn.Linear
+    if fc2_float:
+        assert any("1 of 3 Linear layers stay float" in note and "fc2" in note for note in ctx.notes), ctx.notes
+        optimized.pdo_recipe = Recipe(records)
+        _roundtrip(optimized, MLP, x, tmp_path)

@@ -3,7 +3,8 @@
 Candidates are pipelines of method names, always ordered pruning -> factorization -> quantization
 (quantizing last keeps the int8 layers the ones that actually run). With auto-selection every
 enabled method is tried alone and in combination; without it the configured pipeline comes first
-and its shorter sub-pipelines are the fall-backs if it breaks the accuracy budget. When the
+and its shorter sub-pipelines are the fall-backs if it breaks the accuracy budget, those that still
+end in int8 before those that do not. When the
 configured quantization method is not the int8 flavour that fits the model (`flavours`), each
 pipeline ending in it gets a twin ending in the one that fits, right after it.
 
@@ -72,7 +73,10 @@ def candidate_pipelines(config: PostDownloadOptimizationConfig, notes: list[str]
     if config.auto_select_best_method:
         # Alone first, then combined: the report reads from simple to composite.
         return sorted(subsets, key=len)
-    return subsets
+    # Fall-backs that still quantize come first (longest first, as before): int8 is what makes a model
+    # 4x smaller, so a float `prune` (0.97 of MiniLM's size) must not be kept while `dynamic` fits.
+    quantizers = {configured, fit.method if fit is not None else None} - {None}
+    return sorted(subsets, key=lambda combo: combo[-1] not in quantizers)
 
 
 def gain(size_ratio: float, speedup: float | None) -> float:

@@ -5,7 +5,7 @@ int8 kernel -> dequantize), so nothing about the model's Python needs tracing an
 fine. Activations are calibrated with histogram observers over the full 8-bit range (x86's default
 is 7 bits); weights are per-channel symmetric int8, on 7 bits (`PORTABLE_MAX` levels per side) unless
 a run asks for full range: full-range weights and activations saturate on CPUs without VNNI
-(`_int8_isa`), and the record says which was built. Large embedding tables become int8 rows. Without
+(`_int8_isa`), and the record says which was built. Large embedding tables become int8 (or 4-bit) rows. Without
 fused conv-bn-relu and with a quantize/dequantize per layer this is slower than the graph flow, and
 per-tensor static activation scales fit transformers worse than `dynamic`'s per-token ones: it is
 the fallback that keeps `static` available, and the report's measured fidelity says what it costs.
@@ -26,7 +26,7 @@ import torch.nn as nn
 from ...core.errors import OptimizationError, RecipeError
 from ..inputs import Inputs, call_model
 from ..modules import get_module, replace_module, shared_parameter_ids
-from ._embeddings import quantize_embeddings, restore_embeddings
+from ._embeddings import embedding_record, quantize_embeddings, restore_embeddings
 from . import _int8_isa
 from ._fast_forward import accelerate
 from ._int8_linear import PORTABLE_MAX
@@ -84,11 +84,10 @@ def quantize(model: nn.Module, ctx, method: str, budget: float | None) -> tuple[
     model.eval()
     portable = _int8_isa.wants_portable(ctx, KERNELS, method)
     _wrap_and_convert(model, paths, ctx.calibration_inputs or [ctx.example_inputs], portable)
-    embeddings = quantize_embeddings(model, ctx, None if budget is None else 0.25 * budget, method)
+    embeddings = embedding_record(*quantize_embeddings(model, ctx, None if budget is None else 0.25 * budget, method))
     record: dict[str, Any] = {"method": method, "flow": FLOW, "layers": paths, "engine": torch.backends.quantized.engine,
                               _int8_isa.FIELD: _int8_isa.portable("7-bit weights") if portable else _int8_isa.full_range(KERNELS)}
-    if embeddings:
-        record["embeddings"] = embeddings
+    record.update(embeddings)
     spec = input_spec(ctx.example_inputs)
     if spec is not None:
         record["inputs"] = spec
@@ -105,5 +104,5 @@ def rebuild(model: nn.Module, record: dict[str, Any]) -> nn.Module:
             raise RecipeError(f"{record['method']}: '{path}' is a {type(get_module(model, path)).__name__}, the recipe expects a Conv or Linear.")
     model.eval()
     _wrap_and_convert(model, paths, [])
-    restore_embeddings(model, record.get("embeddings", []), record["method"])
+    restore_embeddings(model, record, record["method"])
     return accelerate(model, record.get("inputs"))

@@ -120,32 +120,3 @@ class TokenInt8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, per_token_activations=True, portable={self.portable}"
-
-
-class Int8Embedding(nn.Module):
-    """An embedding table stored as int8 rows with one float scale per row (symmetric).
-
-    all-MiniLM-L6-v2's word embeddings are 46.9 MB of its 90.9 MB in FP32; int8 rows take a quarter
-    of that, and a lookup only dequantizes the rows it gathers.
-    """
-
-    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
-        super().__init__()
-        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.register_buffer("weight", torch.empty(num_embeddings, embedding_dim, dtype=torch.int8))
-        self.register_buffer("scale", torch.empty(num_embeddings))
-
-    @classmethod
-    def from_float(cls, embedding: nn.Embedding) -> "Int8Embedding":
-        new = cls(embedding.num_embeddings, embedding.embedding_dim)
-        weight = embedding.weight.detach().float()
-        scale = weight.abs().amax(1).clamp(min=1e-12) / 127.0
-        new.weight.copy_((weight / scale[:, None]).round().clamp(-127, 127).to(torch.int8))
-        new.scale.copy_(scale)
-        return new
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.weight[ids].float() * self.scale[ids].unsqueeze(-1)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, int8 rows"

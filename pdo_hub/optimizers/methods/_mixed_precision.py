@@ -29,16 +29,21 @@ def keep_high_precision(
             budget itself is always checked with `loss_with`.
 
     Returns:
-        {path: sensitivity} of the layers to keep (empty when quantizing everything fits).
+        {path: sensitivity} of the layers to keep (empty when quantizing everything fits). When even
+        none quantized breaks the budget: the layers whose quantizing did not lower the loss
+        (`_most_faithful_mix`).
     """
     layers = list(layers)
     full = loss_with(layers)
     if full <= budget or not layers:
         logger.debug("mixed precision: every layer quantized, loss %.5f <= budget %.5f", full, budget)
         return {}
-    if sensitivity is None:
+    measured = sensitivity is None
+    if measured:
         sensitivity = {path: (probe_with or loss_with)([path]) for path in layers}
     order = sorted(layers, key=sensitivity.get)
+    if measured and (base := loss_with([])) > budget:
+        return _most_faithful_mix(order, sensitivity, loss_with, base, probe_with)
     low, high = 0, len(order) - 1  # invariant: prefix `low` fits (0 always does), prefix `high + 1` does not
     while low < high:
         middle = (low + high + 1) // 2
@@ -49,6 +54,22 @@ def keep_high_precision(
     kept = {path: sensitivity[path] for path in order[low:]}
     logger.debug("mixed precision: %d of %d layers kept (full loss %.5f, budget %.5f)", len(kept), len(layers), full, budget)
     return kept
+
+
+def _most_faithful_mix(order: list[str], sensitivity: dict[str, float], loss_with, base: float, probe_with) -> dict[str, float]:
+    """Nothing quantized already breaks the budget: quantize only the layers that lowered the loss alone.
+
+    That happens with `dynamic`, whose "high precision" is per-token int8, not float: on a budget
+    stricter than per-token int8 everywhere can meet (the quality preset's on all-MiniLM-L6-v2), some
+    layers (after GELU, mostly non-negative) lose less on fbgemm's asymmetric per-tensor grid than on a
+    symmetric per-token one. The mix is kept only if it measures better than keeping everything.
+    """
+    reference = probe_with([]) if probe_with is not None else base
+    quantized = [path for path in order if sensitivity[path] < reference]
+    if quantized and loss_with(quantized) < base:
+        logger.debug("mixed precision: budget below the unquantized loss %.5f; %d layers lowered it", base, len(quantized))
+        return {path: sensitivity[path] for path in order if path not in quantized}
+    return {path: sensitivity[path] for path in order}
 
 
 def split_budget(ctx, model, share: float = 0.5) -> float | None:

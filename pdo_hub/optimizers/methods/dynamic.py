@@ -5,11 +5,14 @@ Linear layers get per-channel symmetric int8 weights and one of two high-fidelit
 (one activation scale per token, int8 GEMM; most faithful). Each layer's sensitivity is the measured
 loss with only it on the fast scheme (the rest `per_token`); the fewest most-sensitive layers use
 `per_token` so the loss fits the budget: half of what
-earlier steps left of `preserve_accuracy_threshold`, and never more than `HIGH_FIDELITY_LOSS` on top of
-what earlier steps lost, which keeps transformer embeddings at cosine >= 0.995 (all-MiniLM-L6-v2: torch.ao's stock x86 path 0.979).
+earlier steps left of `preserve_accuracy_threshold`, and never more than `HIGH_FIDELITY_SHARE` of the threshold
+on top of what earlier steps lost, which keeps transformer embeddings at cosine >= 0.995 at the default 0.02
+(all-MiniLM-L6-v2: torch.ao's stock x86 path 0.979). When `dynamic` serves a configured `fx` (a model
+fx cannot trace, such as a transformer: the quality preset), it keeps `fx`'s mixed precision too: if
+int8 everywhere still loses more than that budget, the fewest most sensitive Linears stay float.
 Without a way to measure loss every Linear uses `per_token`. LSTM/GRU use torch.ao's stock dynamic
-modules. Large untied embedding tables are stored as int8 rows (all-MiniLM-L6-v2: 90.9 MB -> ~22 MB)
-unless that alone breaks the budget. Inference runs as one frozen trace for every input shape where it
+modules. Large untied embedding tables are stored as int8 rows (all-MiniLM-L6-v2: 90.9 MB -> ~22 MB),
+or 4-bit rows with `embedding_bits: 4` (`_embeddings`), unless that alone breaks the budget. Inference runs as one frozen trace for every input shape where it
 can (`_fast_forward`: the second call pays ~0.3 s to trace, once). torch has no CUDA kernels for these, so on CUDA the method is skipped with a note.
 
 Both schemes are built portable by default (`_int8_isa`): 7-bit weights (and per-token activations),
@@ -31,7 +34,7 @@ from ..modules import get_module, replace_module
 from ..registry import Method, register_method
 from . import _int8_isa
 from ._fast_forward import accelerate
-from ._embeddings import quantize_embeddings, restore_embeddings
+from ._embeddings import embedding_record, quantize_embeddings, restore_embeddings
 from ._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
 from ._mixed_precision import budget_after_earlier_steps, keep_high_precision
 from ._torch_ao import quiet_torch_ao
@@ -40,8 +43,8 @@ from ._warm_up import input_spec
 logger = logging.getLogger(__name__)
 
 _FLOAT_TYPES = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU}
-HIGH_FIDELITY_LOSS = 0.004
-FAST, PRECISE = "full_range", "per_token"
+HIGH_FIDELITY_SHARE = 0.2  # 0.004 at the default threshold
+FAST, PRECISE, FLOAT = "full_range", "per_token", "float"
 _KERNELS = {FAST: "fbgemm", PRECISE: "onednn"}  # the int8 library each scheme's GEMM runs on
 
 
@@ -58,6 +61,18 @@ def _stock_dynamic(module: nn.Module, type_name: str) -> nn.Module:
 
         # quantize_dynamic swaps children only, so the layer goes in a one-item container.
         return quantize_dynamic(nn.Sequential(module), {type(module): _qconfig(type_name)}, dtype=torch.qint8)[0]
+
+
+def _swap_measures(model: nn.Module, ctx, paths: list[str], chosen: dict[str, nn.Module], others: dict[str, nn.Module]):
+    """(`loss_with`, `probe_with`) for `keep_high_precision`: the loss with `chosen` modules at the given
+    paths and `others` at the rest of `paths`, on all calibration inputs or on the probe subset."""
+    def loss_with(selected: list[str], measure=ctx.measure_loss) -> float:
+        picked = set(selected)
+        for path in paths:
+            replace_module(model, path, chosen[path] if path in picked else others[path])
+        return measure(model)
+
+    return loss_with, lambda selected: loss_with(selected, ctx.measure_probe_loss or ctx.measure_loss)
 
 
 def _fast_linear(linear: nn.Linear, portable: bool) -> nn.Module:
@@ -86,48 +101,50 @@ class DynamicQuantization(Method):
             return model, []
         linears = [path for path, type_name in targets.items() if type_name == "Linear"]
         budget, before = budget_after_earlier_steps(ctx, model)
+        # First, so the Linear search accounts for it; a quarter of this step's budget at most (before
+        # the cap below: 4-bit rows, asked for by `embedding_bits`, trade that much fidelity for size).
+        max_loss = None if budget is None else 0.25 * (budget - before)
         # The high-fidelity cap bounds what int8 adds, not the total: after `prune` or `svd` spent part
         # of the threshold, an absolute cap left int8 nothing and pushed every Linear onto the slower
         # per-token kernels, cancelling the smaller model's speed.
-        budget = None if budget is None else min(budget, before + HIGH_FIDELITY_LOSS)
+        budget = None if budget is None else min(budget, before + HIGH_FIDELITY_SHARE * ctx.config.preserve_accuracy_threshold)
         for path, type_name in targets.items():
             if type_name != "Linear":
                 replace_module(model, path, _stock_dynamic(model.get_submodule(path), type_name))
-        # First, so the Linear search accounts for it; a quarter of the budget at most.
-        max_loss = None if budget is None else 0.25 * (budget - before)
-        embeddings = quantize_embeddings(model, ctx, max_loss, self.name)
+        embeddings = embedding_record(*quantize_embeddings(model, ctx, max_loss, self.name))
         floats = {path: model.get_submodule(path) for path in linears}
         portable = _int8_isa.wants_portable(ctx, _KERNELS.values(), self.name) if linears else True
         fast = {path: _fast_linear(floats[path], portable) for path in linears}
         precise = {path: TokenInt8Linear.from_float(floats[path], portable) for path in linears}
-
-        def loss_with(fast_paths: list[str], measure=ctx.measure_loss) -> float:
-            chosen = set(fast_paths)
-            for path in linears:
-                replace_module(model, path, fast[path] if path in chosen else precise[path])
-            return measure(model)
-
-        def probe_with(fast_paths: list[str]) -> float:  # ranks layers on fewer inputs
-            return loss_with(fast_paths, ctx.measure_probe_loss or ctx.measure_loss)
-
         if budget is None:
             ctx.note(logger, "dynamic: no accuracy measurement available: every Linear uses per-token activations (most faithful).")
             kept = {path: float("nan") for path in linears}
         else:
+            loss_with, probe_with = _swap_measures(model, ctx, linears, fast, precise)
             kept = keep_high_precision(linears, loss_with, budget, probe_with=probe_with)
         schemes = {path: PRECISE if path in kept else FAST for path in linears}
+        int8 = {path: precise[path] if path in kept else fast[path] for path in linears}
+        kept_float = {}
+        if budget is not None and ctx.config.quantization_method == "fx":
+            # `fx` asks for mixed precision with float layers; on a model it cannot trace, `dynamic` serves it
+            # (`flavours`) and keeps that promise: the fewest most sensitive Linears stay float to fit the budget.
+            loss_with, probe_with = _swap_measures(model, ctx, linears, int8, floats)
+            kept_float = keep_high_precision(linears, loss_with, budget, probe_with=probe_with)
+            schemes.update(dict.fromkeys(kept_float, FLOAT))
         for path in linears:
-            logger.debug("dynamic: %s int8 (%s activations)", path, schemes[path])
-            replace_module(model, path, precise[path] if path in kept else fast[path])
+            logger.debug("dynamic: %s %s", path, schemes[path])
+            replace_module(model, path, floats[path] if path in kept_float else int8[path])
         if kept and budget is not None:
-            ctx.note(logger, f"dynamic: {len(kept)} of {len(linears)} Linear layers use per-token activations to keep the loss within {budget:.4f}.")
+            ctx.note(logger, f"dynamic: {len(kept)} of {len(linears)} Linear layers use per-token activations (loss budget {budget:.4f}).")
+        if kept_float:
+            ctx.note(logger, f"dynamic: {len(kept_float)} of {len(linears)} Linear layers stay float to fit the loss budget "
+                             f"{budget:.4f} (mixed precision, as `fx` asks): {', '.join(kept_float)}.")
         record = {"method": self.name, "modules": targets, "schemes": schemes, "dtype": "qint8", "engine": torch.backends.quantized.engine,
-                  _int8_isa.FIELD: _int8_isa.full_range(_KERNELS[scheme] for scheme in schemes.values()) if schemes and not portable
+                  _int8_isa.FIELD: _int8_isa.full_range(_KERNELS[scheme] for scheme in schemes.values() if scheme in _KERNELS) if schemes and not portable
                   else _int8_isa.portable("Linear: 7-bit weights (and per-token activations); LSTM/GRU: 7-bit activations")}
-        if embeddings:
-            record["embeddings"] = embeddings
-        if budget is not None and kept:
-            record["sensitivity"] = {path: round(loss, 6) for path, loss in kept.items()}
+        record.update(embeddings)
+        if budget is not None and (kept or kept_float):
+            record["sensitivity"] = {path: round(loss, 6) for path, loss in {**kept, **kept_float}.items()}
         spec = input_spec(ctx.example_inputs)
         if spec is not None:
             record["inputs"] = spec
@@ -138,7 +155,7 @@ class DynamicQuantization(Method):
         # Records from before `int8_isa` used full-range int8 in both schemes (torch.ao's "stock" is 7-bit).
         _int8_isa.check(record, self.name, legacy_kernels={_KERNELS[s] for s in schemes.values() if s in _KERNELS})
         portable = _int8_isa.is_portable(record)
-        restore_embeddings(model, record.get("embeddings", []), self.name)
+        restore_embeddings(model, record, self.name)
         with quiet_torch_ao():
             from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
 
@@ -152,6 +169,8 @@ class DynamicQuantization(Method):
                 # Structure only: the int8 weights come from the safetensors load.
                 scheme = schemes.get(path, "stock")  # records written before schemes existed used torch.ao's stock layer
                 args = (module.in_features, module.out_features)
+                if scheme == FLOAT:  # mixed precision: this layer was kept float
+                    continue
                 if scheme == PRECISE:
                     new = TokenInt8Linear(*args, bias=module.bias is not None, portable=portable)
                 elif scheme == FAST:
