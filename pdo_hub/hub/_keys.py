@@ -28,7 +28,9 @@ _BRANCH_HASH_CHARS = 16
 VARIANTS_FIELD = "pdoVariants"
 
 #: Bump when the calibration inputs pdo-hub synthesizes change: the optimized weights depend on them.
-INPUTS_VERSION = "inputs-v2"  # v2: vision inputs distilled from BatchNorm statistics (ZeroQ), not noise
+# v2: vision inputs distilled from BatchNorm statistics (ZeroQ), not noise; v3: twice as many built-in
+# texts for text models, passages beside sentences, checked against the tokenizer's vocabulary.
+INPUTS_VERSION = "inputs-v3"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SECRET_WORDS = ("token", "auth", "password", "passwd", "secret", "credential", "api_key", "apikey")

@@ -34,7 +34,30 @@ SENTENCES = (
     "A small dog is running through the grass.",
     "The museum opens at nine and closes at five.",
     "Neural networks learn representations from data.",
+    # Other registers: numbers and units, code, dialogue, instructions, names, a terse query.
+    "Order #4521 shipped on 12 March 2024 and weighs 3.7 kg.",
+    "def add(a, b): return a + b  # returns the sum",
+    "\"Are you coming tonight?\" she asked. \"Maybe later,\" he replied.",
+    "Preheat the oven to 200°C, then bake for 25 minutes.",
+    "Dr. Amara Okafor joined the World Health Organization in Geneva.",
+    "cheap flights lisbon to tokyo june",
+    "The patient reported mild headaches and occasional dizziness after the new medication.",
+    "Our quarterly revenue grew by 14% year over year, driven by strong demand in Asia.",
+    "Please restart the router and check whether the green light stays on.",
+    "The defendant pleaded not guilty to all three charges.",
+    "Whales communicate over long distances using low-frequency songs.",
+    "I can't believe the concert was cancelled at the last minute!!",
+    "Le train pour Lyon part à huit heures.",
+    "Der Zug nach Berlin hat zehn Minuten Verspätung.",
+    "The API returns a JSON object with the fields id, name and created_at.",
+    "Volunteers cleaned up the beach after the weekend festival.",
 )
+#: Of every 8 built-in inputs, these positions are multi-sentence passages (the others single sentences):
+#: real inputs run from a short query to a paragraph, and attention, padding and activation ranges change
+#: with length. Positions 3 and 7 are the ones `split_held_out` holds out: one sentence, one passage.
+_PASSAGE_POSITIONS = {1: 48, 5: 96, 7: MAX_TOKENS}  # position -> length in the model's own tokens
+#: A built-in text is left out when more than this share of its tokens is the tokenizer's unknown token.
+_MAX_UNKNOWN_SHARE = 0.1
 
 
 def text_inputs(tokenizer: Any, model: nn.Module, count: int, sentences: Sequence[str] | None = None) -> list[dict[str, torch.Tensor]]:
@@ -43,23 +66,62 @@ def text_inputs(tokenizer: Any, model: nn.Module, count: int, sentences: Sequenc
     Args:
         tokenizer: The model's tokenizer.
         model: The model (its `forward` says which keys to keep).
-        count: How many inputs from the built-in sentences (cycled) when `sentences` is not given.
-        sentences: The user's calibration sentences: all of them are used (at least `count`, cycled).
+        count: How many calibration inputs. The user's sentences are all used (at least `count`, cycled);
+            without them, twice `count` built-in texts (`builtin_texts`), so that a quarter held out for
+            judging candidates is not a handful of sentences.
+        sentences: The user's calibration sentences.
 
     Keys the model's `forward` does not accept (e.g. `token_type_ids` for some models) are dropped.
     """
     accepted = _forward_parameters(model)
-    pool = tuple(sentences) if sentences else SENTENCES
-    total = max(1, count, len(sentences) if sentences else 0)
+    if sentences:
+        texts = [sentences[index % len(sentences)] for index in range(max(1, count, len(sentences)))]
+    else:
+        texts = builtin_texts(tokenizer, 2 * max(1, count))
     inputs = []
-    for index in range(total):
-        sentence = pool[index % len(pool)]
+    for text in texts:
         try:
-            encoded = tokenizer(sentence, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+            encoded = tokenizer(text, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         except ValueError:  # no pad token (GPT-style tokenizers): batch 1 needs no padding anyway
-            encoded = tokenizer(sentence, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+            encoded = tokenizer(text, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
         inputs.append({k: v for k, v in dict(encoded).items() if accepted is None or k in accepted})
     return inputs
+
+
+def builtin_texts(tokenizer: Any, count: int) -> list[str]:
+    """`count` texts from `SENTENCES`, diversified for `tokenizer`: single sentences and passages of 48, 96
+    and `MAX_TOKENS` of its tokens (`_PASSAGE_POSITIONS`), leaving out sentences its vocabulary cannot
+    spell (mostly its unknown token: the French and German ones for an English-only WordPiece without
+    accents, say). The texts at held-out positions (every 4th, as `split_held_out` takes them) are made
+    of a quarter of the sentences that no other text uses: judging candidates on sentences they were
+    calibrated on flattered vocabulary-dependent methods (`svd`'s exact rows for seen tokens).
+    Deterministic: the same tokenizer gives the same texts."""
+    pool = [text for text in SENTENCES if _spelled(tokenizer, text)] or list(SENTENCES)
+    pools = {True: pool[3::4] or pool, False: [text for i, text in enumerate(pool) if i % 4 != 3] or pool}
+    used = {True: 0, False: 0}
+    texts = []
+    for index in range(count):
+        held_out = index % 4 == 3
+        source, target = pools[held_out], _PASSAGE_POSITIONS.get(index % 8)
+        parts = [source[used[held_out] % len(source)]]
+        used[held_out] += 1
+        while target is not None and _token_count(tokenizer, " ".join(parts)) < target and len(parts) < 4 * len(pool):
+            parts.append(source[used[held_out] % len(source)])
+            used[held_out] += 1
+        texts.append(" ".join(parts))
+    return texts
+
+
+def _token_count(tokenizer: Any, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _spelled(tokenizer: Any, text: str) -> bool:
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if unknown is None:  # byte-level tokenizers spell anything
+        return True
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return bool(ids) and sum(token == unknown for token in ids) <= _MAX_UNKNOWN_SHARE * len(ids)
 
 
 def image_inputs(count: int, size: int = 224, channels: int = 3, seed: int = 0) -> list[torch.Tensor]:

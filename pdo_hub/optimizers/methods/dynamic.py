@@ -132,7 +132,7 @@ class DynamicQuantization(Method):
             kept_float = keep_high_precision(linears, loss_with, budget, probe_with=probe_with)
             schemes.update(dict.fromkeys(kept_float, FLOAT))
         for path in linears:
-            logger.debug("dynamic: %s %s", path, schemes[path])
+            logger.debug("dynamic: %s %s", path, "float" if path in kept_float else f"int8 ({schemes[path]} activations)")
             replace_module(model, path, floats[path] if path in kept_float else int8[path])
         if kept and budget is not None:
             ctx.note(logger, f"dynamic: {len(kept)} of {len(linears)} Linear layers use per-token activations (loss budget {budget:.4f}).")
