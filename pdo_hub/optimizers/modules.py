@@ -22,12 +22,24 @@ def replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
     A module registered under two names (a shared block) must stay shared after the swap, or the
     two names would diverge silently.
     """
-    old = get_module(model, path)
-    targets = [name for name, module in model.named_modules(remove_duplicate=False) if module is old and name]
-    for name in targets or [path]:
-        parent_path, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_path) if parent_path else model
-        setattr(parent, attr, new)
+    replace_modules(model, {path: new})
+
+
+def replace_modules(model: nn.Module, replacements: dict[str, nn.Module]) -> None:
+    """`replace_module` for several paths, walking the model once (a reload swaps dozens of layers).
+
+    The paths must not be nested in one another (a swapped module's children are not looked up again).
+    """
+    olds = {path: get_module(model, path) for path in replacements}
+    names: dict[int, list[str]] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name:
+            names.setdefault(id(module), []).append(name)
+    for path, new in replacements.items():
+        for name in names.get(id(olds[path]), [path]):
+            parent_path, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_path) if parent_path else model
+            setattr(parent, attr, new)
 
 
 def shared_parameter_ids(model: nn.Module) -> set[int]:
