@@ -258,3 +258,28 @@ def test_dynamic_serving_fx_keeps_the_most_sensitive_linear_float(configured, fc
         assert any("1 of 3 Linear layers stay float" in note and "fc2" in note for note in ctx.notes), ctx.notes
         optimized.pdo_recipe = Recipe(records)
         _roundtrip(optimized, MLP, x, tmp_path)
+
+
+def test_a_loaded_fbgemm_layer_packs_its_weights_on_first_use_with_identical_outputs(tmp_path):
+    """A cache-hit load leaves fbgemm packing to the first call (half of MiniLM's load call); outputs,
+    traces and a save before any call are unchanged by it."""
+    model = MLP().eval()
+    x = torch.randn(4, 32)
+    ctx = make_context(model, x)
+    ctx.measure_loss = lambda m: 0.0  # every layer fits on the fast (fbgemm) scheme
+    optimized, records = get_method("dynamic").apply(copy.deepcopy(model), ctx)
+    assert set(records[0]["schemes"].values()) == {"full_range"}
+    optimized.pdo_recipe = Recipe(records)
+    with torch.inference_mode():
+        expected = optimized(x)
+    save_optimized(optimized, tmp_path / "a")
+    loaded = load_optimized(tmp_path / "a", MLP(), warm_up="off")
+    assert all("_packed_params" not in layer._packed_params.__dict__ for layer in (loaded.fc1, loaded.fc2, loaded.fc3))
+    save_optimized(loaded, tmp_path / "b")  # never called: saving packs and unpacks what it must
+    with torch.inference_mode():
+        for _ in range(3):  # eager, then the frozen trace
+            assert torch.equal(loaded(x), expected)
+    assert "_packed_params" in loaded.fc2._packed_params.__dict__
+    resaved = load_optimized(tmp_path / "b", MLP(), warm_up="off")
+    with torch.inference_mode():
+        assert torch.equal(resaved(x), expected)

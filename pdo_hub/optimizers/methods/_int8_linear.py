@@ -23,6 +23,8 @@ Both store plain tensors (or torch.ao packed params) that pdo-hub's tensor codec
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn as nn
 
@@ -30,6 +32,9 @@ from ._torch_ao import quiet_torch_ao
 
 with quiet_torch_ao():
     from torch.ao.nn.quantized.dynamic import Linear as _DynamicLinear
+    from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+_PACKING = threading.Lock()
 
 #: Largest |int8 value| of a portable operand: 255 x 64 x 2 = 32640 fits an int16 pair sum (32767).
 PORTABLE_MAX = 64
@@ -56,6 +61,30 @@ class FullRangeDynamicLinear(_DynamicLinear):
             quantized = torch.quantize_per_channel(weight, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
             new.set_weight_bias(quantized, None if linear.bias is None else linear.bias.detach().float())
         return new
+
+
+class LazyPackedParams(LinearPackedParams):
+    """int8 weights that fbgemm packs on first use instead of when they are set.
+
+    A cache-hit load sets every layer's weights; packing all-MiniLM-L6-v2's fbgemm layers there was
+    half of the load call. The first forward packs them instead: in a loaded variant that is the
+    background warm-up's eager reference call, which always runs before a trace is built, so no trace
+    ever sees a pending weight. Threads that race to pack one layer pack it once (`_PACKING`).
+    """
+
+    def set_weight_bias(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        with _PACKING:
+            self.__dict__.pop("_packed_params", None)
+            self.__dict__["_pending"] = (weight, bias)
+
+    def __getattr__(self, name: str):
+        if name == "_packed_params":
+            with _PACKING:
+                if "_packed_params" not in self.__dict__:
+                    weight, bias = self.__dict__.pop("_pending")
+                    self.__dict__["_packed_params"] = torch.ops.quantized.linear_prepack(weight, bias)
+                return self.__dict__["_packed_params"]
+        return super().__getattr__(name)
 
 
 def per_token_int8_linear(rows: torch.Tensor, activation_levels: int, weight_t: torch.Tensor, scale: torch.Tensor,

@@ -35,7 +35,7 @@ from ..registry import Method, register_method
 from . import _int8_isa
 from ._fast_forward import accelerate
 from ._embeddings import embedding_record, quantize_embeddings, restore_embeddings
-from ._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
+from ._int8_linear import FullRangeDynamicLinear, LazyPackedParams, TokenInt8Linear
 from ._mixed_precision import budget_after_earlier_steps, keep_high_precision
 from ._torch_ao import quiet_torch_ao
 from ._warm_up import input_spec
@@ -76,11 +76,12 @@ def _swap_measures(model: nn.Module, ctx, paths: list[str], chosen: dict[str, nn
 
 
 def _load_shell(cls: type, in_features: int, out_features: int, bias: bool) -> nn.Module:
-    """A torch.ao dynamic Linear for a state-dict load to fill, built at 1x1: its constructor would
-    otherwise pack a full-size placeholder weight that the load packs again (on all-MiniLM-L6-v2 with 25
-    fbgemm layers, that placeholder packing was 18 ms of a 60 ms cache-hit load)."""
+    """A torch.ao dynamic Linear for a state-dict load to fill, built at 1x1 (its constructor would
+    otherwise pack a full-size placeholder weight: 18 ms of a 60 ms MiniLM cache-hit load), whose loaded
+    weights are packed on first use (`LazyPackedParams`: the other 25 ms)."""
     with quiet_torch_ao():
         module = cls(1, 1, bias_=bias, dtype=torch.qint8)
+        module._packed_params = LazyPackedParams(torch.qint8)
     module.in_features, module.out_features = in_features, out_features
     return module
 
