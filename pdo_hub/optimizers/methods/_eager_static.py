@@ -26,7 +26,7 @@ import torch.nn as nn
 from ...core.errors import OptimizationError, RecipeError
 from ..inputs import Inputs, call_model
 from ..modules import get_module, replace_module, shared_parameter_ids
-from ._embeddings import embedding_record, quantize_embeddings, restore_embeddings
+from ._embeddings import quantize_embeddings, restore_embeddings
 from . import _int8_isa
 from ._fast_forward import accelerate
 from ._int8_linear import PORTABLE_MAX
@@ -84,7 +84,7 @@ def quantize(model: nn.Module, ctx, method: str, budget: float | None) -> tuple[
     model.eval()
     portable = _int8_isa.wants_portable(ctx, KERNELS, method)
     _wrap_and_convert(model, paths, ctx.calibration_inputs or [ctx.example_inputs], portable)
-    embeddings = embedding_record(*quantize_embeddings(model, ctx, None if budget is None else 0.25 * budget, method))
+    embeddings = quantize_embeddings(model, ctx, None if budget is None else 0.25 * budget, method)
     record: dict[str, Any] = {"method": method, "flow": FLOW, "layers": paths, "engine": torch.backends.quantized.engine,
                               _int8_isa.FIELD: _int8_isa.portable("7-bit weights") if portable else _int8_isa.full_range(KERNELS)}
     record.update(embeddings)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ...core.errors import RecipeError
-from ..modules import get_module, replace_module, shared_parameter_ids
+from ..modules import get_module, replace_module, replace_modules, shared_parameter_ids
 
 logger = logging.getLogger(__name__)
 EMBEDDING_MIN_PARAMS = 1 << 20  # small tables are not worth it
@@ -102,12 +102,13 @@ def supports_int4(embedding_dim: int) -> bool:
 _LAYERS = {8: Int8Embedding, 4: Int4Embedding}
 
 
-def quantize_embeddings(model: nn.Module, ctx, max_loss: float | None, method: str) -> tuple[list[str], int]:
+def quantize_embeddings(model: nn.Module, ctx, max_loss: float | None, method: str) -> dict:
     """Large, untied embedding tables in `ctx.config.embedding_bits` bits, unless that raises the loss by more
     than `max_loss`: then in int8 (when 4 bits were asked for), else in float.
 
     Returns:
-        (the quantized tables' paths, their bits); ([], 0) when none was quantized.
+        the recipe fields: {} when no table was quantized, else `embeddings` (the paths) and, for 4-bit
+        rows, `embedding_bits` (int8 records carry none, as before 4-bit rows existed).
     """
     shared = shared_parameter_ids(model)
     paths = [
@@ -116,7 +117,7 @@ def quantize_embeddings(model: nn.Module, ctx, max_loss: float | None, method: s
         and module.max_norm is None and id(module.weight) not in shared
     ]
     if not paths:
-        return [], 0
+        return {}
     floats = {path: model.get_submodule(path) for path in paths}
     tried = [8]
     if ctx.config.embedding_bits == 4:
@@ -126,25 +127,14 @@ def quantize_embeddings(model: nn.Module, ctx, max_loss: float | None, method: s
             ctx.note(logger, f"{method}: 4-bit embedding rows need widths that are multiples of {INT4_GROUP}: int8 rows instead.")
     before = ctx.measure_loss(model) if max_loss is not None else None
     for bits in tried:
-        for path in paths:
-            replace_module(model, path, _LAYERS[bits].from_float(floats[path]))
-        if before is None:
-            return paths, bits
-        after = ctx.measure_loss(model)
-        if after - before <= max_loss:
-            return paths, bits
+        replace_modules(model, {path: _LAYERS[bits].from_float(floats[path]) for path in paths})
+        after = None if before is None else ctx.measure_loss(model)
+        if after is None or after - before <= max_loss:
+            return {"embeddings": paths} if bits == 8 else {"embeddings": paths, "embedding_bits": bits}
         ctx.note(logger, f"{method}: {bits}-bit embedding rows raised the loss to {after:.4f}"
                          + ("; trying int8." if bits == 4 else "; kept them in float."))
-    for path in paths:
-        replace_module(model, path, floats[path])
-    return [], 0
-
-
-def embedding_record(paths: list[str], bits: int) -> dict:
-    """The recipe fields of `quantize_embeddings`' result (int8 records carry no `embedding_bits`, as before 4-bit rows)."""
-    if not paths:
-        return {}
-    return {"embeddings": paths} if bits == 8 else {"embeddings": paths, "embedding_bits": bits}
+    replace_modules(model, floats)
+    return {}
 
 
 def restore_embeddings(model: nn.Module, record: dict, method: str) -> None:

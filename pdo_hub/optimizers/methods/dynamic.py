@@ -34,7 +34,7 @@ from ..modules import get_module, replace_module, replace_modules
 from ..registry import Method, register_method
 from . import _int8_isa
 from ._fast_forward import accelerate
-from ._embeddings import embedding_record, quantize_embeddings, restore_embeddings
+from ._embeddings import quantize_embeddings, restore_embeddings
 from ._int8_linear import FullRangeDynamicLinear, LazyPackedParams, TokenInt8Linear
 from ._mixed_precision import budget_after_earlier_steps, keep_high_precision
 from ._torch_ao import quiet_torch_ao
@@ -68,8 +68,7 @@ def _swap_measures(model: nn.Module, ctx, paths: list[str], chosen: dict[str, nn
     paths and `others` at the rest of `paths`, on all calibration inputs or on the probe subset."""
     def loss_with(selected: list[str], measure=ctx.measure_loss) -> float:
         picked = set(selected)
-        for path in paths:
-            replace_module(model, path, chosen[path] if path in picked else others[path])
+        replace_modules(model, {path: chosen[path] if path in picked else others[path] for path in paths})
         return measure(model)
 
     return loss_with, lambda selected: loss_with(selected, ctx.measure_probe_loss or ctx.measure_loss)
@@ -122,7 +121,7 @@ class DynamicQuantization(Method):
         for path, type_name in targets.items():
             if type_name != "Linear":
                 replace_module(model, path, _stock_dynamic(model.get_submodule(path), type_name))
-        embeddings = embedding_record(*quantize_embeddings(model, ctx, max_loss, self.name))
+        embeddings = quantize_embeddings(model, ctx, max_loss, self.name)
         floats = {path: model.get_submodule(path) for path in linears}
         portable = _int8_isa.wants_portable(ctx, _KERNELS.values(), self.name) if linears else True
         fast = {path: _fast_linear(floats[path], portable) for path in linears}
@@ -144,7 +143,7 @@ class DynamicQuantization(Method):
             schemes.update(dict.fromkeys(kept_float, FLOAT))
         for path in linears:
             logger.debug("dynamic: %s %s", path, "float" if path in kept_float else f"int8 ({schemes[path]} activations)")
-            replace_module(model, path, floats[path] if path in kept_float else int8[path])
+        replace_modules(model, {path: floats[path] if path in kept_float else int8[path] for path in linears})
         if kept and budget is not None:
             ctx.note(logger, f"dynamic: {len(kept)} of {len(linears)} Linear layers use per-token activations (loss budget {budget:.4f}).")
         if kept_float:
