@@ -5,8 +5,8 @@ A transformer's word embeddings are a large share of its weights (all-MiniLM-L6-
 storing them in fewer bits costs no speed. `embedding_bits: 4` (the aggressive preset) stores them
 as 4-bit codes in groups of `INT4_GROUP` values with their own scale and offset, the layout of
 llama.cpp's Q4_1 and of AWQ/GPTQ group quantization: on all-MiniLM-L6-v2 the pooled-embedding
-cosine of that table alone is 0.9991 against 0.99999 for int8 rows (56 unseen sentences), at 0.62
-of int8's bytes. A table whose 4-bit rows break the budget falls back to int8, then to float.
+cosine of that table alone is 0.9991 against 0.99999 for int8 rows (48 sentences,
+`scripts/bench_embedding_rows.py`), at 0.62 of int8's bytes. A table whose 4-bit rows break the budget falls back to int8, then to float.
 """
 
 from __future__ import annotations
