@@ -5,6 +5,11 @@
 2. Conv widths (`prune._width_grid`): a 3x3 conv with C in and C out channels at the resolutions of
    the digits ResNet-18 stages, batch 1; widths off oneDNN's 16-channel blocks cost nearly as much as
    the next block.
+3. Per-token int8 Linear (`pdo_hub/optimizers/methods/_token_int8_kernel.py`): the ATen op sequence,
+   the fused op on oneDNN's GEMM, the fused op's own VNNI GEMM (packed weights), and torch.ao's fbgemm
+   dynamic Linear (per-tensor activations), by tokens x in x out. The fused op takes its VNNI GEMM up to
+   48 tokens (more go through oneDNN, so the two fused columns time the same path there). Each row also
+   checks that the per-token paths agree bit for bit.
 
     flock /tmp/pdo-heavy.lock python scripts/bench_cpu_kernels.py
 """
@@ -58,7 +63,31 @@ def conv_widths() -> None:
         print(f"| {size}x{size} | {', '.join(cells)} |")
 
 
+def per_token_linear() -> None:
+    from pdo_hub.optimizers.methods import _token_int8_kernel
+    from pdo_hub.optimizers.methods._int8_linear import FullRangeDynamicLinear, TokenInt8Linear, aten_per_token_int8_linear
+
+    fused = _token_int8_kernel.op()
+    if fused is None:
+        print(f"\nfused per-token kernel: {_token_int8_kernel.status()}")
+        return
+    print("\n| tokens x in x out | ATen ops us | fused, oneDNN GEMM us | fused, VNNI GEMM us | fbgemm per-tensor us | identical |\n|---|---|---|---|---|---|")
+    for tokens in (1, 8, 32, 48, 64, 128):
+        for k, n in ((384, 1152), (384, 1536), (1536, 384)):
+            layer = TokenInt8Linear.from_float(torch.nn.Linear(k, n))
+            packed, sums = _token_int8_kernel.packed_weights(layer, layer.weight_t)
+            fbgemm = FullRangeDynamicLinear.portable_from_float(torch.nn.Linear(k, n))
+            x = torch.randn(tokens, k)
+            args = (x, 127, layer.weight_t, layer.scale, layer.bias)
+            outputs = [aten_per_token_int8_linear(*args), fused(*args)] + ([fused(*args, packed, sums)] if packed is not None else [])
+            vnni = f"{median_us(lambda: fused(*args, packed, sums)):.0f}" if packed is not None else "no VNNI"
+            print(f"| {tokens} x {k} x {n} | {median_us(lambda: aten_per_token_int8_linear(*args)):.0f} | "
+                  f"{median_us(lambda: fused(*args)):.0f} | {vnni} | {median_us(lambda: fbgemm(x)):.0f} | "
+                  f"{all(torch.equal(outputs[0], o) for o in outputs[1:])} |")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(THREADS)
     attention()
     conv_widths()
+    per_token_linear()

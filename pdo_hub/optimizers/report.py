@@ -11,6 +11,7 @@ from ..core import cpu
 from ..core.version import __version__
 from ..core.config import PostDownloadOptimizationConfig
 from .evaluate import Timing
+from .methods import _token_int8_kernel
 from .sizing import MB
 
 REPORT_VERSION = 1
@@ -30,6 +31,8 @@ def environment(device: torch.device, threads: int) -> dict[str, Any]:
         # What accumulated the int8 products of the measured candidates: per library, a VNNI instruction
         # set or int16 pairs (where full-range int8 saturates, so only portable variants are built).
         "int8_kernels": cpu.int8_environment(),
+        # What the per-token int8 layers ran on: pdo-hub's fused kernel, or ATen ops and why (same outputs).
+        "per_token_int8_kernel": _token_int8_kernel.status(),
     }
     if device.type == "cuda":
         info["cuda_device"] = torch.cuda.get_device_name(device)

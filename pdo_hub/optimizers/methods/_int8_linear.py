@@ -7,8 +7,9 @@ that costs cosine 0.979 (measured here). Two better layers:
 - `FullRangeDynamicLinear`: the same fbgemm kernel and packed weights with 8-bit activations
   (cosine 0.994, as fast).
 - `TokenInt8Linear`: one activation scale per token (row) and per-channel weights, an int8 GEMM
-  through `torch._int_mm` (oneDNN; cosine 0.997; ~15% slower than fbgemm). Outlier tokens no longer
-  crush the resolution of every other token, which is what hurts transformer FFN outputs.
+  (cosine 0.997). Outlier tokens no longer crush the resolution of every other token, which is what
+  hurts transformer FFN outputs. It runs as one compiled op (`_token_int8_kernel`: its own VNNI GEMM
+  for short inputs, oneDNN's `torch._int_mm` for long ones), or as ATen ops where that cannot be built.
 
 Full-range int8 on both sides is exact only on CPUs with VNNI (`pdo_hub.core.cpu`): elsewhere the
 kernels' int16 pair sums saturate. Built `portable` (the default, see `_int8_isa`), both layers keep
@@ -28,6 +29,7 @@ import threading
 import torch
 import torch.nn as nn
 
+from . import _token_int8_kernel
 from ._torch_ao import quiet_torch_ao
 
 with quiet_torch_ao():
@@ -87,9 +89,22 @@ class LazyPackedParams(LinearPackedParams):
         return super().__getattr__(name)
 
 
-def per_token_int8_linear(rows: torch.Tensor, activation_levels: int, weight_t: torch.Tensor, scale: torch.Tensor,
-                          bias: torch.Tensor | None) -> torch.Tensor:
-    """(tokens x in) float rows -> (tokens x out) float: one activation scale per row, int8 GEMM, per-column dequantization."""
+def per_token_int8_linear(owner: object, rows: torch.Tensor, activation_levels: int, weight_t: torch.Tensor,
+                          scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """(tokens x in) float rows -> (tokens x out) float: one activation scale per row, int8 GEMM, per-column dequantization.
+
+    One compiled op where it could be built here (`_token_int8_kernel`; `owner`, the object holding
+    `weight_t`, keeps its packed copy), else the same arithmetic in ATen ops.
+    """
+    fused = _token_int8_kernel.op() if rows.device.type == "cpu" else None
+    if fused is not None:
+        return fused(rows, activation_levels, weight_t, scale, bias, *_token_int8_kernel.packed_weights(owner, weight_t))
+    return aten_per_token_int8_linear(rows, activation_levels, weight_t, scale, bias)
+
+
+def aten_per_token_int8_linear(rows: torch.Tensor, activation_levels: int, weight_t: torch.Tensor, scale: torch.Tensor,
+                               bias: torch.Tensor | None) -> torch.Tensor:
+    """`per_token_int8_linear` in ATen ops: the reference the compiled kernel matches bit for bit."""
     rows = rows.float()
     row_scale = rows.abs().amax(1, keepdim=True).clamp(min=1e-12) / activation_levels
     quantized = (rows / row_scale).round_().to(torch.int8)
@@ -136,12 +151,13 @@ class TokenInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
             return self.shared_input.output(self, x)
-        y = per_token_int8_linear(x.reshape(-1, self.in_features), self.activation_levels, self.weight_t, self.scale,
+        y = per_token_int8_linear(self, x.reshape(-1, self.in_features), self.activation_levels, self.weight_t, self.scale,
                                   self.bias if self.has_bias else None)
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
-        # New weights: the group's concatenated copies of its members' weights are stale.
+        # New weights: the group's concatenated copies of its members' weights, and the packed copy, are stale.
+        self.__dict__.pop("_packed_weights", None)
         if self.shared_input is not None:
             for member in self.shared_input.members:
                 member.shared_input = None

@@ -65,7 +65,8 @@ class SharedInput:
         return _ungrouped, ()
 
     def _compute(self, x: torch.Tensor) -> list[torch.Tensor]:
-        y = per_token_int8_linear(x.reshape(-1, self.in_features), self.activation_levels, self.weight_t, self.scale, self.bias)
+        y = per_token_int8_linear(self, x.reshape(-1, self.in_features), self.activation_levels, self.weight_t, self.scale,
+                                  self.bias)
         return [part.reshape(*x.shape[:-1], width).to(x.dtype) for part, width in zip(y.split(self.widths, 1), self.widths)]
 
 

@@ -1,0 +1,233 @@
+// pdo_hub::per_token_int8_linear: TokenInt8Linear's forward as one op (see _token_int8_kernel.py).
+//
+// The same arithmetic as the ATen sequence in _int8_linear.aten_per_token_int8_linear, in the same
+// order, so the two give bit-identical outputs: row scale = max(|row|, 1e-12) / levels; q =
+// round-half-even(x / scale) as int8; an exact int32 GEMM; y = float(acc) * row scale * column scale
+// (+ bias). Built with -ffp-contract=off so no multiply-add is fused into an FMA.
+//
+// The GEMM: for up to kVnniMaxRows tokens on an AVX512-VNNI build, `vnni_linear` (weights packed once
+// by pack_weights, dequantization in registers): at batch-1 request sizes oneDNN's per-call set-up costs
+// more than its multiply-adds. Larger inputs go through at::_int_mm (oneDNN). Integer products are
+// exact either way, so both give the same int32 sums.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <optional>
+
+namespace {
+
+// Elements per parallel chunk: below this, waking a second thread costs more than it saves.
+constexpr int64_t kGrain = 32768;
+
+float max_abs(const float* x, int64_t k) {
+  int64_t j = 0;
+  float top = 0.f;
+#if defined(__AVX512F__)
+  __m512 acc = _mm512_setzero_ps();
+  for (; j + 16 <= k; j += 16) acc = _mm512_max_ps(acc, _mm512_abs_ps(_mm512_loadu_ps(x + j)));
+  top = _mm512_reduce_max_ps(acc);
+#elif defined(__AVX2__)
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 acc = _mm256_setzero_ps();
+  for (; j + 8 <= k; j += 8) acc = _mm256_max_ps(acc, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
+  float lanes[8];
+  _mm256_storeu_ps(lanes, acc);
+  for (float v : lanes) top = std::max(top, v);
+#endif
+  for (; j < k; ++j) top = std::max(top, std::fabs(x[j]));
+  return top;
+}
+
+int64_t grain(int64_t width) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(width, 1)); }
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+constexpr bool kVnni = true;
+// Multiply-adds per thread below which a second thread costs more than it saves.
+constexpr int64_t kMacsPerThread = 1 << 19;
+
+// Rows [0, R) of u x the 64 columns at `w` (one column block of the packed weights), dequantized into y.
+// dpbusd multiplies unsigned by signed bytes: u holds the int8 activations with their sign bit flipped
+// (q + 128, as u8), and 128 x each column's weight sum is subtracted afterwards. The accumulators are
+// locals of a fixed count, so they stay in registers.
+template <int R>
+void vnni_rows(const uint8_t* u, int64_t k4s, const int8_t* w, const int32_t* column_sum, int64_t n,
+               int64_t n0, const float* rs, const float* cs, const float* b, float* y) {
+  __m512i acc[R][4];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < 4; ++c) acc[r][c] = _mm512_setzero_si512();
+  const int8_t* wk = w;
+  for (int64_t k4 = 0; k4 < k4s; ++k4, wk += 256) {
+    const __m512i w0 = _mm512_loadu_si512(wk), w1 = _mm512_loadu_si512(wk + 64),
+                  w2 = _mm512_loadu_si512(wk + 128), w3 = _mm512_loadu_si512(wk + 192);
+    for (int r = 0; r < R; ++r) {
+      int32_t word;
+      std::memcpy(&word, u + (r * k4s + k4) * 4, 4);
+      const __m512i a = _mm512_set1_epi32(word);
+      acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], a, w0);
+      acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], a, w1);
+      acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], a, w2);
+      acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], a, w3);
+    }
+  }
+  for (int c = 0; c < 4; ++c) {
+    const int64_t j = n0 + c * 16;
+    if (j >= n) break;
+    const __mmask16 mask = n - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1);
+    const __m512i shift = _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, column_sum + j), 7);
+    const __m512 col = _mm512_maskz_loadu_ps(mask, cs + j);
+    const __m512 bias = b != nullptr ? _mm512_maskz_loadu_ps(mask, b + j) : _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) {
+      __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][c], shift));
+      v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(rs[r])), col);
+      if (b != nullptr) v = _mm512_add_ps(v, bias);
+      _mm512_mask_storeu_ps(y + r * n + j, mask, v);
+    }
+  }
+}
+
+// y[m x n] = float(q . w) * row_scale * column_scale (+ bias): the GEMM and the dequantization in one
+// pass, the products never leaving registers. u: m rows of k4s x 4 sign-flipped bytes (padding is
+// multiplied by zero weights).
+void vnni_linear(const uint8_t* u, int64_t m, int64_t k4s, const int8_t* packed, const int32_t* column_sum, int64_t n,
+                 const float* rs, const float* cs, const float* b, float* y) {
+  const int64_t padded_n = (n + 63) / 64 * 64, blocks = padded_n / 64;
+  const int64_t macs_per_block = std::max<int64_t>(1, m * k4s * 4 * 64);
+  at::parallel_for(0, blocks, std::max<int64_t>(1, kMacsPerThread / macs_per_block), [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t n0 = block * 64;
+      const int8_t* w = packed + block * k4s * 256;
+      for (int64_t r0 = 0; r0 < m; r0 += 4) {
+        const uint8_t* qr = u + r0 * k4s * 4;
+        switch (std::min<int64_t>(4, m - r0)) {
+          case 4: vnni_rows<4>(qr, k4s, w, column_sum, n, n0, rs + r0, cs, b, y + r0 * n); break;
+          case 3: vnni_rows<3>(qr, k4s, w, column_sum, n, n0, rs + r0, cs, b, y + r0 * n); break;
+          case 2: vnni_rows<2>(qr, k4s, w, column_sum, n, n0, rs + r0, cs, b, y + r0 * n); break;
+          default: vnni_rows<1>(qr, k4s, w, column_sum, n, n0, rs + r0, cs, b, y + r0 * n); break;
+        }
+      }
+    }
+  });
+}
+#else
+constexpr bool kVnni = false;
+#endif
+
+// Rows of this many tokens or fewer take `vnni_linear` when the caller passes packed weights; larger
+// ones take oneDNN's GEMM, whose blocking wins there (the two cross between 32 and 64 rows on AVX512-VNNI:
+// scripts/bench_cpu_kernels.py).
+constexpr int64_t kVnniMaxRows = 48;
+
+// Per-row scale and int8 values; `flip`: stored with the sign bit flipped (q + 128 as u8, for dpbusd).
+void quantize_rows(const float* x, int64_t m, int64_t k, int64_t stride, float levels, bool flip, int8_t* q, float* rs) {
+  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float* xi = x + i * k;
+      const float s = std::max(max_abs(xi, k), 1e-12f) / levels;
+      rs[i] = s;
+      int8_t* qi = q + i * stride;
+      const int8_t bias = flip ? static_cast<int8_t>(-128) : 0;  // -128: the sign bit, xored in
+      for (int64_t j = 0; j < k; ++j) qi[j] = static_cast<int8_t>(static_cast<int8_t>(std::nearbyint(xi[j] / s)) ^ bias);
+      for (int64_t j = k; j < stride; ++j) qi[j] = 0;
+    }
+  });
+}
+
+at::Tensor per_token_int8_linear(const at::Tensor& rows_in, int64_t levels, const at::Tensor& weight_t,
+                                 const at::Tensor& scale, const std::optional<at::Tensor>& bias,
+                                 const std::optional<at::Tensor>& packed, const std::optional<at::Tensor>& column_sum) {
+  TORCH_CHECK(rows_in.dim() == 2 && weight_t.dim() == 2 && rows_in.size(1) == weight_t.size(0),
+              "per_token_int8_linear: rows (tokens x in) and weight_t (in x out) do not match");
+  TORCH_CHECK(weight_t.scalar_type() == at::kChar, "per_token_int8_linear: weight_t must be int8");
+  const at::Tensor rows = rows_in.to(at::kFloat).contiguous();
+  const int64_t m = rows.size(0), k = rows.size(1), n = weight_t.size(1);
+  const at::Tensor column_scale = scale.to(at::kFloat).contiguous();
+  TORCH_CHECK(column_scale.numel() == n, "per_token_int8_linear: one scale per output column expected");
+  at::Tensor bias_f;
+  if (bias.has_value() && bias->defined()) {
+    bias_f = bias->to(at::kFloat).contiguous();
+    TORCH_CHECK(bias_f.numel() == n, "per_token_int8_linear: one bias per output column expected");
+  }
+  const float* x = rows.data_ptr<float>();
+  const float* cs = column_scale.data_ptr<float>();
+  const float* b = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  at::Tensor row_scale = at::empty({m}, rows.options());
+  float* rs = row_scale.data_ptr<float>();
+  at::Tensor y = at::empty({m, n}, rows.options());
+
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+  if (packed.has_value() && packed->defined() && column_sum.has_value() && m <= kVnniMaxRows) {
+    const int64_t k4s = (k + 3) / 4;
+    TORCH_CHECK(packed->scalar_type() == at::kChar && packed->is_contiguous() && packed->dim() == 3 &&
+                    packed->size(0) == (n + 63) / 64 && packed->size(1) == k4s && packed->size(2) == 256,
+                "per_token_int8_linear: packed weights do not match weight_t (pack them with pack_weights)");
+    TORCH_CHECK(column_sum->scalar_type() == at::kInt && column_sum->is_contiguous() && column_sum->numel() == n,
+                "per_token_int8_linear: column_sum must hold weight_t's int32 column sums");
+    at::Tensor quantized = at::empty({m, k4s * 4}, rows.options().dtype(at::kChar));
+    quantize_rows(x, m, k, k4s * 4, static_cast<float>(levels), true, quantized.data_ptr<int8_t>(), rs);
+    vnni_linear(reinterpret_cast<const uint8_t*>(quantized.data_ptr<int8_t>()), m, k4s, packed->data_ptr<int8_t>(), column_sum->data_ptr<int32_t>(), n,
+                rs, cs, b, y.data_ptr<float>());
+    return y;
+  }
+#endif
+
+  at::Tensor quantized = at::empty({m, k}, rows.options().dtype(at::kChar));
+  quantize_rows(x, m, k, k, static_cast<float>(levels), false, quantized.data_ptr<int8_t>(), rs);
+  const at::Tensor acc = at::_int_mm(quantized, weight_t);
+  const int32_t* a = acc.data_ptr<int32_t>();
+  float* out = y.data_ptr<float>();
+  at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int32_t* ai = a + i * n;
+      float* yi = out + i * n;
+      const float s = rs[i];
+      if (b != nullptr) {
+        for (int64_t j = 0; j < n; ++j) yi[j] = static_cast<float>(ai[j]) * s * cs[j] + b[j];
+      } else {
+        for (int64_t j = 0; j < n; ++j) yi[j] = static_cast<float>(ai[j]) * s * cs[j];
+      }
+    }
+  });
+  return y;
+}
+
+// weight_t (in x out int8) in the layout `vnni_linear` reads: [column block of 64][ceil(in / 4)][64 columns][4 inputs],
+// zero-padded, so each column block's weights are one contiguous run. Empty where the build has no VNNI path (the caller then passes no packed weights).
+at::Tensor pack_weights(const at::Tensor& weight_t) {
+  if (!kVnni) return at::empty({0}, weight_t.options().dtype(at::kChar));
+  const at::Tensor w = weight_t.contiguous();
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar, "pack_weights: weight_t must be a 2-d int8 tensor");
+  const int64_t k = w.size(0), n = w.size(1), k4s = (k + 3) / 4, padded_n = (n + 63) / 64 * 64;
+  at::Tensor out = at::zeros({padded_n / 64, k4s, 256}, w.options());
+  const int8_t* src = w.data_ptr<int8_t>();
+  int8_t* dst = out.data_ptr<int8_t>();
+  for (int64_t i = 0; i < k; ++i)
+    for (int64_t j = 0; j < n; ++j) dst[((j / 64) * k4s + i / 4) * 256 + (j % 64) * 4 + i % 4] = src[i * n + j];
+  return out;
+}
+
+// Shapes only: lets torch.compile / torch.export trace through a model that uses the op.
+at::Tensor per_token_int8_linear_meta(const at::Tensor& rows, int64_t, const at::Tensor& weight_t, const at::Tensor&,
+                                      const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                      const std::optional<at::Tensor>&) {
+  return at::empty({rows.size(0), weight_t.size(1)}, rows.options().dtype(at::kFloat));
+}
+
+}  // namespace
+
+TORCH_LIBRARY(pdo_hub, m) {
+  m.def("per_token_int8_linear(Tensor rows, int levels, Tensor weight_t, Tensor scale, Tensor? bias, "
+        "Tensor? packed=None, Tensor? column_sum=None) -> Tensor");
+  m.def("pack_weights(Tensor weight_t) -> Tensor");
+}
+TORCH_LIBRARY_IMPL(pdo_hub, CPU, m) {
+  m.impl("per_token_int8_linear", &per_token_int8_linear);
+  m.impl("pack_weights", &pack_weights);
+}
+TORCH_LIBRARY_IMPL(pdo_hub, Meta, m) { m.impl("per_token_int8_linear", &per_token_int8_linear_meta); }

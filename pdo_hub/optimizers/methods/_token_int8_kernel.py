@@ -1,0 +1,183 @@
+"""`TokenInt8Linear`'s forward as one compiled op, built on this machine once per torch and CPU.
+
+Why: in ATen ops, a per-token int8 Linear is about a dozen small ops around its GEMM (absolute value,
+row maximum, clamp, two divisions, rounding, casts, two scalings, the bias). For a batch-1 request of a
+few dozen tokens their dispatch and their passes over memory cost as much as the int8 GEMM itself, even
+inside a frozen trace. `_token_int8_kernel.cpp` does the quantization in one vectorized pass per row
+and the dequantization in one pass per output, around the same `at::_int_mm` (oneDNN) GEMM.
+
+Results are bit-identical to the ATen sequence (the same operations in the same order, no fused
+multiply-adds; a test compares them), so which one runs changes no stored variant, recipe, trace check
+or accuracy figure; only speed.
+
+For inputs of up to 48 tokens on CPUs with AVX512-VNNI, the op also runs its own int8 GEMM on weights
+packed once per layer (`packed_weights`, kept beside the layer, never saved): at batch-1 request sizes
+oneDNN's per-call set-up costs more than the multiply-adds. Integer products are exact, so that GEMM's
+int32 sums are oneDNN's. A `ONEDNN_MAX_CPU_ISA` cap below VNNI (`core.cpu`) turns it off too, so a
+capped process behaves as a CPU without VNNI would.
+
+How: the C++ source ships in the package. The first call in a process loads the library from the
+kernel cache (`PDO_HUB_KERNEL_CACHE`, default `$XDG_CACHE_HOME/pdo_hub/kernels`, else
+`~/.cache/pdo_hub/kernels`), building it first when absent with the system C++ compiler (`CXX`, else
+`c++` or `g++`) against the installed torch's headers and libraries: about 8 s, once. Concurrent
+processes wait on a file lock for one build, which is written to a temporary name and renamed. The
+file's key covers the source, torch's version and location, the compiler and its flags, and the CPU's
+flags (the build targets this CPU, `-march=native`).
+
+Without a compiler or torch's headers, or when the build fails, the ATen sequence runs, with one
+warning per process; `PDO_HUB_FUSED_KERNEL=0` chooses it outright.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ...core import cpu
+
+logger = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_suffix(".cpp")
+# -fopenmp: at::parallel_for is inline OpenMP; the library links the libgomp torch has already loaded.
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++20", "-fPIC", "-shared", "-ffp-contract=off")
+_BUILD_TIMEOUT_S = 600
+_LOCK = threading.Lock()
+_loaded: dict[str, object] = {}  # "op": the op or None, "why": why not (once decided in this process)
+
+
+class KernelUnavailable(RuntimeError):
+    """The fused kernel cannot be built or loaded here (the message says why and what to do)."""
+
+
+def op() -> Callable | None:
+    """`torch.ops.pdo_hub.per_token_int8_linear`, built and loaded on first use; None: use ATen ops."""
+    if "op" not in _loaded:
+        with _LOCK:
+            if "op" not in _loaded:
+                _loaded.update(_decide())
+    return _loaded["op"]
+
+
+def packed_weights(owner: object, weight_t: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(packed weights, int32 column sums) of `weight_t` for the op's VNNI GEMM, or (None, None): not here.
+
+    Packed on first use and kept on `owner` (the layer or group that holds `weight_t`), valid while it
+    holds the same, unmodified tensor. Never packed while a trace records: the packing would be
+    replayed on every call; a trace made before the first eager call runs oneDNN's GEMM instead.
+    """
+    cached = owner.__dict__.get("_packed_weights")
+    if cached is not None and cached[0] is weight_t and cached[1] == _version(weight_t):
+        return cached[2], cached[3]
+    fused = op()
+    if fused is None or torch.jit.is_tracing() or "avx512_vnni" not in cpu.vnni_isas("onednn"):
+        return None, None
+    with torch.no_grad():
+        packed = torch.ops.pdo_hub.pack_weights(weight_t)
+        packed, sums = (packed, weight_t.sum(0, dtype=torch.int32)) if packed.numel() else (None, None)
+    owner.__dict__["_packed_weights"] = (weight_t, _version(weight_t), packed, sums)
+    return packed, sums
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    try:
+        return tensor._version
+    except RuntimeError:  # inference-mode tensors keep no version counter
+        return None
+
+
+def status() -> str:
+    """What per-token int8 layers run on in this process, for reports: `fused`, `aten ops (why)`, or `not used yet`."""
+    if "op" not in _loaded:
+        return "not used yet"
+    return "fused" if _loaded["op"] is not None else f"aten ops ({_loaded['why']})"
+
+
+def cache_dir() -> Path:
+    configured = os.environ.get("PDO_HUB_KERNEL_CACHE")
+    if configured:
+        return Path(configured).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "pdo_hub" / "kernels"
+
+
+def library_path() -> Path:
+    """Where this machine's build of the kernel lives (it may not exist yet)."""
+    return cache_dir() / f"token_int8-{_key()}.so"
+
+
+def _decide() -> dict:
+    if os.environ.get("PDO_HUB_FUSED_KERNEL", "1").strip() == "0":
+        return {"op": None, "why": "PDO_HUB_FUSED_KERNEL=0"}
+    try:
+        return {"op": _load(), "why": ""}
+    except KernelUnavailable as err:
+        logger.warning("pdo-hub's fused per-token int8 kernel is unavailable: %s. Per-token int8 layers run as ATen "
+                       "ops instead (same results, slower on small inputs).", err)
+        return {"op": None, "why": str(err)}
+
+
+def _load() -> Callable:
+    from filelock import FileLock, Timeout
+
+    target = library_path()
+    if not target.exists():
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with FileLock(str(target) + ".lock", timeout=_BUILD_TIMEOUT_S):
+                if not target.exists():  # another process may have built it while this one waited
+                    _build(target)
+        except (OSError, Timeout) as err:
+            raise KernelUnavailable(f"cannot build into {target.parent} ({err}); set PDO_HUB_KERNEL_CACHE to a "
+                                    "writable folder") from err
+    try:
+        torch.ops.load_library(str(target))
+    except (OSError, RuntimeError) as err:
+        raise KernelUnavailable(f"{target} does not load ({err}); delete it to rebuild") from err
+    return torch.ops.pdo_hub.per_token_int8_linear
+
+
+def _build(target: Path) -> None:
+    compiler = _compiler()
+    torch_dir = Path(torch.__file__).parent
+    if not (torch_dir / "include" / "torch" / "library.h").exists():
+        raise KernelUnavailable(f"this torch install has no C++ headers ({torch_dir / 'include'})")
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    command = [compiler, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
+               f"-I{torch_dir / 'include'}", str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu",
+               f"-Wl,-rpath,{torch_dir / 'lib'}", "-o", str(partial)]
+    logger.info("Building pdo-hub's fused per-token int8 kernel (once per machine and torch version) into %s", target)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            tail = " ".join(done.stderr.strip().splitlines()[-3:])[-600:]
+            raise KernelUnavailable(f"{Path(compiler).name} failed ({tail})")
+        os.replace(partial, target)
+    except subprocess.TimeoutExpired as err:
+        raise KernelUnavailable(f"{Path(compiler).name} ran over {_BUILD_TIMEOUT_S} s") from err
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _compiler() -> str:
+    configured = os.environ.get("CXX")
+    found = shutil.which(configured) if configured else (shutil.which("c++") or shutil.which("g++"))
+    if not found:
+        raise KernelUnavailable(f"no C++ compiler found ({'CXX=' + configured if configured else 'c++ or g++'}); "
+                                "install g++ or set CXX")
+    return found
+
+
+def _key() -> str:
+    digest = hashlib.sha256(SOURCE.read_bytes())
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or ""
+    for part in (torch.__version__, str(Path(torch.__file__).parent), compiler, " ".join(FLAGS), " ".join(sorted(cpu.cpu_flags()))):
+        digest.update(b"\0" + part.encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,170 @@
+"""The fused per-token int8 kernel: built here, bit-identical to the ATen ops it replaces, and optional.
+
+`_token_int8_kernel` compiles its C++ source with the system compiler on first use (into the session's
+`XDG_CACHE_HOME`, see conftest). These tests run where the project is developed and tested, which has
+g++: a build that stops working fails them rather than silently falling back.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from pdo_hub.core import cpu
+from pdo_hub.optimizers.methods import _token_int8_kernel
+from pdo_hub.optimizers.methods._int8_linear import PORTABLE_MAX, TokenInt8Linear, aten_per_token_int8_linear
+from pdo_hub.optimizers.methods._shared_input import group_siblings
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_VNNI = "avx512_vnni" in cpu.cpu_flags()
+
+
+def _layer(k: int, n: int, seed: int, bias: bool = True, portable: bool = False) -> TokenInt8Linear:
+    torch.manual_seed(seed)
+    return TokenInt8Linear.from_float(nn.Linear(k, n, bias=bias), portable=portable)
+
+
+def _rows(m: int, k: int, seed: int) -> torch.Tensor:
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
+    if m and k > 5:
+        x[0, 5] = 40.0  # an outlier token: its row scale differs from the others'
+    return x
+
+
+def test_the_kernel_builds_and_loads_on_this_machine():
+    fused = _token_int8_kernel.op()
+    assert fused is not None, f"the fused kernel did not build: {_token_int8_kernel.status()}"
+    assert _token_int8_kernel.status() == "fused"
+    assert _token_int8_kernel.library_path().is_file()
+
+
+# Row counts on both sides of the VNNI path's limit (48) and of its 4-row blocks; widths not multiples
+# of 4 (padded inputs) or of 16 and 64 (masked output columns).
+@pytest.mark.parametrize("m", [1, 3, 8, 17, 48, 49, 130])
+@pytest.mark.parametrize("k,n", [(384, 1152), (130, 70), (1536, 384), (7, 1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fused_outputs_equal_the_aten_ops_bit_for_bit(m, k, n, bias):
+    layer = _layer(k, n, seed=m + k + n, bias=bias, portable=n == 1)
+    x = _rows(m, k, seed=m * 7 + k)
+    reference = aten_per_token_int8_linear(x, layer.activation_levels, layer.weight_t, layer.scale,
+                                           layer.bias if bias else None)
+    fused = _token_int8_kernel.op()
+    plain = fused(x, layer.activation_levels, layer.weight_t, layer.scale, layer.bias if bias else None)
+    packed, sums = _token_int8_kernel.packed_weights(layer, layer.weight_t)
+    assert (packed is not None) == HAS_VNNI
+    via_packed = fused(x, layer.activation_levels, layer.weight_t, layer.scale, layer.bias if bias else None, packed, sums)
+    assert torch.equal(plain, reference)
+    assert torch.equal(via_packed, reference)
+    assert torch.equal(layer(x), reference)
+
+
+def test_portable_activation_levels_and_other_dtypes_match_too():
+    layer = _layer(256, 1, seed=3, portable=True)
+    assert layer.activation_levels == PORTABLE_MAX
+    x = _rows(5, 256, seed=4).to(torch.bfloat16)
+    reference = aten_per_token_int8_linear(x, layer.activation_levels, layer.weight_t, layer.scale, layer.bias)
+    assert torch.equal(layer(x), reference.to(torch.bfloat16))
+
+
+def test_new_weights_are_repacked_not_served_from_the_stale_copy():
+    layer, other = _layer(384, 96, seed=1), _layer(384, 96, seed=2)
+    x = _rows(4, 384, seed=5)
+    before = layer(x)
+    layer.load_state_dict(other.state_dict())
+    assert torch.equal(layer(x), other(x))
+    assert not torch.equal(layer(x), before)
+    with torch.no_grad():  # an in-place change of the same tensor
+        layer.weight_t.neg_()
+    assert torch.equal(layer(x), aten_per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias))
+
+
+def test_grouped_siblings_and_a_frozen_trace_run_the_fused_op_with_the_same_outputs():
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.query, self.key, self.value = (_layer(64, 64, seed=s) for s in (1, 2, 3))
+
+        def forward(self, x):
+            return self.query(x) + self.key(x) * self.value(x)
+
+    model = Attention().eval()
+    x = _rows(6, 64, seed=9).reshape(2, 3, 64)
+    with torch.no_grad():
+        reference = aten_per_token_int8_linear(x.reshape(-1, 64), 127, model.query.weight_t, model.query.scale, model.query.bias)
+        eager, groups = group_siblings(model, lambda: model(x))
+        assert len(groups) == 1 and len(groups[0].members) == 3
+        assert torch.equal(model.query(x).reshape(-1, 64), reference)
+        traced = torch.jit.freeze(torch.jit.trace(model, (x,), check_trace=False))
+        assert "pdo_hub::per_token_int8_linear" in str(traced.graph)
+        assert "pack_weights" not in str(traced.graph)  # packed before the trace, a constant in it
+        assert torch.equal(traced(x), eager)
+        longer = _rows(10, 64, seed=10).reshape(2, 5, 64)
+        assert torch.equal(traced(longer), model(longer))
+
+
+def _run(script: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=dict(os.environ, PYTHONWARNINGS="ignore", **env),
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+_FALLBACK_SCRIPT = """
+    import torch, torch.nn as nn
+    from pdo_hub.optimizers.methods import _token_int8_kernel
+    from pdo_hub.optimizers.methods._int8_linear import TokenInt8Linear, aten_per_token_int8_linear
+    layer = TokenInt8Linear.from_float(nn.Linear(32, 8))
+    x = torch.randn(3, 32)
+    assert torch.equal(layer(x), aten_per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias))
+    print(_token_int8_kernel.status())
+"""
+
+
+def test_without_a_compiler_layers_run_the_aten_ops_and_say_why(tmp_path):
+    done = _run(_FALLBACK_SCRIPT, CXX=str(tmp_path / "no-such-compiler"), PDO_HUB_KERNEL_CACHE=str(tmp_path / "kernels"),
+                PDO_HUB_VERBOSITY="warning")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "aten ops (no C++ compiler found" in done.stdout
+    assert done.stderr.count("fused per-token int8 kernel is unavailable") == 1  # one warning per process
+    assert not list((tmp_path / "kernels").glob("*.so"))
+
+
+def test_the_environment_switch_turns_the_kernel_off(tmp_path):
+    done = _run(_FALLBACK_SCRIPT, PDO_HUB_FUSED_KERNEL="0", PDO_HUB_KERNEL_CACHE=str(tmp_path / "kernels"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "aten ops (PDO_HUB_FUSED_KERNEL=0)" in done.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_building_at_once_share_one_build(tmp_path):
+    script = """
+        from pdo_hub.optimizers.methods import _token_int8_kernel
+        assert _token_int8_kernel.op() is not None, _token_int8_kernel.status()
+        print(_token_int8_kernel.library_path())
+    """
+    env = dict(os.environ, PYTHONWARNINGS="ignore", PDO_HUB_KERNEL_CACHE=str(tmp_path / "kernels"))
+    runs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-2000:] for _, err in outputs]
+    assert outputs[0][0] == outputs[1][0]
+    assert [p.name for p in (tmp_path / "kernels").iterdir() if not p.name.endswith(".lock")] == [Path(outputs[0][0].strip()).name]
+
+
+def test_the_kernel_source_ships_as_package_data():
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["package-data"]
+    assert "*.cpp" in package_data["pdo_hub.optimizers.methods"]
+    assert _token_int8_kernel.SOURCE.is_file()
+
+
+def test_the_report_says_which_kernel_the_per_token_layers_ran_on():
+    from pdo_hub.optimizers.report import environment
+
+    _layer(16, 8, seed=0)(_rows(2, 16, seed=0))
+    assert environment(torch.device("cpu"), 2)["per_token_int8_kernel"] == "fused"
