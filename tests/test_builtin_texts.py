@@ -72,3 +72,21 @@ def test_held_out_texts_share_no_sentence_with_the_calibration_texts():
     calibration = " ".join(t for i, t in enumerate(texts) if i % 4 != 3)
     shared = [s for s in examples.SENTENCES if s in held_out and s in calibration]
     assert not shared, shared
+
+
+def test_only_the_first_input_the_benchmark_example_is_padded_the_rest_carry_only_real_tokens():
+    from transformers import AutoModel, AutoTokenizer
+
+    from pdo_hub.demo import minilm_folder
+
+    folder = minilm_folder()
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder)
+    for sentences in (None, ["A short one.", "Another sentence, a little longer than the first one."]):
+        inputs = examples.text_inputs(tokenizer, model, 8, sentences)
+        assert inputs[0]["input_ids"].shape == (1, examples.MAX_TOKENS)
+        assert int(inputs[0]["attention_mask"].sum()) < examples.MAX_TOKENS  # padding, masked out
+        for encoded in inputs[1:]:
+            assert int(encoded["attention_mask"].sum()) == encoded["input_ids"].shape[1] <= examples.MAX_TOKENS
+        if sentences is None:
+            assert max(x["input_ids"].shape[1] for x in inputs[1:]) == examples.MAX_TOKENS  # passages still reach it
+            assert sum(x["input_ids"].shape[1] for x in inputs) < len(inputs) * examples.MAX_TOKENS / 2
