@@ -89,17 +89,18 @@ class LazyPackedParams(LinearPackedParams):
         return super().__getattr__(name)
 
 
-def per_token_int8_linear(owner: object, rows: torch.Tensor, activation_levels: int, weight_t: torch.Tensor,
+def per_token_int8_linear(owner: object, x: torch.Tensor, activation_levels: int, weight_t: torch.Tensor,
                           scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """(tokens x in) float rows -> (tokens x out) float: one activation scale per row, int8 GEMM, per-column dequantization.
+    """(... x in) -> (... x out) in x's dtype: one activation scale per token (row), int8 GEMM, per-column dequantization.
 
     One compiled op where it could be built here (`_token_int8_kernel`; `owner`, the object holding
     `weight_t`, keeps its packed copy), else the same arithmetic in ATen ops.
     """
-    fused = _token_int8_kernel.op() if rows.device.type == "cpu" else None
+    fused = _token_int8_kernel.op() if x.device.type == "cpu" else None
     if fused is not None:
-        return fused(rows, activation_levels, weight_t, scale, bias, *_token_int8_kernel.packed_weights(owner, weight_t))
-    return aten_per_token_int8_linear(rows, activation_levels, weight_t, scale, bias)
+        return fused(x, activation_levels, weight_t, scale, bias, *_token_int8_kernel.packed_weights(owner, weight_t))
+    y = aten_per_token_int8_linear(x.reshape(-1, weight_t.shape[0]), activation_levels, weight_t, scale, bias)
+    return y.reshape(*x.shape[:-1], weight_t.shape[1]).to(x.dtype)
 
 
 def aten_per_token_int8_linear(rows: torch.Tensor, activation_levels: int, weight_t: torch.Tensor, scale: torch.Tensor,
@@ -151,9 +152,8 @@ class TokenInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
             return self.shared_input.output(self, x)
-        y = per_token_int8_linear(self, x.reshape(-1, self.in_features), self.activation_levels, self.weight_t, self.scale,
-                                  self.bias if self.has_bias else None)
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return per_token_int8_linear(self, x, self.activation_levels, self.weight_t, self.scale,
+                                     self.bias if self.has_bias else None)
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         # New weights: the group's concatenated copies of its members' weights, and the packed copy, are stale.

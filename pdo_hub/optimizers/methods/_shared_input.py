@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from . import _token_int8_kernel
 from ._int8_linear import TokenInt8Linear, per_token_int8_linear
 
 
@@ -45,6 +46,9 @@ class SharedInput:
             self.bias = (torch.cat([m.bias if m.has_bias else torch.zeros(m.out_features) for m in members])
                          if any(has_bias) else None)
         self._local = threading.local()
+        # Packed now, in eager mode: a group's first call is usually inside the trace being built, where
+        # packing is not allowed and the group would run oneDNN's GEMM at every size.
+        _token_int8_kernel.packed_weights(self, self.weight_t)
 
     def output(self, member: TokenInt8Linear, x: torch.Tensor) -> torch.Tensor:
         index = self.index[id(member)]
@@ -65,9 +69,7 @@ class SharedInput:
         return _ungrouped, ()
 
     def _compute(self, x: torch.Tensor) -> list[torch.Tensor]:
-        y = per_token_int8_linear(self, x.reshape(-1, self.in_features), self.activation_levels, self.weight_t, self.scale,
-                                  self.bias)
-        return [part.reshape(*x.shape[:-1], width).to(x.dtype) for part, width in zip(y.split(self.widths, 1), self.widths)]
+        return list(per_token_int8_linear(self, x, self.activation_levels, self.weight_t, self.scale, self.bias).split(self.widths, -1))
 
 
 def _ungrouped() -> None:

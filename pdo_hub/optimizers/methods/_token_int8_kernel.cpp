@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstring>
 #include <optional>
+#include <vector>
 
 namespace {
 
@@ -139,12 +140,10 @@ void quantize_rows(const float* x, int64_t m, int64_t k, int64_t stride, float l
   });
 }
 
-at::Tensor per_token_int8_linear(const at::Tensor& rows_in, int64_t levels, const at::Tensor& weight_t,
-                                 const at::Tensor& scale, const std::optional<at::Tensor>& bias,
-                                 const std::optional<at::Tensor>& packed, const std::optional<at::Tensor>& column_sum) {
-  TORCH_CHECK(rows_in.dim() == 2 && weight_t.dim() == 2 && rows_in.size(1) == weight_t.size(0),
-              "per_token_int8_linear: rows (tokens x in) and weight_t (in x out) do not match");
-  TORCH_CHECK(weight_t.scalar_type() == at::kChar, "per_token_int8_linear: weight_t must be int8");
+// (tokens x in) float rows -> (tokens x out) float.
+at::Tensor linear_rows(const at::Tensor& rows_in, int64_t levels, const at::Tensor& weight_t, const at::Tensor& scale,
+                       const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& packed,
+                       const std::optional<at::Tensor>& column_sum) {
   const at::Tensor rows = rows_in.to(at::kFloat).contiguous();
   const int64_t m = rows.size(0), k = rows.size(1), n = weight_t.size(1);
   const at::Tensor column_scale = scale.to(at::kFloat).contiguous();
@@ -197,6 +196,20 @@ at::Tensor per_token_int8_linear(const at::Tensor& rows_in, int64_t levels, cons
   return y;
 }
 
+// The layer's whole forward: (... x in) in any float dtype -> (... x out) in the same dtype, so a trace
+// holds one node per layer instead of the reshapes and casts around it.
+at::Tensor per_token_int8_linear(const at::Tensor& x, int64_t levels, const at::Tensor& weight_t, const at::Tensor& scale,
+                                 const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& packed,
+                                 const std::optional<at::Tensor>& column_sum) {
+  TORCH_CHECK(x.dim() >= 1 && weight_t.dim() == 2 && x.size(-1) == weight_t.size(0),
+              "per_token_int8_linear: the input's last dimension and weight_t (in x out) do not match");
+  TORCH_CHECK(weight_t.scalar_type() == at::kChar, "per_token_int8_linear: weight_t must be int8");
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = weight_t.size(1);
+  const at::Tensor y = linear_rows(x.reshape({-1, x.size(-1)}), levels, weight_t, scale, bias, packed, column_sum).view(shape);
+  return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
+}
+
 // weight_t (in x out int8) in the layout `vnni_linear` reads: [column block of 64][ceil(in / 4)][64 columns][4 inputs],
 // zero-padded, so each column block's weights are one contiguous run. Empty where the build has no VNNI path (the caller then passes no packed weights).
 at::Tensor pack_weights(const at::Tensor& weight_t) {
@@ -213,16 +226,18 @@ at::Tensor pack_weights(const at::Tensor& weight_t) {
 }
 
 // Shapes only: lets torch.compile / torch.export trace through a model that uses the op.
-at::Tensor per_token_int8_linear_meta(const at::Tensor& rows, int64_t, const at::Tensor& weight_t, const at::Tensor&,
+at::Tensor per_token_int8_linear_meta(const at::Tensor& x, int64_t, const at::Tensor& weight_t, const at::Tensor&,
                                       const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                       const std::optional<at::Tensor>&) {
-  return at::empty({rows.size(0), weight_t.size(1)}, rows.options().dtype(at::kFloat));
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = weight_t.size(1);
+  return at::empty(shape, x.options());
 }
 
 }  // namespace
 
 TORCH_LIBRARY(pdo_hub, m) {
-  m.def("per_token_int8_linear(Tensor rows, int levels, Tensor weight_t, Tensor scale, Tensor? bias, "
+  m.def("per_token_int8_linear(Tensor x, int levels, Tensor weight_t, Tensor scale, Tensor? bias, "
         "Tensor? packed=None, Tensor? column_sum=None) -> Tensor");
   m.def("pack_weights(Tensor weight_t) -> Tensor");
 }
