@@ -17,9 +17,10 @@ int32 sums are oneDNN's. A `ONEDNN_MAX_CPU_ISA` cap below VNNI (`core.cpu`) turn
 capped process behaves as a CPU without VNNI would.
 
 How: the C++ source ships in the package. The first call in a process loads the library from the
-kernel cache (`PDO_HUB_KERNEL_CACHE`, default `$XDG_CACHE_HOME/pdo_hub/kernels`, else
-`~/.cache/pdo_hub/kernels`), building it first when absent with the system C++ compiler (`CXX`, else
-`c++` or `g++`) against the installed torch's headers and libraries: about 8 s, once. Concurrent
+kernel cache (`PDO_HUB_KERNEL_CACHE`, default `$XDG_CACHE_HOME/pdo_hub_kernels`, else
+`~/.cache/pdo_hub_kernels`: beside the optimized cache, never inside it), building it first when
+absent with the system C++ compiler (`CXX`, else `c++` or `g++`) against the installed torch's headers
+and libraries: about 10 s, once. Concurrent
 processes wait on a file lock for one build, which is written to a temporary name and renamed. The
 file's key covers the source, torch's version and location, the compiler and its flags, and the CPU's
 flags (the build targets this CPU, `-march=native`).
@@ -105,7 +106,7 @@ def cache_dir() -> Path:
     if configured:
         return Path(configured).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pdo_hub" / "kernels"
+    return Path(base) / "pdo_hub_kernels"
 
 
 def library_path() -> Path:
