@@ -17,7 +17,9 @@ its BERT fusion; int8 QDQ from the pre-processed graph for the CNN); torchao int
 torch.compile (MiniLM; `--skip-compile` leaves it out: minutes of compiling). Fidelity: mean and worst
 cosine of the mean-pooled sentence embeddings against FP32 (MiniLM), top-1 on 400 held-out digits (CNN).
 The sentences are generated from the word lists below with a seed (`--seed`): pass another seed, or
-`--sentences FILE` (one per line), to rerun on text this repository never saw.
+`--sentences FILE` (one per line), to rerun on text this repository never saw. `--lengths 8,32,128`
+adds MiniLM's batch-1 latency at those token counts (without torchao): a gap of the same ms at every
+length is a fixed cost per request, one that grows is GEMM throughput.
 
     flock /tmp/pdo-heavy.lock python scripts/bench_workloads.py [--models minilm,resnet] [--skip-compile]
 """
@@ -117,6 +119,37 @@ def run_cold_warm(variants: dict, workloads: dict, rounds: int) -> dict:
     return {w: {n: (load, cold, sorted(warm)[len(warm) // 2]) for n, (load, cold, warm) in r.items()} for w, r in results.items()}, outputs
 
 
+def latency_by_length(variants: dict, inputs: dict, peer: str, calls: int = 50) -> str:
+    """Batch-1 latency (ms) per input length: the best of 3 interleaved rounds of `calls` calls, per variant;
+    each other variant's speed as a multiple of `peer`'s.
+
+    A gap that stays the same in ms at every length is a fixed cost per request (op dispatch, small
+    kernels); one that grows with the length is the GEMMs' throughput.
+    """
+    runners = {name: fresh() for name, fresh in variants.items()}
+    best = {(length, name): float("inf") for length in inputs for name in runners}
+    with torch.inference_mode():
+        for length, x in inputs.items():
+            for run in runners.values():
+                for _ in range(10):
+                    run(x)
+            for _ in range(3):
+                for name, run in runners.items():
+                    time.sleep(0.1)
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        run(x)
+                    best[length, name] = min(best[length, name], (time.perf_counter() - start) / calls * 1e3)
+    names, others = list(runners), [n for n in runners if n != peer]
+    lines = ["\n### all-MiniLM-L6-v2 batch-1 latency by length (ms, best of 3 rounds)",
+             "| tokens | " + " | ".join(names) + " | " + " | ".join(f"{n} x {peer}" for n in others) + " |",
+             "|---" * (1 + len(names) + len(others)) + "|"]
+    for length in inputs:
+        cells = [f"{best[length, n]:.2f}" for n in names] + [f"{best[length, peer] / best[length, n]:.2f}" for n in others]
+        lines.append(f"| {length} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def ready(model):
     """The loaded variant once its background warm-up (the frozen trace) is done: "load" counts it."""
     _warm_up.wait(model)
@@ -190,6 +223,12 @@ def bench_minilm(args) -> None:
                 else f"{len(stream)} batch-1 requests of 5-128 tokens, unsorted")
         print(table(f"all-MiniLM-L6-v2 {workload}: {what} ({tokens[workload]} real tokens)", results[workload], fidelity,
                     peer="ONNX Runtime dynamic int8 (BERT fusion)"), flush=True)
+    if args.lengths:
+        text = " ".join(request_texts)
+        by_length = {length: dict(tokenizer(text, truncation=True, max_length=length, return_tensors="pt"))
+                     for length in (int(v) for v in args.lengths.split(","))}
+        print(latency_by_length({name: fresh for name, fresh in variants.items() if "compile" not in name}, by_length,
+                                peer="ONNX Runtime dynamic int8 (BERT fusion)"), flush=True)
     chosen = report["candidates"][0] if report.get("candidates") else {}
     print(f"\npdo dynamic built in {build_seconds:.1f} s on 32 calibration sentences; {chosen.get('reason', '')}".rstrip())
 
@@ -245,6 +284,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--sentences", help="a text file, one sentence per line, instead of generated ones")
     parser.add_argument("--skip-compile", action="store_true", help="leave out torchao + torch.compile")
+    parser.add_argument("--lengths", default="", help="MiniLM: also batch-1 latency at these token counts, e.g. 8,32,128")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     if len(models) > 1:  # one process per model: what one leaves running (thread pools) skews the next

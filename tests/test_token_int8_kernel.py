@@ -144,13 +144,18 @@ def test_the_environment_switch_turns_the_kernel_off(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_building_at_once_share_one_build(tmp_path):
+def test_two_processes_building_at_once_share_one_build_and_clear_a_killed_builds_leftover(tmp_path):
     script = """
         from pdo_hub.optimizers.methods import _token_int8_kernel
         assert _token_int8_kernel.op() is not None, _token_int8_kernel.status()
         print(_token_int8_kernel.library_path())
     """
     env = dict(os.environ, PYTHONWARNINGS="ignore", PDO_HUB_KERNEL_CACHE=str(tmp_path / "kernels"))
+    (tmp_path / "kernels").mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / "kernels" / f".token_int8-0123456789abcdef.so.{dead.pid}.tmp"  # a build killed midway
+    leftover.write_bytes(b"partial")
     runs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], env=env, cwd=ROOT, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
     outputs = [run.communicate(timeout=600) for run in runs]

@@ -150,6 +150,7 @@ def _build(target: Path) -> None:
     torch_dir = Path(torch.__file__).parent
     if not (torch_dir / "include" / "torch" / "library.h").exists():
         raise KernelUnavailable(f"this torch install has no C++ headers ({torch_dir / 'include'})")
+    _remove_abandoned(target.parent)
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     command = [compiler, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
                f"-I{torch_dir / 'include'}", str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu",
@@ -165,6 +166,17 @@ def _build(target: Path) -> None:
         raise KernelUnavailable(f"{Path(compiler).name} ran over {_BUILD_TIMEOUT_S} s") from err
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Delete partial builds whose process is gone (killed mid-build); a live builder's file stays."""
+    for partial in folder.glob(".token_int8-*.tmp"):
+        try:
+            os.kill(int(partial.name.rsplit(".", 2)[-2]), 0)
+        except ProcessLookupError:
+            partial.unlink(missing_ok=True)
+        except (ValueError, PermissionError, OSError):  # not our name pattern, or another user's process
+            continue
 
 
 def _compiler() -> str:
