@@ -9,6 +9,14 @@ from ..core.errors import RecipeError
 from .inputs import call_model, to_device
 
 
+def version_counter(tensor: torch.Tensor) -> int | None:
+    """`tensor._version` (bumped by every in-place change), or None for inference-mode tensors, which keep none."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return None
+
+
 def get_module(model: nn.Module, path: str) -> nn.Module:
     try:
         return model.get_submodule(path)

@@ -26,6 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from ..modules import version_counter
 from . import _token_int8_kernel
 from ._int8_linear import TokenInt8Linear, per_token_int8_linear
 
@@ -53,7 +54,7 @@ class SharedInput:
     def output(self, member: TokenInt8Linear, x: torch.Tensor) -> torch.Tensor:
         index = self.index[id(member)]
         pending = getattr(self._local, "pending", None)
-        if pending is not None and pending[0] is x and pending[1] == _version(x) and index in pending[2]:
+        if pending is not None and pending[0] is x and pending[1] == version_counter(x) and index in pending[2]:
             outputs = pending[2]
             result = outputs.pop(index)
             if not outputs:
@@ -61,7 +62,7 @@ class SharedInput:
             return result
         outputs = dict(enumerate(self._compute(x)))
         result = outputs.pop(index)
-        self._local.pending = (x, _version(x), outputs) if outputs else None
+        self._local.pending = (x, version_counter(x), outputs) if outputs else None
         return result
 
     def __reduce__(self) -> tuple:
@@ -74,13 +75,6 @@ class SharedInput:
 
 def _ungrouped() -> None:
     return None
-
-
-def _version(x: torch.Tensor) -> int | None:
-    try:
-        return x._version
-    except RuntimeError:  # inference-mode tensors keep no version counter
-        return None
 
 
 def group_siblings(model: nn.Module, run: Callable[[], Any]) -> tuple[Any, list[SharedInput]]:

@@ -196,6 +196,13 @@ at::Tensor linear_rows(const at::Tensor& rows_in, int64_t levels, const at::Tens
   return y;
 }
 
+// x's shape with the last dimension `out`.
+std::vector<int64_t> output_shape(const at::Tensor& x, const at::Tensor& weight_t) {
+  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+  shape.back() = weight_t.size(1);
+  return shape;
+}
+
 // The layer's whole forward: (... x in) in any float dtype -> (... x out) in the same dtype, so a trace
 // holds one node per layer instead of the reshapes and casts around it.
 at::Tensor per_token_int8_linear(const at::Tensor& x, int64_t levels, const at::Tensor& weight_t, const at::Tensor& scale,
@@ -204,9 +211,8 @@ at::Tensor per_token_int8_linear(const at::Tensor& x, int64_t levels, const at::
   TORCH_CHECK(x.dim() >= 1 && weight_t.dim() == 2 && x.size(-1) == weight_t.size(0),
               "per_token_int8_linear: the input's last dimension and weight_t (in x out) do not match");
   TORCH_CHECK(weight_t.scalar_type() == at::kChar, "per_token_int8_linear: weight_t must be int8");
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = weight_t.size(1);
-  const at::Tensor y = linear_rows(x.reshape({-1, x.size(-1)}), levels, weight_t, scale, bias, packed, column_sum).view(shape);
+  const at::Tensor y = linear_rows(x.reshape({-1, x.size(-1)}), levels, weight_t, scale, bias, packed, column_sum)
+                           .view(output_shape(x, weight_t));
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
@@ -229,9 +235,7 @@ at::Tensor pack_weights(const at::Tensor& weight_t) {
 at::Tensor per_token_int8_linear_meta(const at::Tensor& x, int64_t, const at::Tensor& weight_t, const at::Tensor&,
                                       const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
                                       const std::optional<at::Tensor>&) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = weight_t.size(1);
-  return at::empty(shape, x.options());
+  return at::empty(output_shape(x, weight_t), x.options());
 }
 
 }  // namespace

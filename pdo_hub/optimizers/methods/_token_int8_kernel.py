@@ -43,6 +43,7 @@ from typing import Callable
 import torch
 
 from ...core import cpu
+from ..modules import version_counter
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def packed_weights(owner: object, weight_t: torch.Tensor) -> tuple[torch.Tensor 
     replayed on every call; a trace made before the first eager call runs oneDNN's GEMM instead.
     """
     cached = owner.__dict__.get("_packed_weights")
-    if cached is not None and cached[0] is weight_t and cached[1] == _version(weight_t):
+    if cached is not None and cached[0] is weight_t and cached[1] == version_counter(weight_t):
         return cached[2], cached[3]
     fused = op()
     if fused is None or torch.jit.is_tracing() or "avx512_vnni" not in cpu.vnni_isas("onednn"):
@@ -83,15 +84,8 @@ def packed_weights(owner: object, weight_t: torch.Tensor) -> tuple[torch.Tensor 
     with torch.no_grad():
         packed = torch.ops.pdo_hub.pack_weights(weight_t)
         packed, sums = (packed, weight_t.sum(0, dtype=torch.int32)) if packed.numel() else (None, None)
-    owner.__dict__["_packed_weights"] = (weight_t, _version(weight_t), packed, sums)
+    owner.__dict__["_packed_weights"] = (weight_t, version_counter(weight_t), packed, sums)
     return packed, sums
-
-
-def _version(tensor: torch.Tensor) -> int | None:
-    try:
-        return tensor._version
-    except RuntimeError:  # inference-mode tensors keep no version counter
-        return None
 
 
 def status() -> str:
@@ -179,10 +173,15 @@ def _remove_abandoned(folder: Path) -> None:
             continue
 
 
-def _compiler() -> str:
+def _find_compiler() -> str | None:
     configured = os.environ.get("CXX")
-    found = shutil.which(configured) if configured else (shutil.which("c++") or shutil.which("g++"))
+    return shutil.which(configured) if configured else (shutil.which("c++") or shutil.which("g++"))
+
+
+def _compiler() -> str:
+    found = _find_compiler()
     if not found:
+        configured = os.environ.get("CXX")
         raise KernelUnavailable(f"no C++ compiler found ({'CXX=' + configured if configured else 'c++ or g++'}); "
                                 "install g++ or set CXX")
     return found
@@ -190,7 +189,7 @@ def _compiler() -> str:
 
 def _key() -> str:
     digest = hashlib.sha256(SOURCE.read_bytes())
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or ""
+    compiler = _find_compiler() or ""
     for part in (torch.__version__, str(Path(torch.__file__).parent), compiler, " ".join(FLAGS), " ".join(sorted(cpu.cpu_flags()))):
         digest.update(b"\0" + part.encode())
     return digest.hexdigest()[:16]
