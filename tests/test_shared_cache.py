@@ -329,6 +329,46 @@ def test_from_pretrained_on_a_second_machine_loads_the_first_machines_variant_wi
     assert again.pdo_cache_status == "hit" and "shared cache" not in caplog.text, "a local hit makes no tier request"
 
 
+def test_from_pretrained_that_waits_on_another_machines_lease_reports_a_hit_and_builds_nothing(
+        env, hub_server, tmp_path, monkeypatch):
+    """The second machine misses the tier, waits on the first one's build lease, then pulls what it published:
+    nothing was optimized there, so it is a hit (`pdo-hub mirror` reports it skipped), not a build."""
+    from hub_helpers import FAST_CONFIG, save_tiny_bert
+
+    import pdo_hub
+
+    repo_id = "pdo-test/shared-tier-lease-bert"
+    sha = hub_server.store.publish(repo_id, save_tiny_bert(tmp_path / "source", seed=3), message="tiny bert")
+    with monkeypatch.context() as local_only:  # machine a builds without the tier; it publishes by hand below
+        local_only.delenv("PDO_HUB_SHARED_CACHE")
+        local_only.setenv("PDO_HUB_CACHE", str(tmp_path / "machine-a"))
+        first = pdo_hub.from_pretrained(repo_id, revision=sha, config=FAST_CONFIG)
+    [entry] = OptimizedCache(tmp_path / "machine-a", shared=None).list_entries()
+    assert entry.path == first.pdo_cache_path
+    tier = _tier(env)
+    holder = tier.lease(entry.key, ttl=30)
+    assert holder.acquire(1, lambda: None) is None
+
+    def finish_build() -> None:
+        time.sleep(3)
+        tier.publish(entry)
+        holder.release()
+
+    publisher = threading.Thread(target=finish_build)
+    publisher.start()
+    monkeypatch.setenv("PDO_HUB_SHARED_LEASE_SECONDS", "30")  # the holder is alive: never taken over here
+    monkeypatch.setenv("PDO_HUB_CACHE", str(tmp_path / "machine-b"))
+    monkeypatch.setenv("PDO_HUB_TEST_TRACE", str(tmp_path / "trace"))
+    try:
+        second = pdo_hub.from_pretrained(repo_id, revision=sha, config=FAST_CONFIG)
+    finally:
+        publisher.join(timeout=30)
+    reached = {line.split()[0] for line in (tmp_path / "trace").read_text().splitlines()}
+    assert "lock.acquired" in reached, "the second machine found the entry before waiting: nothing was tested"
+    assert "optimize.start" not in reached and "flow.building" not in reached, sorted(reached)
+    assert second.pdo_cache_status == "hit"
+
+
 def test_a_waiter_gives_up_on_a_live_lease_after_the_lock_timeout_naming_the_holder(env, tmp_path, monkeypatch):
     from pdo_hub.core.errors import CacheLockTimeoutError
 

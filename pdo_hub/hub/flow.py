@@ -86,7 +86,8 @@ def load_or_build(
         cache: The optimized cache (default: `OptimizedCache()` at `PDO_HUB_CACHE`).
 
     Returns:
-        The model, with `pdo_cache_status` set to `"hit"` or `"built"` and `pdo_cache_path` to the entry.
+        The model, with `pdo_cache_status` set to `"built"` (optimized here) or `"hit"` (found in the cache, or
+        pulled from the shared tier after waiting on another machine's build) and `pdo_cache_path` to the entry.
 
     Raises:
         OfflineCacheMissError: offline and the entry is missing.
@@ -114,13 +115,21 @@ def load_or_build(
         if model is not None:
             return model
         logger.info("Optimizing %s (cache miss).", request.what)
-        crashpoint("flow.building")
-        entry = cache.commit(request.key, write)
+        built = []
+
+        def build(folder: Path) -> None:
+            # Inside the commit: with a shared tier, another machine's entry may be pulled instead (after
+            # waiting on its build lease), and then nothing was built here.
+            built.append(True)
+            crashpoint("flow.building")
+            write(folder)
+
+        entry = cache.commit(request.key, build)
         crashpoint("flow.committed")
     crashpoint("flow.released")
     model = load(entry)
     crashpoint("flow.loaded")
-    return _mark(model, entry, "built")
+    return _mark(model, entry, "built" if built else "hit")
 
 
 def _load_existing(cache: OptimizedCache, request: Request, load: Callable[[CacheEntry], nn.Module], *,
