@@ -7,9 +7,10 @@ One fixed shape flatters a runtime that prepares per shape. This script times wh
   random length (5-128 tokens), unsorted.
 - the digits-trained ResNet-18 (real weights, 32x32), `mixed`: requests of batch 1, 8 and 32 in random order.
 
-Each is run twice per variant: `cold` on a freshly loaded variant (a new process would pay the same:
-first calls, traces, compiles; the ONNX export and quantization themselves are not counted),
-then `warm`. `load` is the time to get a ready variant from disk: pdo-hub's `load_optimized` on a fresh
+Each workload runs once per variant `cold`, on a freshly loaded variant (a new process would pay the
+same: first calls, traces, compiles; the ONNX export and quantization themselves are not counted), then
+`--rounds` times `warm` (median). Every pass is interleaved across the variants in 8 slices, so the
+host's drifting speed hits them alike. `load` is the time to get a ready variant from disk: pdo-hub's `load_optimized` on a fresh
 skeleton plus the background build of its frozen trace (waited for here), ONNX Runtime's session creation
 (its graph optimizations). Variants: FP32 eager; pdo-hub (`dynamic` for MiniLM, `static` for the CNN, built through the
 public optimizer, saved and loaded back as a user's cache hit would be); ONNX Runtime (dynamic int8 after
@@ -51,6 +52,7 @@ from pdo_hub.optimizers import create_post_download_optimizer  # noqa: E402
 from pdo_hub.optimizers.methods import _warm_up  # noqa: E402
 
 THREADS = 2
+SLICES = 8  # each pass is interleaved across the variants in this many slices (`interleaved`)
 SUBJECTS = ("the old harbor", "my neighbour", "a small startup", "the city council", "our research team", "the museum",
             "a young violinist", "the weather service", "the football club", "this recipe", "the new library", "her doctor")
 VERBS = ("announced", "questioned", "celebrated", "postponed", "described", "rejected", "improved", "explained",
@@ -74,13 +76,6 @@ def sentences(count: int, seed: int) -> list[str]:
     return out
 
 
-def timed(run, inputs) -> tuple[float, list]:
-    start = time.perf_counter()
-    with torch.inference_mode():
-        outputs = [run(x) for x in inputs]
-    return time.perf_counter() - start, outputs
-
-
 def cosines(reference: torch.Tensor, got: torch.Tensor) -> str:
     values = F.cosine_similarity(reference, got)
     return f"{values.mean().item():.4f} (worst {values.min().item():.4f})"
@@ -96,27 +91,47 @@ def table(title: str, rows: dict, fidelity: dict, base: str = "FP32 eager", peer
     return "\n".join(lines)
 
 
-def run_cold_warm(variants: dict, workloads: dict, rounds: int) -> dict:
-    """{workload: {variant: (load seconds, cold seconds, median warm seconds)}}; `variants`: name -> (fresh() -> runner).
+def run_cold_warm(variants: dict, workloads: dict, rounds: int, slices: int = SLICES) -> tuple[dict, dict]:
+    """{workload: {variant: (load seconds, cold seconds, median warm seconds)}}, {(workload, variant): cold outputs};
+    `variants`: name -> (fresh() -> runner).
 
-    Cold: each variant's first pass over a workload on a fresh instance. Warm: `rounds` interleaved
-    passes (timings drift on this machine; one variant after another, a pause between them so the
-    previous one's spinning threads settle).
+    Cold: the first pass over a workload on a fresh instance of each variant. Warm: `rounds` more passes
+    (median). Every pass is interleaved (`interleaved`), so a change of this host's speed during a pass
+    (it drifts, sometimes by 1.5x within a minute) hits every variant alike: before, each variant's cold pass
+    ran after the other's, and one variant's cold pass could land in a faster phase than its peer's.
     """
-    runners, results, outputs = {}, {w: {} for w in workloads}, {}
+    results, outputs = {}, {}
     for workload, inputs in workloads.items():
+        runners, loads = {}, {}
         for name, fresh in variants.items():
             start = time.perf_counter()
             runners[name] = fresh()
-            load = time.perf_counter() - start
-            time.sleep(0.3)
-            seconds, outputs[workload, name] = timed(runners[name], inputs)
-            results[workload][name] = [load, seconds, []]
-        for _ in range(rounds):
-            for name in variants:
-                time.sleep(0.3)
-                results[workload][name][2].append(timed(runners[name], inputs)[0])
-    return {w: {n: (load, cold, sorted(warm)[len(warm) // 2]) for n, (load, cold, warm) in r.items()} for w, r in results.items()}, outputs
+            loads[name] = time.perf_counter() - start
+        cold, cold_outputs = interleaved(runners, inputs, slices)
+        warm = [interleaved(runners, inputs, slices)[0] for _ in range(rounds)]
+        results[workload] = {name: (loads[name], cold[name], sorted(w[name] for w in warm)[len(warm) // 2]) for name in runners}
+        outputs.update({(workload, name): cold_outputs[name] for name in runners})
+    return results, outputs
+
+
+def interleaved(runners: dict, inputs: list, slices: int) -> tuple[dict, dict]:
+    """One pass over `inputs` per runner, cut into `slices` slices, each run on every runner in turn (the
+    order rotating from slice to slice): ({runner: seconds}, {runner: outputs}).
+
+    Each runner still serves a run of consecutive requests, as a server would, so its weights stay in
+    cache; a pause before each slice (not timed) lets the previous runtime's spinning threads settle.
+    """
+    size = max(1, -(-len(inputs) // slices))
+    names = list(runners)
+    seconds, outputs = dict.fromkeys(names, 0.0), {name: [] for name in names}
+    with torch.inference_mode():
+        for index, first in enumerate(range(0, len(inputs), size)):
+            for name in names[index % len(names):] + names[:index % len(names)]:
+                time.sleep(0.1)
+                start = time.perf_counter()
+                outputs[name].extend([runners[name](x) for x in inputs[first:first + size]])
+                seconds[name] += time.perf_counter() - start
+    return seconds, outputs
 
 
 def latency_by_length(variants: dict, inputs: dict, peer: str, calls: int = 50) -> str:
