@@ -190,7 +190,12 @@ def bench_minilm(args) -> None:
     model = AutoModel.from_pretrained(folder).eval()
     texts = Path(args.sentences).read_text().splitlines() if args.sentences else sentences(args.corpus + args.requests + 32, args.seed)
     texts = [t for t in texts if t.strip()]
-    calibration_texts, corpus_texts, request_texts = texts[:32], texts[32:32 + args.corpus], texts[32 + args.corpus:32 + args.corpus + args.requests]
+    if len(texts) < 33:
+        raise SystemExit(f"{args.sentences}: {len(texts)} sentences; at least 33 are needed (32 calibrate, the rest are encoded)")
+    calibration_texts, rest = texts[:32], texts[32:]
+    # A short file is reused: the corpus takes what it can, the stream cycles on from there (cut at random lengths).
+    corpus_texts = rest[:args.corpus]
+    request_texts = [rest[(args.corpus + i) % len(rest)] for i in range(args.requests)]
     rng = random.Random(args.seed)
     by_length = sorted(corpus_texts, key=lambda t: len(tokenizer(t)["input_ids"]))
     corpus = [dict(tokenizer(by_length[i:i + 32], padding="longest", truncation=True, max_length=128, return_tensors="pt"))
