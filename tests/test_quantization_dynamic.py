@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from helpers import apply_method, make_context
 from pdo_hub.optimizers import get_method, load_optimized, save_optimized
 from pdo_hub.optimizers.evaluate import fidelity, reference_outputs
-from pdo_hub.optimizers.methods import _token_int8_kernel
 from pdo_hub.optimizers.methods._fast_forward import accelerate
 from pdo_hub.optimizers.methods._small_attention import SMALL_SCORES
 from pdo_hub.optimizers.methods._traces import FAILED
@@ -47,8 +46,7 @@ def test_apply_save_load_identical(method, builder, shape, tmp_path):
     assert cosine > 0.995, f"{method}: output cosine {cosine:.5f} vs float"
 
 
-def test_dynamic_mixes_schemes_by_sensitivity_where_per_token_layers_have_no_vnni_kernel(tmp_path, monkeypatch):
-    monkeypatch.setattr(_token_int8_kernel, "vnni_gemm_here", lambda: False)
+def test_dynamic_mixes_schemes_by_sensitivity(tmp_path):
     model = MLP(width=256).eval()
     example = torch.randn(1, 32)
     ctx = make_context(model, example, preserve_accuracy_threshold=0.02)
@@ -67,21 +65,6 @@ def test_dynamic_mixes_schemes_by_sensitivity_where_per_token_layers_have_no_vnn
     assert loss <= 0.004, f"output cosine loss {loss:.5f} on fresh inputs"
     optimized.pdo_recipe = Recipe(records)
     _roundtrip(optimized, lambda: MLP(width=256), torch.randn(3, 32), tmp_path)
-
-
-def test_dynamic_uses_per_token_everywhere_without_a_search_where_the_vnni_kernel_runs(monkeypatch):
-    monkeypatch.setattr(_token_int8_kernel, "vnni_gemm_here", lambda: True)
-    model = MLP(width=256).eval()
-    ctx = make_context(model, torch.randn(1, 32), preserve_accuracy_threshold=0.02)
-    references = reference_outputs(model, ctx.calibration_inputs, ctx.device)
-    calls = []
-    ctx.measure_loss = lambda m: calls.append(1) or fidelity(m, ctx.calibration_inputs, references, ctx.device).loss
-    ctx.measure_probe_loss = None
-    optimized, [record] = get_method("dynamic").apply(copy.deepcopy(model), ctx)
-    assert record["schemes"] == dict.fromkeys(("fc1", "fc2", "fc3"), "per_token")
-    assert all(type(optimized.get_submodule(path)) is TokenInt8Linear for path in record["schemes"])
-    # One measurement: the loss earlier steps left (`budget_after_earlier_steps`); a search makes one per layer at least.
-    assert len(calls) == 1 and "sensitivity" not in record, "the scheme search ran although every layer is per-token"
 
 
 def test_old_dynamic_records_still_load(tmp_path):
@@ -277,10 +260,9 @@ def test_dynamic_serving_fx_keeps_the_most_sensitive_linear_float(configured, fc
         _roundtrip(optimized, MLP, x, tmp_path)
 
 
-def test_a_loaded_fbgemm_layer_packs_its_weights_on_first_use_with_identical_outputs(tmp_path, monkeypatch):
+def test_a_loaded_fbgemm_layer_packs_its_weights_on_first_use_with_identical_outputs(tmp_path):
     """A cache-hit load leaves fbgemm packing to the first call (half of MiniLM's load call); outputs,
     traces and a save before any call are unchanged by it."""
-    monkeypatch.setattr(_token_int8_kernel, "vnni_gemm_here", lambda: False)  # fbgemm layers are built where it is not
     model = MLP().eval()
     x = torch.randn(4, 32)
     ctx = make_context(model, x)

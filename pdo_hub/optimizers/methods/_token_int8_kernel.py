@@ -88,19 +88,6 @@ def packed_weights(owner: object, weight_t: torch.Tensor) -> tuple[torch.Tensor 
     return packed, sums
 
 
-def vnni_gemm_here() -> bool:
-    """Whether per-token layers run the op's own VNNI GEMM in this process (built, and the CPU and its caps allow).
-
-    Then they are as fast as fbgemm's per-tensor layers from 32 tokens up and faster below
-    (`scripts/bench_cpu_kernels.py`), so `dynamic` needs no search for where per-tensor ones are good enough.
-    """
-    if op() is None or "avx512_vnni" not in cpu.vnni_isas("onednn"):
-        return False
-    if "vnni_build" not in _loaded:  # the library was built without the VNNI path when this is empty
-        _loaded["vnni_build"] = torch.ops.pdo_hub.pack_weights(torch.zeros(4, 1, dtype=torch.int8)).numel() > 0
-    return _loaded["vnni_build"]
-
-
 def status() -> str:
     """What per-token int8 layers run on in this process, for reports: `fused`, `aten ops (why)`, or `not used yet`."""
     if "op" not in _loaded:

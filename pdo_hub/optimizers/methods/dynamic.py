@@ -10,11 +10,7 @@ on top of what earlier steps lost, which keeps transformer embeddings at cosine 
 (all-MiniLM-L6-v2: torch.ao's stock x86 path 0.979). When `dynamic` serves a configured `fx` (a model
 fx cannot trace, such as a transformer: the quality preset), it keeps `fx`'s mixed precision too: if
 int8 everywhere still loses more than that budget, the fewest most sensitive Linears stay float.
-Every Linear uses `per_token`, without a search, where there is no way to measure loss, and where
-pdo-hub's VNNI kernel runs per-token layers in this process (`_token_int8_kernel.vnni_gemm_here`): there
-they are as fast as fbgemm's from 32 tokens up and faster below, so the search would only cost time
-(~12 s of all-MiniLM-L6-v2's build) and fidelity. A variant built so runs its per-token layers as ATen
-ops on a machine that cannot build the kernel: same results, slower on short inputs. LSTM/GRU use torch.ao's stock dynamic
+Without a way to measure loss every Linear uses `per_token`. LSTM/GRU use torch.ao's stock dynamic
 modules. Large untied embedding tables are stored as int8 rows (all-MiniLM-L6-v2: 90.9 MB -> ~22 MB),
 or 4-bit rows with `embedding_bits: 4` (`_embeddings`), unless that alone breaks the budget. Inference runs as one frozen trace for every input shape where it
 can (`_fast_forward`: the second call pays ~0.3 s to trace, once). torch has no CUDA kernels for these, so on CUDA the method is skipped with a note.
@@ -36,7 +32,7 @@ import torch.nn as nn
 from ...core.errors import RecipeError
 from ..modules import get_module, replace_module, replace_modules
 from ..registry import Method, register_method
-from . import _int8_isa, _token_int8_kernel
+from . import _int8_isa
 from ._fast_forward import accelerate
 from ._embeddings import quantize_embeddings, restore_embeddings
 from ._int8_linear import FullRangeDynamicLinear, LazyPackedParams, TokenInt8Linear
@@ -128,13 +124,10 @@ class DynamicQuantization(Method):
         embeddings = quantize_embeddings(model, ctx, max_loss, self.name)
         floats = {path: model.get_submodule(path) for path in linears}
         portable = _int8_isa.wants_portable(ctx, _KERNELS.values(), self.name) if linears else True
-        searched = budget is not None and not _token_int8_kernel.vnni_gemm_here()
-        fast = {path: _fast_linear(floats[path], portable) for path in linears} if searched else {}
+        fast = {path: _fast_linear(floats[path], portable) for path in linears}
         precise = {path: TokenInt8Linear.from_float(floats[path], portable) for path in linears}
-        if not searched:
-            why = ("no accuracy measurement available" if budget is None else
-                   "pdo-hub's VNNI kernel runs them here, as fast as per-tensor ones and faster on short inputs")
-            ctx.note(logger, f"dynamic: every Linear uses per-token activations (most faithful): {why}.")
+        if budget is None:
+            ctx.note(logger, "dynamic: no accuracy measurement available: every Linear uses per-token activations (most faithful).")
             kept = {path: float("nan") for path in linears}
         else:
             loss_with, probe_with = _swap_measures(model, ctx, linears, fast, precise)
@@ -151,7 +144,7 @@ class DynamicQuantization(Method):
         for path in linears:
             logger.debug("dynamic: %s %s", path, "float" if path in kept_float else f"int8 ({schemes[path]} activations)")
         replace_modules(model, {path: floats[path] if path in kept_float else int8[path] for path in linears})
-        if kept and searched:
+        if kept and budget is not None:
             ctx.note(logger, f"dynamic: {len(kept)} of {len(linears)} Linear layers use per-token activations (loss budget {budget:.4f}).")
         if kept_float:
             ctx.note(logger, f"dynamic: {len(kept_float)} of {len(linears)} Linear layers stay float to fit the loss budget "
@@ -160,9 +153,8 @@ class DynamicQuantization(Method):
                   _int8_isa.FIELD: _int8_isa.full_range(_KERNELS[scheme] for scheme in schemes.values() if scheme in _KERNELS) if schemes and not portable
                   else _int8_isa.portable("Linear: 7-bit weights (and per-token activations); LSTM/GRU: 7-bit activations")}
         record.update(embeddings)
-        measured = {**(kept if searched else {}), **kept_float}
-        if measured:
-            record["sensitivity"] = {path: round(loss, 6) for path, loss in measured.items()}
+        if budget is not None and (kept or kept_float):
+            record["sensitivity"] = {path: round(loss, 6) for path, loss in {**kept, **kept_float}.items()}
         spec = input_spec(ctx.example_inputs)
         if spec is not None:
             record["inputs"] = spec
