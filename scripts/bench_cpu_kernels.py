@@ -10,6 +10,10 @@
    dynamic Linear (per-tensor activations), by tokens x in x out. The fused op takes its VNNI GEMM up to
    48 tokens (more go through oneDNN, so the two fused columns time the same path there). Each row also
    checks that the per-token paths agree bit for bit.
+4. One-op attention (`pdo_hub/optimizers/methods/_small_attention_kernel.cpp`): the plain
+   matmul-softmax-matmul ops as they run inside a trace (the scripted function) against the one op, 12
+   heads, head dim 32, boolean padding mask, by batch x tokens; `_small_attention.FUSED_SCORES` is where
+   the op stops winning. Each row also gives the largest difference between the two.
 
     flock /tmp/pdo-heavy.lock python scripts/bench_cpu_kernels.py
 """
@@ -86,8 +90,28 @@ def per_token_linear() -> None:
                   f"{all(torch.equal(outputs[0], o) for o in outputs[1:])} |")
 
 
+def fused_attention() -> None:
+    from pdo_hub.optimizers.methods import _small_attention
+
+    if not _small_attention.fused_kernel_here():
+        print("\none-op attention: not built here (needs the kernel library on an AVX-512 CPU)")
+        return
+    plain = _small_attention._scripted(False)
+    lowest = torch.finfo(torch.float32).min
+    print("\n| batch x tokens | scores | plain ops (scripted) us | one op us | max difference |\n|---|---|---|---|---|")
+    for batch, tokens in ((1, 8), (1, 16), (1, 32), (1, 48), (1, 64), (1, 96), (1, 128), (4, 32), (32, 8), (32, 16), (32, 32)):
+        q, k, v = (torch.randn(batch, tokens, 12, 32).transpose(1, 2) for _ in range(3))
+        mask = torch.ones(batch, 1, tokens, tokens, dtype=torch.bool)
+        mask[0, ..., tokens // 2:] = False  # one padded row of the batch
+        args = (q, k, v, mask, 32 ** -0.5)
+        gap = (plain(*args, _small_attention.SMALL_SCORES, lowest) - torch.ops.pdo_hub.small_attention(*args, lowest)).abs().max()
+        print(f"| {batch} x {tokens} | {batch * 12 * tokens * tokens} | {median_us(lambda: plain(*args, _small_attention.SMALL_SCORES, lowest)):.0f} | "
+              f"{median_us(lambda: torch.ops.pdo_hub.small_attention(*args, lowest)):.0f} | {gap:.1e} |")
+
+
 if __name__ == "__main__":
     torch.set_num_threads(THREADS)
     attention()
     conv_widths()
     per_token_linear()
+    fused_attention()

@@ -6,6 +6,14 @@ heads, head dim 32, SDPA -> plain per call: batch 1 x seq 128 256 -> 199 us, 16 
 50 x 13 1491 -> 806 us; but 8 x 128 2704 -> 5555 us, and above 12x128x128 scores it varies from run
 to run). The whole-model effect is in `scripts/bench_quantization.py` (MiniLM `dynamic`).
 
+Below that, at request sizes (score matrices of up to `FUSED_SCORES` elements: batch 1 up to 48
+tokens, batch 32 of 8), the plain ops are themselves a score of tiny ops whose dispatch costs more than
+their arithmetic, so where pdo-hub's kernel library is built (`_token_int8_kernel`; the attention op
+needs AVX-512) one op computes the same attention (`_small_attention_kernel.cpp`: all-MiniLM-L6-v2
+`dynamic` at batch 1 is 1.16x faster at 8 tokens, 1.07x at 32, the same from 48 up). It agrees with the
+plain ops to float rounding (6e-7 on MiniLM's hidden states), not bit for bit; eager calls and traces
+both take it, so a trace still equals eager.
+
 `install(model)` registers this function with transformers' `AttentionInterface` and switches a
 model that runs on "sdpa" to it. Which of the two runs depends on the input shapes only, and a frozen
 trace keeps that test as a branch, so one trace serves every shape; anything it does not handle (training, dropout, causal or
@@ -26,6 +34,7 @@ import torch.nn as nn
 logger = logging.getLogger(__name__)
 NAME = "pdo_small_cpu"
 SMALL_SCORES = 12 * 128 * 128  # largest score matrix (elements) measured faster than SDPA here
+FUSED_SCORES = 12 * 48 * 48  # largest score matrix the one-op kernel runs: faster than the plain ops up to here (bench_cpu_kernels.py)
 
 
 def small_cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -44,10 +53,34 @@ def small_cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    # While tracing, the size test must stay a branch of the trace (one trace serves every shape);
+    args = (query, key, value, attention_mask, float(scale), SMALL_SCORES, torch.finfo(query.dtype).min)
+    fused = fused_kernel_here()
+    # While tracing, the size tests must stay branches of the trace (one trace serves every shape);
     # TorchScript keeps a scripted function's control flow. Eagerly the same function runs as Python.
-    attend = _scripted() if torch.jit.is_tracing() else _attend
-    return attend(query, key, value, attention_mask, float(scale), SMALL_SCORES, torch.finfo(query.dtype).min), None
+    if torch.jit.is_tracing():
+        return _scripted(fused)(*args, *((FUSED_SCORES,) if fused else ())), None
+    return (_attend_fused(*args, FUSED_SCORES) if fused else _attend(*args)), None
+
+
+def fused_kernel_here() -> bool:
+    """Whether pdo-hub's one-op attention kernel is built and loaded here (AVX-512 builds of `_token_int8_kernel`'s library)."""
+    from . import _token_int8_kernel
+
+    return _token_int8_kernel.op() is not None and _attention_op_built()
+
+
+@functools.lru_cache(maxsize=1)
+def _attention_op_built() -> bool:
+    # Asked once the library is loaded (it stays loaded): a missing op costs an exception per look-up.
+    return hasattr(torch.ops.pdo_hub, "small_attention")
+
+
+def _attend_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Optional[torch.Tensor],
+                  scale: float, small_scores: int, lowest: float, fused_scores: int) -> torch.Tensor:
+    """`_attend`, with float32 score matrices of up to `fused_scores` elements computed by the one-op kernel."""
+    if query.dtype == torch.float32 and query.size(0) * query.size(1) * query.size(2) * key.size(2) <= fused_scores:
+        return torch.ops.pdo_hub.small_attention(query, key, value, attention_mask, scale, lowest)
+    return _attend(query, key, value, attention_mask, scale, small_scores, lowest)
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attention_mask: Optional[torch.Tensor],
@@ -65,9 +98,9 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attenti
     return output.transpose(1, 2).contiguous()
 
 
-@functools.lru_cache(maxsize=1)
-def _scripted():
-    return torch.jit.script(_attend)
+@functools.lru_cache(maxsize=2)
+def _scripted(fused: bool):
+    return torch.jit.script(_attend_fused if fused else _attend)
 
 
 def always_masked(*args, **kwargs):

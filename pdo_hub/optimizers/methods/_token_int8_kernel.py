@@ -25,8 +25,10 @@ processes wait on a file lock for one build, which is written to a temporary nam
 file's key covers the source, torch's version and location, the compiler and its flags, and the CPU's
 flags (the build targets this CPU, `-march=native`).
 
-Without a compiler or torch's headers, or when the build fails, the ATen sequence runs, with one
-warning per process; `PDO_HUB_FUSED_KERNEL=0` chooses it outright.
+The same library holds the small-input attention op (`_small_attention_kernel.cpp`, used by
+`_small_attention`). Without a compiler or torch's headers, or when the build fails, the ATen sequence
+runs (and the plain attention ops), with one warning per process; `PDO_HUB_FUSED_KERNEL=0` chooses it
+outright.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from ..modules import version_counter
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".cpp")
+#: Built into the same library: the small-input attention op (`_small_attention`), on AVX-512 builds.
+SOURCES = (SOURCE, Path(__file__).with_name("_small_attention_kernel.cpp"))
 # -fopenmp: at::parallel_for is inline OpenMP; the library links the libgomp torch has already loaded.
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++20", "-fPIC", "-shared", "-ffp-contract=off")
 _BUILD_TIMEOUT_S = 600
@@ -147,7 +151,7 @@ def _build(target: Path) -> None:
     _remove_abandoned(target.parent)
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     command = [compiler, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
-               f"-I{torch_dir / 'include'}", str(SOURCE), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu",
+               f"-I{torch_dir / 'include'}", *map(str, SOURCES), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu",
                f"-Wl,-rpath,{torch_dir / 'lib'}", "-o", str(partial)]
     logger.info("Building pdo-hub's fused per-token int8 kernel (once per machine and torch version) into %s", target)
     try:
@@ -188,7 +192,9 @@ def _compiler() -> str:
 
 
 def _key() -> str:
-    digest = hashlib.sha256(SOURCE.read_bytes())
+    digest = hashlib.sha256()
+    for source in SOURCES:
+        digest.update(source.read_bytes())
     compiler = _find_compiler() or ""
     for part in (torch.__version__, str(Path(torch.__file__).parent), compiler, " ".join(FLAGS), " ".join(sorted(cpu.cpu_flags()))):
         digest.update(b"\0" + part.encode())
