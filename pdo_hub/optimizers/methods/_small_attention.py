@@ -31,6 +31,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from . import _token_int8_kernel
+
 logger = logging.getLogger(__name__)
 NAME = "pdo_small_cpu"
 SMALL_SCORES = 12 * 128 * 128  # largest score matrix (elements) measured faster than SDPA here
@@ -53,19 +55,16 @@ def small_cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, is_causal=is_causal, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    args = (query, key, value, attention_mask, float(scale), SMALL_SCORES, torch.finfo(query.dtype).min)
     fused = fused_kernel_here()
+    limits = (SMALL_SCORES, torch.finfo(query.dtype).min) + ((FUSED_SCORES,) if fused else ())
     # While tracing, the size tests must stay branches of the trace (one trace serves every shape);
     # TorchScript keeps a scripted function's control flow. Eagerly the same function runs as Python.
-    if torch.jit.is_tracing():
-        return _scripted(fused)(*args, *((FUSED_SCORES,) if fused else ())), None
-    return (_attend_fused(*args, FUSED_SCORES) if fused else _attend(*args)), None
+    attend = _scripted(fused) if torch.jit.is_tracing() else _attend_fused if fused else _attend
+    return attend(query, key, value, attention_mask, float(scale), *limits), None
 
 
 def fused_kernel_here() -> bool:
     """Whether pdo-hub's one-op attention kernel is built and loaded here (AVX-512 builds of `_token_int8_kernel`'s library)."""
-    from . import _token_int8_kernel
-
     return _token_int8_kernel.op() is not None and _attention_op_built()
 
 

@@ -22,7 +22,7 @@ kernel cache (`PDO_HUB_KERNEL_CACHE`, default `$XDG_CACHE_HOME/pdo_hub_kernels`,
 absent with the system C++ compiler (`CXX`, else `c++` or `g++`) against the installed torch's headers
 and libraries: about 10 s, once. Concurrent
 processes wait on a file lock for one build, which is written to a temporary name and renamed. The
-file's key covers the source, torch's version and location, the compiler and its flags, and the CPU's
+file's key covers the sources, torch's version and location, the compiler and its flags, and the CPU's
 flags (the build targets this CPU, `-march=native`).
 
 The same library holds the small-input attention op (`_small_attention_kernel.cpp`, used by
@@ -153,7 +153,8 @@ def _build(target: Path) -> None:
     command = [compiler, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
                f"-I{torch_dir / 'include'}", *map(str, SOURCES), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu",
                f"-Wl,-rpath,{torch_dir / 'lib'}", "-o", str(partial)]
-    logger.info("Building pdo-hub's fused per-token int8 kernel (once per machine and torch version) into %s", target)
+    logger.info("Building pdo-hub's kernel library (per-token int8 and small-input attention; once per machine and torch "
+                "version) into %s", target)
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S, check=False)
         if done.returncode != 0:
