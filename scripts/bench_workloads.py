@@ -18,7 +18,8 @@ its BERT fusion; int8 QDQ from the pre-processed graph for the CNN); torchao int
 torch.compile (MiniLM; `--skip-compile` leaves it out: minutes of compiling). Fidelity: mean and worst
 cosine of the mean-pooled sentence embeddings against FP32 (MiniLM), top-1 on 400 held-out digits (CNN).
 The sentences are generated from the word lists below with a seed (`--seed`): pass another seed, or
-`--sentences FILE` (one per line), to rerun on text this repository never saw. `--lengths 8,32,128`
+`--sentences FILE` (one per line), or `--stdlib-text` (sentences of standard-library docstrings), to rerun on
+text this repository never saw. `--lengths 8,32,128`
 adds MiniLM's batch-1 latency at those token counts (without torchao): a gap of the same ms at every
 length is a fixed cost per request, one that grows is GEMM throughput.
 
@@ -74,6 +75,30 @@ def sentences(count: int, seed: int) -> list[str]:
                    for _ in range(rng.choice((1, 1, 1, 2, 2, 3, 4, 6, 9)))]
         out.append(("; ".join(clauses) + ".").capitalize())
     return out
+
+
+def stdlib_sentences() -> list[str]:
+    """Prose this repository never saw, shipped with every Python: the sentences of the docstrings of six
+    standard-library modules and their public members (most are short: about 21 tokens), in a fixed order."""
+    import argparse as argparse_module
+    import csv
+    import email
+    import http.client
+    import inspect
+    import logging
+    import re
+
+    text = ""
+    modules = (json, email, http.client, argparse_module, logging, csv)
+    for module in modules:
+        text += " " + (inspect.getdoc(module) or "")
+    for module in modules:
+        for name, member in inspect.getmembers(module):
+            doc = inspect.getdoc(member)
+            if doc and not name.startswith("_"):
+                text += " " + doc
+    found = (part.strip().replace("\n", " ") for part in re.split(r"(?<=[.!?])\s+", text))
+    return list(dict.fromkeys(part for part in found if 20 < len(part) < 600 and not part.startswith((">>>", "..."))))
 
 
 def cosines(reference: torch.Tensor, got: torch.Tensor) -> str:
@@ -188,7 +213,12 @@ def bench_minilm(args) -> None:
     folder = minilm_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder).eval()
-    texts = Path(args.sentences).read_text().splitlines() if args.sentences else sentences(args.corpus + args.requests + 32, args.seed)
+    if args.sentences:
+        texts = Path(args.sentences).read_text().splitlines()
+    elif args.stdlib_text:
+        texts = stdlib_sentences()
+    else:
+        texts = sentences(args.corpus + args.requests + 32, args.seed)
     texts = [t for t in texts if t.strip()]
     if len(texts) < 33:
         raise SystemExit(f"{args.sentences}: {len(texts)} sentences; at least 33 are needed (32 calibrate, the rest are encoded)")
@@ -303,6 +333,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="warm passes per variant (median)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--sentences", help="a text file, one sentence per line, instead of generated ones")
+    parser.add_argument("--stdlib-text", action="store_true",
+                        help="sentences from the docstrings of six standard-library modules instead of generated ones")
     parser.add_argument("--skip-compile", action="store_true", help="leave out torchao + torch.compile")
     parser.add_argument("--lengths", default="", help="MiniLM: also batch-1 latency at these token counts, e.g. 8,32,128")
     args = parser.parse_args()

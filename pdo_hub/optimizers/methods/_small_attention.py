@@ -10,8 +10,8 @@ Below that, at request sizes (score matrices of up to `FUSED_SCORES` elements: b
 tokens, batch 32 of 8), the plain ops are themselves a score of tiny ops whose dispatch costs more than
 their arithmetic, so where pdo-hub's kernel library is built (`_token_int8_kernel`; the attention op
 needs AVX-512) one op computes the same attention (`_small_attention_kernel.cpp`: all-MiniLM-L6-v2
-`dynamic` at batch 1 is 1.16x faster at 8 tokens, 1.07x at 32, the same from 48 up). It agrees with the
-plain ops to float rounding (6e-7 on MiniLM's hidden states), not bit for bit; eager calls and traces
+`dynamic` at batch 1 is 1.19x faster at 8 tokens, 1.04x at 32, the same from 64 up: bench_small_attention.py). It agrees with the
+plain ops to float rounding (within 1e-6 on MiniLM's hidden states), not bit for bit; eager calls and traces
 both take it, so a trace still equals eager.
 
 `install(model)` registers this function with transformers' `AttentionInterface` and switches a

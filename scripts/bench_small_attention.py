@@ -1,0 +1,61 @@
+"""The one-op attention's effect on a whole model: all-MiniLM-L6-v2 `dynamic` at batch 1, side by side.
+
+Two copies of one variant (built once by the public optimizer on 32 generated sentences), each with its
+own frozen trace: one built with the one-op attention kernel (`_small_attention_kernel.cpp`), one with
+the plain ops. Batch-1 latency by token count, best of 3 interleaved rounds, 2 threads; then the
+largest difference between the two copies' hidden states.
+
+    flock /tmp/pdo-heavy.lock python scripts/bench_small_attention.py
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_workloads as workloads  # noqa: E402
+
+from pdo_hub.core.config import PostDownloadOptimizationConfig  # noqa: E402
+from pdo_hub.demo import minilm_folder, tokenized_sentences  # noqa: E402
+from pdo_hub.optimizers import create_post_download_optimizer  # noqa: E402
+from pdo_hub.optimizers.methods import _small_attention  # noqa: E402
+
+
+def main() -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.set_num_threads(workloads.THREADS)
+    if not _small_attention.fused_kernel_here():
+        raise SystemExit("the one-op attention is not built here (needs the kernel library on an AVX-512 CPU)")
+    folder = minilm_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    texts = workloads.sentences(300, 11)
+    config = PostDownloadOptimizationConfig(quantization_method="dynamic", enable_low_rank_optimization=False,
+                                            enable_tensor_factorization=False, auto_select_best_method=False)
+    fused, _ = create_post_download_optimizer(config).optimize_model(
+        model=copy.deepcopy(model), model_name="all-MiniLM-L6-v2", example_inputs=tokenized_sentences(tokenizer, texts[:1])[0],
+        calibration_data=tokenized_sentences(tokenizer, texts[:32]))
+    plain = copy.deepcopy(fused)
+    lengths = {n: dict(tokenizer(" ".join(texts), truncation=True, max_length=n, return_tensors="pt")) for n in (8, 16, 32, 48, 64, 128)}
+    available = _small_attention.fused_kernel_here
+
+    def runner(variant, use_kernel: bool):
+        def run(x):  # the switch decides which path each copy's trace (and eager call) takes
+            _small_attention.fused_kernel_here = available if use_kernel else (lambda: False)
+            return variant(**x).last_hidden_state
+        return run
+
+    copies = {"one-op attention": lambda: runner(fused, True), "plain ops": lambda: runner(plain, False)}
+    print(workloads.latency_by_length(copies, lengths, peer="plain ops"))
+    with torch.inference_mode():
+        gap = max(float((runner(fused, True)(x) - runner(plain, False)(x)).abs().max()) for x in lengths.values())
+    print(f"\nlargest hidden-state difference between the two copies: {gap:.1e}")
+
+
+if __name__ == "__main__":
+    main()
