@@ -112,6 +112,32 @@ def test_grouped_siblings_and_a_frozen_trace_run_the_fused_op_with_the_same_outp
         assert torch.equal(traced(longer), model(longer))
 
 
+_AVX2_SCRIPT = """
+    import torch, torch.nn as nn
+    torch.ops.load_library(LIBRARY)
+    from pdo_hub.optimizers.methods._int8_linear import TokenInt8Linear, aten_per_token_int8_linear
+    torch.manual_seed(0)
+    for m, k, n in ((1, 384, 96), (17, 130, 70), (64, 1536, 40), (5, 7, 3)):
+        layer = TokenInt8Linear.from_float(nn.Linear(k, n))
+        x = torch.randn(m, k) * 3
+        got = torch.ops.pdo_hub.per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias)
+        assert torch.equal(got, aten_per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias)), (m, k, n)
+    print("identical")
+"""
+
+
+@pytest.mark.slow
+def test_an_avx2_build_without_avx512_gives_the_aten_ops_bit_for_bit_too(tmp_path):
+    # Hosts without AVX-512 build the AVX2 branches (8-lane row maximum, no VNNI GEMM, no one-op attention);
+    # this host runs them only in a build made for such a CPU.
+    flags = tuple("-march=haswell" if flag == "-march=native" else flag for flag in _token_int8_kernel.FLAGS)
+    library = tmp_path / "avx2.so"
+    _token_int8_kernel._build(library, flags)
+    done = _run(_AVX2_SCRIPT.replace("LIBRARY", repr(str(library))))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "identical" in done.stdout
+
+
 def _run(script: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=dict(os.environ, PYTHONWARNINGS="ignore", **env),
                           capture_output=True, text=True, timeout=300, cwd=ROOT)

@@ -143,14 +143,15 @@ def _load() -> Callable:
     return torch.ops.pdo_hub.per_token_int8_linear
 
 
-def _build(target: Path) -> None:
+def _build(target: Path, flags: tuple[str, ...] = FLAGS) -> None:
+    """Compile `SOURCES` into `target` (`flags`: another target CPU's build, for tests of its code paths)."""
     compiler = _compiler()
     torch_dir = Path(torch.__file__).parent
     if not (torch_dir / "include" / "torch" / "library.h").exists():
         raise KernelUnavailable(f"this torch install has no C++ headers ({torch_dir / 'include'})")
     _remove_abandoned(target.parent)
     partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    command = [compiler, *FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
+    command = [compiler, *flags, f"-D_GLIBCXX_USE_CXX11_ABI={int(torch.compiled_with_cxx11_abi())}",
                f"-I{torch_dir / 'include'}", *map(str, SOURCES), f"-L{torch_dir / 'lib'}", "-lc10", "-ltorch_cpu",
                f"-Wl,-rpath,{torch_dir / 'lib'}", "-o", str(partial)]
     logger.info("Building pdo-hub's kernel library (per-token int8 and small-input attention; once per machine and torch "
