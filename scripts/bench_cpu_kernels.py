@@ -7,9 +7,10 @@
    the next block.
 3. Per-token int8 Linear (`pdo_hub/optimizers/methods/_token_int8_kernel.py`): the ATen op sequence,
    the fused op on oneDNN's GEMM, the fused op's own VNNI GEMM (packed weights), and torch.ao's fbgemm
-   dynamic Linear (per-tensor activations), by tokens x in x out. The fused op takes its VNNI GEMM up to
-   48 tokens (more go through oneDNN, so the two fused columns time the same path there). Each row also
-   checks that the per-token paths agree bit for bit.
+   dynamic Linear (per-tensor activations), by tokens x in x out, each call cycling through six layers
+   of the shape (weights from L3, as in a model). The fused op takes its VNNI GEMM up to 512 tokens
+   (more go through oneDNN, so the two fused columns time the same path there; 48 on AMX builds). Each
+   row also checks that the per-token paths agree bit for bit.
 4. One-op attention (`pdo_hub/optimizers/methods/_small_attention_kernel.cpp`): the plain
    matmul-softmax-matmul ops as they run inside a trace (the scripted function) against the one op, 12
    heads, head dim 32, boolean padding mask, by batch x tokens; `_small_attention.FUSED_SCORES` is where
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 THREADS = 2
+COPIES = 6  # per-token table: layers of one shape cycled per timed call
 
 
 def median_us(fn, runs: int = 200) -> float:
@@ -76,18 +78,22 @@ def per_token_linear() -> None:
         print(f"\nfused per-token kernel: {_token_int8_kernel.status()}")
         return
     print("\n| tokens x in x out | ATen ops us | fused, oneDNN GEMM us | fused, VNNI GEMM us | fbgemm per-tensor us | identical |\n|---|---|---|---|---|---|")
-    for tokens in (1, 8, 32, 48, 64, 128):
+    for tokens in (1, 8, 32, 64, 128, 512, 1024, 2048):
         for k, n in ((384, 1152), (384, 1536), (1536, 384)):
-            layer = TokenInt8Linear.from_float(torch.nn.Linear(k, n))
-            packed, sums = _token_int8_kernel.packed_weights(layer, layer.weight_t)
-            fbgemm = FullRangeDynamicLinear.portable_from_float(torch.nn.Linear(k, n))
+            # Six layers of the shape, each call running all six: their weights come from L3, as in a model
+            # (MiniLM has six of each), not from the L1/L2 that one layer timed alone would stay in.
+            layers = [TokenInt8Linear.from_float(torch.nn.Linear(k, n)) for _ in range(COPIES)]
+            packs = [_token_int8_kernel.packed_weights(layer, layer.weight_t) for layer in layers]
+            fbgemm = [FullRangeDynamicLinear.portable_from_float(torch.nn.Linear(k, n)) for _ in range(COPIES)]
             x = torch.randn(tokens, k)
-            args = (x, 127, layer.weight_t, layer.scale, layer.bias)
-            outputs = [aten_per_token_int8_linear(*args), fused(*args)] + ([fused(*args, packed, sums)] if packed is not None else [])
-            vnni = f"{median_us(lambda: fused(*args, packed, sums)):.0f}" if packed is not None else "no VNNI"
-            print(f"| {tokens} x {k} x {n} | {median_us(lambda: aten_per_token_int8_linear(*args)):.0f} | "
-                  f"{median_us(lambda: fused(*args)):.0f} | {vnni} | {median_us(lambda: fbgemm(x)):.0f} | "
-                  f"{all(torch.equal(outputs[0], o) for o in outputs[1:])} |")
+            args = [(x, 127, layer.weight_t, layer.scale, layer.bias) for layer in layers]
+            outputs = [aten_per_token_int8_linear(*args[0]), fused(*args[0])] + ([fused(*args[0], *packs[0])] if packs[0][0] is not None else [])
+            runs = max(10, 200 * 32 // max(32, tokens))
+            time_all = lambda call: median_us(lambda: [call(i) for i in range(COPIES)], runs) / COPIES  # noqa: E731
+            vnni = f"{time_all(lambda i: fused(*args[i], *packs[i])):.0f}" if packs[0][0] is not None else "no VNNI"
+            print(f"| {tokens} x {k} x {n} | {time_all(lambda i: aten_per_token_int8_linear(*args[i])):.0f} | "
+                  f"{time_all(lambda i: fused(*args[i])):.0f} | {vnni} | {time_all(lambda i: fbgemm[i](x)):.0f} | "
+                  f"{all(torch.equal(outputs[0], o) for o in outputs[1:])} |", flush=True)
 
 
 def fused_attention() -> None:

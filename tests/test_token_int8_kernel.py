@@ -46,9 +46,10 @@ def test_the_kernel_builds_and_loads_on_this_machine():
     assert _token_int8_kernel.library_path().is_file()
 
 
-# Row counts on both sides of the VNNI path's limit (48) and of its 4-row blocks; widths not multiples
-# of 4 (padded inputs) or of 16 and 64 (masked output columns).
-@pytest.mark.parametrize("m", [1, 3, 8, 17, 48, 49, 130])
+# Row counts on both sides of the VNNI path's limit (512 rows; 48 where AMX is built in), of its 4-row
+# blocks and of its 64-row work items; widths not multiples of 4 (padded inputs) or of 16 and 64 (masked
+# output columns).
+@pytest.mark.parametrize("m", [1, 3, 8, 17, 48, 49, 65, 130, 512, 513])
 @pytest.mark.parametrize("k,n", [(384, 1152), (130, 70), (1536, 384), (7, 1)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_outputs_equal_the_aten_ops_bit_for_bit(m, k, n, bias):

@@ -10,10 +10,12 @@ Results are bit-identical to the ATen sequence (the same operations in the same 
 multiply-adds; a test compares them), so which one runs changes no stored variant, recipe, trace check
 or accuracy figure; only speed.
 
-For inputs of up to 48 tokens on CPUs with AVX512-VNNI, the op also runs its own int8 GEMM on weights
-packed once per layer (`packed_weights`, kept beside the layer, never saved): at batch-1 request sizes
-oneDNN's per-call set-up costs more than the multiply-adds. Integer products are exact, so that GEMM's
-int32 sums are oneDNN's. A `ONEDNN_MAX_CPU_ISA` cap below VNNI (`core.cpu`) turns it off too, so a
+For inputs of up to 512 tokens on CPUs with AVX512-VNNI, the op also runs its own int8 GEMM on weights
+packed once per layer (`packed_weights`, kept beside the layer, never saved), with the dequantization in
+registers: at batch-1 request sizes oneDNN's per-call set-up costs more than the multiply-adds, and up to
+512 rows the packed loop was measured faster than oneDNN's GEMM too. Where the build has AMX-INT8,
+oneDNN's GEMM runs on the tile units and takes every input of more than 48 tokens. Integer products are
+exact, so that GEMM's int32 sums are oneDNN's. A `ONEDNN_MAX_CPU_ISA` cap below VNNI (`core.cpu`) turns it off too, so a
 capped process behaves as a CPU without VNNI would.
 
 How: the C++ source ships in the package. The first call in a process loads the library from the
