@@ -12,7 +12,7 @@ from helpers import apply_method, make_context
 from pdo_hub.optimizers import get_method, load_optimized, save_optimized
 from pdo_hub.optimizers.evaluate import fidelity, reference_outputs
 from pdo_hub.optimizers.methods._fast_forward import accelerate
-from pdo_hub.optimizers.methods._small_attention import SMALL_SCORES
+from pdo_hub.optimizers.methods._small_attention import FUSED_SCORES, SMALL_SCORES
 from pdo_hub.optimizers.methods._traces import FAILED
 from pdo_hub.optimizers.methods._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
 from pdo_hub.optimizers.recipe import Recipe
@@ -118,7 +118,8 @@ def _check_trace_matches_eager(model, encoded):
     other = dict(encoded, attention_mask=encoded["attention_mask"].flip(0))  # same shape, other padding
     shorter = {k: v[:3, :7] for k, v in encoded.items()}  # other batch size and length, nothing padded
     length = encoded["input_ids"].shape[1]
-    rows = SMALL_SCORES // (12 * length * length) + 1  # 12 heads: past SMALL_SCORES, so SDPA inside the trace
+    # 12 heads: past SMALL_SCORES and FUSED_SCORES, so SDPA inside the trace
+    rows = max(SMALL_SCORES, FUSED_SCORES) // (12 * length * length) + 1
     longer = {k: v[:1].repeat(rows, 1) for k, v in encoded.items()}
     with torch.inference_mode():
         for _ in range(2):
@@ -220,13 +221,13 @@ def test_small_input_attention_matches_sdpa_and_is_not_saved(tmp_path, monkeypat
     model = AutoModel.from_pretrained(path).eval()
     assert _small_attention.install(model) and model.config._attn_implementation == _small_attention.NAME
     small = dict(tokenizer(["A short one.", "A much longer sentence with padding for the other one."], padding=True, return_tensors="pt"))
-    large = {k: v.repeat(4, 1) for k, v in tokenizer(["word " * 200], padding="max_length", max_length=128,
+    large = {k: v.repeat(9, 1) for k, v in tokenizer(["word " * 200], padding="max_length", max_length=128,
                                                       truncation=True, return_tensors="pt").items()}
     sdpa_calls = []
     sdpa = F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: sdpa_calls.append(1) or sdpa(*a, **k))
     with torch.inference_mode():
-        for encoded, expected_sdpa_calls in ((small, 0), (large, 6)):  # 4x12x128x128 scores: past SMALL_SCORES
+        for encoded, expected_sdpa_calls in ((small, 0), (large, 6)):  # 9x12x128x128 scores: past SMALL_SCORES and FUSED_SCORES
             expected = stock(**encoded).last_hidden_state
             sdpa_calls.clear()
             got = model(**encoded).last_hidden_state

@@ -70,7 +70,7 @@ def test_one_trace_runs_the_kernel_for_short_inputs_and_the_plain_ops_above_the_
     scripted = _small_attention._scripted(True)
     graph = str(scripted.inlined_graph)
     assert "pdo_hub::small_attention" in graph and "aten::softmax" in graph
-    for batch, tokens in ((1, 8), (4, 64)):  # 12x8x8 scores: the kernel; 4x12x64x64: past FUSED_SCORES
+    for batch, tokens in ((1, 8), (9, 128)):  # 12x8x8 scores: the kernel; 9x12x128x128: past FUSED_SCORES
         assert (batch * 12 * tokens * tokens <= _small_attention.FUSED_SCORES) == (tokens == 8)
         query, key, value = (_heads(batch, 12, tokens, 32, seed) for seed in (9, 10, 11))
         mask = _padding_mask(batch, tokens, tokens, [tokens] * batch)

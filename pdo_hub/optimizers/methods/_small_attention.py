@@ -6,13 +6,12 @@ heads, head dim 32, SDPA -> plain per call: batch 1 x seq 128 256 -> 199 us, 16 
 50 x 13 1491 -> 806 us; but 8 x 128 2704 -> 5555 us, and above 12x128x128 scores it varies from run
 to run). The whole-model effect is in `scripts/bench_quantization.py` (MiniLM `dynamic`).
 
-Below that, at request sizes (score matrices of up to `FUSED_SCORES` elements: batch 1 up to 48
-tokens, batch 32 of 8), the plain ops are themselves a score of tiny ops whose dispatch costs more than
-their arithmetic, so where pdo-hub's kernel library is built (`_token_int8_kernel`; the attention op
-needs AVX-512) one op computes the same attention (`_small_attention_kernel.cpp`: all-MiniLM-L6-v2
-`dynamic` at batch 1 is 1.19x faster at 8 tokens, 1.04x at 32, the same from 64 up: bench_small_attention.py). It agrees with the
-plain ops to float rounding (within 1e-6 on MiniLM's hidden states), not bit for bit; eager calls and traces
-both take it, so a trace still equals eager.
+Where pdo-hub's kernel library is built (`_token_int8_kernel`; the attention op needs AVX-512), one op
+computes the same attention for score matrices of up to `FUSED_SCORES` elements (batch 8 of 128 tokens):
+faster there than both the plain ops, whose dispatch dominates at request sizes, and SDPA
+(`_small_attention_kernel.cpp`; all-MiniLM-L6-v2 `dynamic` at batch 1 is 1.05-1.22x faster from 8 to
+128 tokens: bench_small_attention.py). It agrees with the plain ops to float rounding, not bit for bit;
+eager calls and traces both take it, so a trace still equals eager.
 
 `install(model)` registers this function with transformers' `AttentionInterface` and switches a
 model that runs on "sdpa" to it. Which of the two runs depends on the input shapes only, and a frozen
@@ -36,7 +35,9 @@ from . import _token_int8_kernel
 logger = logging.getLogger(__name__)
 NAME = "pdo_small_cpu"
 SMALL_SCORES = 12 * 128 * 128  # largest score matrix (elements) measured faster than SDPA here
-FUSED_SCORES = 12 * 48 * 48  # largest score matrix the one-op kernel runs: faster than the plain ops up to here (bench_cpu_kernels.py)
+# Largest score matrix the one-op kernel runs: faster than the plain ops and SDPA up to here (batch 8 x 128
+# tokens, batch 32 x 64; bench_cpu_kernels.py); as fast as SDPA at 32 x 128, slower at 1 x 512.
+FUSED_SCORES = 8 * 12 * 128 * 128
 
 
 def small_cpu_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
