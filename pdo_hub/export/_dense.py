@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from pdo_hub.core.errors import ExportError
+from pdo_hub.optimizers.methods._fused_activation import layers_alone
 
 
 @torch.no_grad()
@@ -31,17 +32,18 @@ def densify_into(variant: nn.Module, skeleton: nn.Module) -> dict[str, str]:
         ExportError: a module of the original is missing from the variant or has another shape or kind.
     """
     kinds: dict[str, str] = {}
-    for path, target in skeleton.named_modules():
-        own = {name: t for name, t in [*target.named_parameters(recurse=False), *target.named_buffers(recurse=False)]}
-        if not own:
-            continue
-        source = _submodule(variant, path)
-        if isinstance(target, nn.Linear):
-            kinds[path] = _fill_linear(path, target, source)
-        elif isinstance(target, nn.Embedding):
-            kinds[path] = _fill_embedding(path, target, source)
-        else:
-            _copy_same(path, target, source, own)
+    with layers_alone(variant):  # a layer fused with the GELU after it would read as Linear + GELU
+        for path, target in skeleton.named_modules():
+            own = {name: t for name, t in [*target.named_parameters(recurse=False), *target.named_buffers(recurse=False)]}
+            if not own:
+                continue
+            source = _submodule(variant, path)
+            if isinstance(target, nn.Linear):
+                kinds[path] = _fill_linear(path, target, source)
+            elif isinstance(target, nn.Embedding):
+                kinds[path] = _fill_embedding(path, target, source)
+            else:
+                _copy_same(path, target, source, own)
     return kinds
 
 

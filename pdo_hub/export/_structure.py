@@ -16,6 +16,7 @@ import torch.nn as nn
 from pdo_hub.core.errors import ExportError
 from pdo_hub.export._dense import _copy_same, _fill_embedding, _fill_linear
 from pdo_hub.export._variant import Variant, original_skeleton
+from pdo_hub.optimizers.methods._fused_activation import layers_alone
 from pdo_hub.optimizers.registry import get_method
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -45,26 +46,27 @@ def float_structure(variant: Variant, skeleton: nn.Module | None = None) -> nn.M
         method = get_method(record["method"])
         if method.kind != "quantization":
             model = method.restore(model, record)
-    for path, target in list(model.named_modules()):
-        own = dict([*target.named_parameters(recurse=False), *target.named_buffers(recurse=False)])
-        if not own:
-            continue
-        source = _find(variant.model, path)
-        if isinstance(target, _NORMS) and source is None:
-            _replace(model, path, nn.Identity())  # fused into the conv before it by the int8 graph
-        elif source is None:
-            raise ExportError(f"The variant has no module {path!r}: its int8 graph changed the structure in a way the "
-                              "export does not follow. Export the variant before quantization, or report the model.")
-        elif isinstance(target, _CONVS):
-            _fill_conv(path, target, source)
-        elif isinstance(target, nn.Linear) and _quantized_weight(source) is not None:
-            _fill_from_quantized(path, target, source)
-        elif isinstance(target, nn.Linear):
-            _fill_linear(path, target, source)
-        elif isinstance(target, nn.Embedding):
-            _fill_embedding(path, target, source)
-        else:
-            _copy_same(path, target, source, own)
+    with layers_alone(variant.model):  # a layer fused with the GELU after it would read as Linear + GELU
+        for path, target in list(model.named_modules()):
+            own = dict([*target.named_parameters(recurse=False), *target.named_buffers(recurse=False)])
+            if not own:
+                continue
+            source = _find(variant.model, path)
+            if isinstance(target, _NORMS) and source is None:
+                _replace(model, path, nn.Identity())  # fused into the conv before it by the int8 graph
+            elif source is None:
+                raise ExportError(f"The variant has no module {path!r}: its int8 graph changed the structure in a way the "
+                                  "export does not follow. Export the variant before quantization, or report the model.")
+            elif isinstance(target, _CONVS):
+                _fill_conv(path, target, source)
+            elif isinstance(target, nn.Linear) and _quantized_weight(source) is not None:
+                _fill_from_quantized(path, target, source)
+            elif isinstance(target, nn.Linear):
+                _fill_linear(path, target, source)
+            elif isinstance(target, nn.Embedding):
+                _fill_embedding(path, target, source)
+            else:
+                _copy_same(path, target, source, own)
     return model.eval()
 
 

@@ -8,7 +8,8 @@ dimension that varies, so traffic of any lengths and batch sizes pays one trace,
 Where a model bakes a shape into its trace, that structure falls back to a trace per shape. A loaded
 variant whose record keeps its input spec has that trace built and checked at load (`_warm_up`), so
 the first requests run as fast as later ones. The first eager call also groups sibling int8 layers
-that read the same input (`_shared_input`: query, key and value share one quantization and one GEMM).
+that read the same input (`_shared_input`: query, key and value share one quantization and one GEMM),
+and int8 layers whose output only an exact GELU reads (`_fused_activation`: the GELU runs inside the op).
 
 Eligible: eval mode, gradients off (`torch.no_grad` / `torch.inference_mode`: with gradients on the
 caller may want autograd, which a frozen trace drops), and only tensor inputs, either positional or
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import threading
 import warnings
 from typing import Any, Iterator
 
@@ -33,6 +35,7 @@ import torch.nn as nn
 from torch.utils import _pytree as pytree
 
 from . import _small_attention
+from ._fused_activation import fuse_gelus, unfuse
 from ._shared_input import group_siblings, ungroup
 from ._traces import FAILED, TraceCache, identical
 
@@ -61,7 +64,8 @@ class FastForward:
         self.model = model
         self.cache = TraceCache(trace_after=_TRACE_AFTER_CALLS)
         self.warm_up_inputs = warm_up_inputs  # the record's input spec (`_warm_up`)
-        self.probed = False  # whether an eager call has grouped sibling int8 layers (`_shared_input`)
+        self.probed = False  # whether an eager call has grouped sibling int8 layers and fused GELUs
+        self.probing = threading.RLock()  # also held by `_fused_activation.layers_alone`
         self.__wrapped__ = type(model).forward.__get__(model)  # inspect.signature(model.forward) sees the real one
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -86,12 +90,20 @@ class FastForward:
         run = lambda: type(self.model).forward(self.model, *args, **kwargs)  # noqa: E731
         if self.probed:
             return run()
-        # The first eager call (always before a trace is built) finds the int8 layers that share inputs.
-        self.probed = True
-        output, groups = group_siblings(self.model, run)
-        if groups:
-            logger.debug("dynamic: %d groups of int8 layers share their input: %s", len(groups), [len(g.members) for g in groups])
-        return output
+        # The first eager call (always before a trace is built) finds the int8 layers that share inputs,
+        # then the int8 layers whose output only a GELU reads. Eager calls of other threads wait for it:
+        # a fused GELU changes results in the last bits, and a trace is checked against eager.
+        with self.probing:
+            if self.probed:
+                return run()
+            output, groups = group_siblings(self.model, run)
+            if groups:
+                logger.debug("dynamic: %d groups of int8 layers share their input: %s", len(groups), [len(g.members) for g in groups])
+            output, fused = fuse_gelus(self.model, run, output)
+            if fused:
+                logger.debug("dynamic: %d int8 layers apply the GELU that follows them", fused)
+            self.probed = True
+            return output
 
     @property
     def traces(self) -> list:
@@ -143,6 +155,7 @@ class FastForward:
     def clear(self) -> None:
         self.cache.clear()
         ungroup(self.model.modules())
+        unfuse(self.model.modules())
         self.probed = False
 
     def __getstate__(self) -> dict[str, Any]:

@@ -89,18 +89,27 @@ class LazyPackedParams(LinearPackedParams):
         return super().__getattr__(name)
 
 
+#: `TokenInt8Linear.activation` values: the op's `activation` argument (`_fused_activation`).
+NO_ACTIVATION, GELU = 0, 1
+#: Per thread, the last output a layer with `activation == GELU` returned: the GELU module that follows
+#: passes exactly that tensor through, and applies GELU to anything else (`_fused_activation`).
+GELU_APPLIED = threading.local()
+
+
 def per_token_int8_linear(owner: object, x: torch.Tensor, activation_levels: int, weight_t: torch.Tensor,
-                          scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """(... x in) -> (... x out) in x's dtype: one activation scale per token (row), int8 GEMM, per-column dequantization.
+                          scale: torch.Tensor, bias: torch.Tensor | None, activation: int = NO_ACTIVATION) -> torch.Tensor:
+    """(... x in) -> (... x out) in x's dtype: one activation scale per token (row), int8 GEMM, per-column
+    dequantization, then `activation` (`GELU`: the erf GELU, applied in the op's epilogue).
 
     One compiled op where it could be built here (`_token_int8_kernel`; `owner`, the object holding
     `weight_t`, keeps its packed copy), else the same arithmetic in ATen ops.
     """
     fused = _token_int8_kernel.op() if x.device.type == "cpu" else None
     if fused is not None:
-        return fused(x, activation_levels, weight_t, scale, bias, *_token_int8_kernel.packed_weights(owner, weight_t))
+        return fused(x, activation_levels, weight_t, scale, bias, *_token_int8_kernel.packed_weights(owner, weight_t), activation)
     y = aten_per_token_int8_linear(x.reshape(-1, weight_t.shape[0]), activation_levels, weight_t, scale, bias)
-    return y.reshape(*x.shape[:-1], weight_t.shape[1]).to(x.dtype)
+    y = y.reshape(*x.shape[:-1], weight_t.shape[1]).to(x.dtype)
+    return torch.nn.functional.gelu(y) if activation == GELU else y
 
 
 def aten_per_token_int8_linear(rows: torch.Tensor, activation_levels: int, weight_t: torch.Tensor, scale: torch.Tensor,
@@ -121,10 +130,12 @@ class TokenInt8Linear(nn.Module):
     them): zero-filling MiniLM's tables on every cache-hit load cost ~200 ms. `portable`: weights on
     `PORTABLE_MAX` levels per side instead of 127, and activations too for a single output (structure,
     so the recipe records it). `shared_input`: the `_shared_input.SharedInput` this layer's calls go
-    through when it has siblings reading the same input (set by `FastForward`, never saved).
+    through when it has siblings reading the same input, and `activation` the GELU it applies for the
+    module that follows it (`_fused_activation`); both set by `FastForward`, never saved.
     """
 
     shared_input = None
+    activation = NO_ACTIVATION
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, portable: bool = False) -> None:
         super().__init__()
@@ -152,8 +163,12 @@ class TokenInt8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shared_input is not None:
             return self.shared_input.output(self, x)
-        return per_token_int8_linear(self, x, self.activation_levels, self.weight_t, self.scale,
-                                     self.bias if self.has_bias else None)
+        activation = self.activation  # read once: another thread may fuse or unfuse meanwhile
+        out = per_token_int8_linear(self, x, self.activation_levels, self.weight_t, self.scale,
+                                    self.bias if self.has_bias else None, activation)
+        if activation == GELU:
+            GELU_APPLIED.tensor = out
+        return out
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         # New weights: the group's concatenated copies of its members' weights, and the packed copy, are stale.
