@@ -122,7 +122,11 @@ _AVX2_SCRIPT = """
         layer = TokenInt8Linear.from_float(nn.Linear(k, n))
         x = torch.randn(m, k) * 3
         got = torch.ops.pdo_hub.per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias)
-        assert torch.equal(got, aten_per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias)), (m, k, n)
+        expected = aten_per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias)
+        assert torch.equal(got, expected), (m, k, n)
+        # The fused GELU (activation=1), from the AVX2 build of ATen's vectorized formula up to 32 rows.
+        with_gelu = torch.ops.pdo_hub.per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias, None, None, 1)
+        torch.testing.assert_close(with_gelu, torch.nn.functional.gelu(expected), rtol=1e-5, atol=1e-6)
     print("identical")
 """
 
