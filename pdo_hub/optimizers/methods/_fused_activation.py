@@ -20,10 +20,12 @@ into a different rounding of some later activation, and MiniLM's outputs then di
 0.9987.) Nothing is saved: the state dict and the module tree are unchanged, and `unfuse` (new weights,
 a cleared trace cache) restores the modules as they were.
 
-Numerics: the op computes ATen's vectorized erf formula, which is what torch's own GELU computes with
-oneDNN switched off; by default torch runs oneDNN's erf, which differs in the last bits. So a fused model
-agrees with the unfused one to float rounding, not bit for bit (as the one-op attention does), and eager
-calls and traces both take the fused op, so a trace still equals eager. Only where the kernel library is
+Numerics: for inputs of up to 32 tokens the op computes ATen's vectorized erf formula in its epilogue,
+which is what torch's own GELU computes with oneDNN switched off; by default torch runs oneDNN's erf,
+which differs in the last bits. Above 32 tokens the op runs torch's own GELU on its output (faster there
+than the epilogue), the same values as unfused. So a fused model agrees with the unfused one to float
+rounding, not bit for bit (as the one-op attention does), and eager calls and traces both take the
+fused op, so a trace still equals eager. Only where the kernel library is
 built (`_token_int8_kernel`): the ATen fallback would gain nothing.
 """
 
