@@ -10,6 +10,7 @@
 // more than its multiply-adds, and without AMX the packed loop stays faster up to 512 rows. Larger
 // inputs go through at::_int_mm (oneDNN). Integer products are exact either way, so both give the same
 // int32 sums.
+
 // ATen's vectorized functions for the CPU this is built for (what its own kernels of that capability
 // use): the fused GELU is ATen's `vectorized_gelu`. Set before any ATen header.
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && defined(__AVX512VL__)
@@ -208,11 +209,10 @@ void quantize_rows(const float* x, int64_t m, int64_t k, int64_t stride, float l
   });
 }
 
-// (tokens x in) float rows -> (tokens x out) float, then `activation` (an Activation).
+// (tokens x in) float rows -> (tokens x out) float, then `epilogue` (an Activation) in the dequantization.
 at::Tensor linear_rows(const at::Tensor& rows_in, int64_t levels, const at::Tensor& weight_t, const at::Tensor& scale,
                        const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& packed,
-                       const std::optional<at::Tensor>& column_sum, int64_t activation) {
-  TORCH_CHECK(activation == kNone || activation == kGelu, "per_token_int8_linear: activation must be 0 (none) or 1 (GELU)");
+                       const std::optional<at::Tensor>& column_sum, int64_t epilogue) {
   const at::Tensor rows = rows_in.to(at::kFloat).contiguous();
   const int64_t m = rows.size(0), k = rows.size(1), n = weight_t.size(1);
   const at::Tensor column_scale = scale.to(at::kFloat).contiguous();
@@ -228,8 +228,6 @@ at::Tensor linear_rows(const at::Tensor& rows_in, int64_t levels, const at::Tens
   at::Tensor row_scale = at::empty({m}, rows.options());
   float* rs = row_scale.data_ptr<float>();
   at::Tensor y = at::empty({m, n}, rows.options());
-  if (activation == kGelu && m > kEpilogueGeluMaxRows)  // after the GEMM, torch's own GELU
-    return at::gelu(linear_rows(rows, levels, weight_t, scale, bias, packed, column_sum, kNone));
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
   if (packed.has_value() && packed->defined() && column_sum.has_value() && m <= kVnniMaxRows) {
@@ -242,7 +240,7 @@ at::Tensor linear_rows(const at::Tensor& rows_in, int64_t levels, const at::Tens
     at::Tensor quantized = at::empty({m, k4s * 4}, rows.options().dtype(at::kChar));
     quantize_rows(x, m, k, k4s * 4, static_cast<float>(levels), true, quantized.data_ptr<int8_t>(), rs);
     vnni_linear(reinterpret_cast<const uint8_t*>(quantized.data_ptr<int8_t>()), m, k4s, packed->data_ptr<int8_t>(), column_sum->data_ptr<int32_t>(), n,
-                rs, cs, b, activation, y.data_ptr<float>());
+                rs, cs, b, epilogue, y.data_ptr<float>());
     return y;
   }
 #endif
@@ -262,7 +260,7 @@ at::Tensor linear_rows(const at::Tensor& rows_in, int64_t levels, const at::Tens
       } else {
         for (int64_t j = 0; j < n; ++j) yi[j] = static_cast<float>(ai[j]) * s * cs[j];
       }
-      if (activation == kGelu) gelu_in_place(yi, n);
+      if (epilogue == kGelu) gelu_in_place(yi, n);
     }
   });
   return y;
@@ -283,8 +281,12 @@ at::Tensor per_token_int8_linear(const at::Tensor& x, int64_t levels, const at::
   TORCH_CHECK(x.dim() >= 1 && weight_t.dim() == 2 && x.size(-1) == weight_t.size(0),
               "per_token_int8_linear: the input's last dimension and weight_t (in x out) do not match");
   TORCH_CHECK(weight_t.scalar_type() == at::kChar, "per_token_int8_linear: weight_t must be int8");
-  const at::Tensor y = linear_rows(x.reshape({-1, x.size(-1)}), levels, weight_t, scale, bias, packed, column_sum, activation)
-                           .view(output_shape(x, weight_t));
+  TORCH_CHECK(activation == kNone || activation == kGelu, "per_token_int8_linear: activation must be 0 (none) or 1 (GELU)");
+  const at::Tensor rows = x.reshape({-1, x.size(-1)});
+  const bool gelu_after = activation == kGelu && rows.size(0) > kEpilogueGeluMaxRows;  // then torch's own GELU
+  at::Tensor y = linear_rows(rows, levels, weight_t, scale, bias, packed, column_sum, gelu_after ? kNone : activation);
+  if (gelu_after) y = at::gelu(y);
+  y = y.view(output_shape(x, weight_t));
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
