@@ -1,0 +1,64 @@
+"""The fused GELU's effect on a whole model: all-MiniLM-L6-v2 `dynamic` at batch 1, side by side.
+
+Two copies of one variant (built once by the public optimizer on 32 generated sentences), each with its
+own frozen trace: one as pdo-hub runs it, its feed-forward GELUs inside the int8 op
+(`_fused_activation`), one with those GELUs unfused (torch's own op). Batch-1 latency by token count,
+best of 3 interleaved rounds, 2 threads; then, per length, the largest difference between the copies'
+hidden states and each copy's cosine to the float model (mean-pooled).
+
+    flock /tmp/pdo-heavy.lock python scripts/bench_fused_gelu.py
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_workloads as workloads  # noqa: E402
+
+from pdo_hub.core.config import PostDownloadOptimizationConfig  # noqa: E402
+from pdo_hub.demo import minilm_folder, tokenized_sentences  # noqa: E402
+from pdo_hub.optimizers import create_post_download_optimizer  # noqa: E402
+from pdo_hub.optimizers.methods._fused_activation import unfuse  # noqa: E402
+from pdo_hub.optimizers.methods._int8_linear import GELU, TokenInt8Linear  # noqa: E402
+
+
+def main() -> None:
+    from transformers import AutoModel, AutoTokenizer
+
+    torch.set_num_threads(workloads.THREADS)
+    folder = minilm_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    texts = workloads.sentences(300, 11)
+    config = PostDownloadOptimizationConfig(quantization_method="dynamic", enable_low_rank_optimization=False,
+                                            enable_tensor_factorization=False, auto_select_best_method=False)
+    fused, _ = create_post_download_optimizer(config).optimize_model(
+        model=copy.deepcopy(model), model_name="all-MiniLM-L6-v2", example_inputs=tokenized_sentences(tokenizer, texts[:1])[0],
+        calibration_data=tokenized_sentences(tokenizer, texts[:32]))
+    lengths = {n: dict(tokenizer(" ".join(texts), truncation=True, max_length=n, return_tensors="pt")) for n in (8, 16, 32, 64, 128)}
+    plain = copy.deepcopy(fused)
+    with torch.inference_mode():  # each copy's first call groups siblings and fuses GELUs
+        fused(**lengths[8])
+        plain(**lengths[8])
+    unfuse(plain.modules())
+    plain.forward.cache.clear()  # its traces are rebuilt unfused; the first-call probe does not run again
+    count = lambda m: sum(isinstance(layer, TokenInt8Linear) and layer.activation == GELU for layer in m.modules())  # noqa: E731
+    print(f"int8 layers applying their GELU: {count(fused)} in the fused copy, {count(plain)} in the other")
+    hidden = lambda m: (lambda x: m(**x).last_hidden_state)  # noqa: E731
+    copies = {"fused GELU": lambda: hidden(fused), "torch's GELU": lambda: hidden(plain)}
+    print(workloads.latency_by_length(copies, lengths, peer="torch's GELU"))
+    print("\n| tokens | largest hidden-state difference | cosine to FP32, fused | cosine to FP32, torch's GELU |\n|---|---|---|---|")
+    with torch.inference_mode():
+        for n, x in lengths.items():
+            one, other, reference = fused(**x).last_hidden_state, plain(**x).last_hidden_state, model(**x).last_hidden_state
+            cosine = lambda h: float(torch.nn.functional.cosine_similarity(h.mean(1), reference.mean(1)))  # noqa: E731
+            print(f"| {n} | {float((one - other).abs().max()):.1e} | {cosine(one):.5f} | {cosine(other):.5f} |")
+
+
+if __name__ == "__main__":
+    main()
