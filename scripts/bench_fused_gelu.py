@@ -20,27 +20,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_workloads as workloads  # noqa: E402
 
-from pdo_hub.core.config import PostDownloadOptimizationConfig  # noqa: E402
-from pdo_hub.demo import minilm_folder, tokenized_sentences  # noqa: E402
-from pdo_hub.optimizers import create_post_download_optimizer  # noqa: E402
 from pdo_hub.optimizers.methods._fused_activation import unfuse  # noqa: E402
 from pdo_hub.optimizers.methods._int8_linear import GELU, TokenInt8Linear  # noqa: E402
 
 
 def main() -> None:
-    from transformers import AutoModel, AutoTokenizer
-
     torch.set_num_threads(workloads.THREADS)
-    folder = minilm_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).eval()
-    texts = workloads.sentences(300, 11)
-    config = PostDownloadOptimizationConfig(quantization_method="dynamic", enable_low_rank_optimization=False,
-                                            enable_tensor_factorization=False, auto_select_best_method=False)
-    fused, _ = create_post_download_optimizer(config).optimize_model(
-        model=copy.deepcopy(model), model_name="all-MiniLM-L6-v2", example_inputs=tokenized_sentences(tokenizer, texts[:1])[0],
-        calibration_data=tokenized_sentences(tokenizer, texts[:32]))
-    lengths = {n: dict(tokenizer(" ".join(texts), truncation=True, max_length=n, return_tensors="pt")) for n in (8, 16, 32, 64, 128)}
+    model, fused, lengths = workloads.minilm_dynamic_variant((8, 16, 32, 64, 128))
     plain = copy.deepcopy(fused)
     with torch.inference_mode():  # each copy's first call groups siblings and fuses GELUs
         fused(**lengths[8])

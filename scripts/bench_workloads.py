@@ -190,6 +190,26 @@ def latency_by_length(variants: dict, inputs: dict, peer: str, calls: int = 50) 
     return "\n".join(lines)
 
 
+def minilm_dynamic_variant(lengths: tuple[int, ...]):
+    """(FP32 MiniLM, its `dynamic` variant built by the public optimizer on 32 generated sentences, {tokens: a
+    batch-1 input of that many tokens}): the set-up of the scripts that compare two copies of one variant."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from pdo_hub.demo import minilm_folder, tokenized_sentences
+
+    folder = minilm_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    texts = sentences(300, 11)
+    config = PostDownloadOptimizationConfig(quantization_method="dynamic", enable_low_rank_optimization=False,
+                                            enable_tensor_factorization=False, auto_select_best_method=False)
+    variant, _ = create_post_download_optimizer(config).optimize_model(
+        model=copy.deepcopy(model), model_name="all-MiniLM-L6-v2", example_inputs=tokenized_sentences(tokenizer, texts[:1])[0],
+        calibration_data=tokenized_sentences(tokenizer, texts[:32]))
+    inputs = {n: dict(tokenizer(" ".join(texts), truncation=True, max_length=n, return_tensors="pt")) for n in lengths}
+    return model, variant, inputs
+
+
 def ready(model):
     """The loaded variant once its background warm-up (the frozen trace) is done: "load" counts it."""
     _warm_up.wait(model)
