@@ -9,8 +9,9 @@
    the fused op on oneDNN's GEMM, the fused op's own VNNI GEMM (packed weights), and torch.ao's fbgemm
    dynamic Linear (per-tensor activations), by tokens x in x out, each call cycling through six layers
    of the shape (weights from L3, as in a model). The fused op takes its VNNI GEMM up to 512 tokens
-   (more go through oneDNN, so the two fused columns time the same path there; 48 on AMX builds). Each
-   row also checks that the per-token paths agree bit for bit.
+   (more go through oneDNN, so the two fused columns time the same path there); on CPUs with AMX-INT8
+   the packed column is the tile GEMM from 32 tokens, at every size. Each row also checks that the
+   per-token paths agree bit for bit.
 4. One-op attention (`pdo_hub/optimizers/methods/_small_attention_kernel.cpp`): the plain
    matmul-softmax-matmul ops as they run inside a trace (the scripted function) against the one op, 12
    heads, head dim 32, boolean padding mask, by batch x tokens; `_small_attention.FUSED_SCORES` is where
@@ -77,7 +78,7 @@ def per_token_linear() -> None:
     if fused is None:
         print(f"\nfused per-token kernel: {_token_int8_kernel.status()}")
         return
-    print("\n| tokens x in x out | ATen ops us | fused, oneDNN GEMM us | fused, VNNI GEMM us | fbgemm per-tensor us | identical |\n|---|---|---|---|---|---|")
+    print("\n| tokens x in x out | ATen ops us | fused, oneDNN GEMM us | fused, packed GEMM (VNNI; AMX from 32 tokens) us | fbgemm per-tensor us | identical |\n|---|---|---|---|---|---|")
     for tokens in (1, 8, 32, 64, 128, 512, 1024, 2048):
         for k, n in ((384, 1152), (384, 1536), (1536, 384)):
             # Six layers of the shape, each call running all six: their weights come from L3, as in a model

@@ -42,15 +42,15 @@ def _rows(m: int, k: int, seed: int) -> torch.Tensor:
 def test_the_kernel_builds_and_loads_on_this_machine():
     fused = _token_int8_kernel.op()
     assert fused is not None, f"the fused kernel did not build: {_token_int8_kernel.status()}"
-    assert _token_int8_kernel.status() == "fused"
+    assert _token_int8_kernel.status().startswith("fused")
     assert _token_int8_kernel.library_path().is_file()
 
 
-# Row counts on both sides of the VNNI path's limit (512 rows; 48 where AMX is built in), of its 4-row
-# blocks and of its 64-row work items; widths not multiples of 4 (padded inputs) or of 16 and 64 (masked
-# output columns).
-@pytest.mark.parametrize("m", [1, 3, 8, 17, 48, 49, 65, 130, 512, 513])
-@pytest.mark.parametrize("k,n", [(384, 1152), (130, 70), (1536, 384), (7, 1)])
+# Row counts on both sides of the VNNI path's limit (512 rows), of the AMX path's start (32 rows) and its
+# 32-row steps, of the VNNI path's 4-row blocks and of the 64-row work items; widths not multiples of 4
+# (padded inputs) or of 16 and 64 (masked output columns), and of 64 (no AMX: it takes whole weight tiles).
+@pytest.mark.parametrize("m", [1, 3, 8, 17, 31, 32, 48, 49, 65, 130, 512, 513])
+@pytest.mark.parametrize("k,n", [(384, 1152), (130, 70), (128, 70), (1536, 384), (7, 1)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_fused_outputs_equal_the_aten_ops_bit_for_bit(m, k, n, bias):
     layer = _layer(k, n, seed=m + k + n, bias=bias, portable=n == 1)
@@ -205,4 +205,29 @@ def test_the_report_says_which_kernel_the_per_token_layers_ran_on():
     from pdo_hub.optimizers.report import environment
 
     _layer(16, 8, seed=0)(_rows(2, 16, seed=0))
-    assert environment(torch.device("cpu"), 2)["per_token_int8_kernel"] == "fused"
+    ran_on = environment(torch.device("cpu"), 2)["per_token_int8_kernel"]
+    assert ran_on.startswith("fused (GEMM: ")
+    assert ("AMX-INT8" in ran_on) == ("amx_int8" in cpu.cpu_flags()), ran_on
+    assert ("AVX512-VNNI" in ran_on) == HAS_VNNI, ran_on
+
+
+_CAPPED_SCRIPT = """
+    import torch, torch.nn as nn
+    from pdo_hub.optimizers.methods import _token_int8_kernel
+    from pdo_hub.optimizers.methods._int8_linear import TokenInt8Linear, aten_per_token_int8_linear
+    torch.manual_seed(0)
+    layer = TokenInt8Linear.from_float(nn.Linear(384, 1152))
+    x = torch.randn(130, 384)
+    assert torch.equal(layer(x), aten_per_token_int8_linear(x, layer.activation_levels, layer.weight_t, layer.scale, layer.bias))
+    print(_token_int8_kernel.status())
+"""
+
+
+def test_a_onednn_cap_below_amx_keeps_the_op_off_the_tiles_with_the_same_outputs():
+    # The same cap that keeps oneDNN off AMX keeps pdo-hub's op off it (a capped process runs as a CPU
+    # without AMX would); on a CPU without AMX both runs take the VNNI loop.
+    free = _run(_CAPPED_SCRIPT)
+    capped = _run(_CAPPED_SCRIPT, ONEDNN_MAX_CPU_ISA="AVX512_CORE_VNNI")
+    assert free.returncode == 0 and capped.returncode == 0, (free.stderr + capped.stderr)[-2000:]
+    assert ("AMX-INT8" in free.stdout) == ("amx_int8" in cpu.cpu_flags()), free.stdout
+    assert "AMX" not in capped.stdout and ("fused (GEMM: AVX512-VNNI" in capped.stdout) == HAS_VNNI, capped.stdout

@@ -83,14 +83,15 @@ def int8_environment() -> dict[str, str]:
     found = {}
     for kernel in KERNELS:
         isas = vnni_isas(kernel)
-        if kernel == "onednn" and "amx_int8" in isas and _onednn_allows_amx():
+        if kernel == "onednn" and "amx_int8" in isas and onednn_allows_amx():
             found[kernel] = "amx_int8"
         else:
             found[kernel] = next((isa for isa in isas if isa != "amx_int8"), isas[0] if isas else "int16 pairs (no VNNI): full-range int8 saturates")
     return found
 
 
-def _onednn_allows_amx() -> bool:
+def onednn_allows_amx() -> bool:
+    """No `ONEDNN_MAX_CPU_ISA` cap below AMX in this process (pdo-hub's own int8 op follows the same cap)."""
     cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "ALL").upper()
     return cap in ("ALL", "DEFAULT") or "AMX" in cap
 

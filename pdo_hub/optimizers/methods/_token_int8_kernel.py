@@ -13,10 +13,12 @@ or accuracy figure; only speed.
 For inputs of up to 512 tokens on CPUs with AVX512-VNNI, the op also runs its own int8 GEMM on weights
 packed once per layer (`packed_weights`, kept beside the layer, never saved), with the dequantization in
 registers: at batch-1 request sizes oneDNN's per-call set-up costs more than the multiply-adds, and up to
-512 rows the packed loop was measured faster than oneDNN's GEMM too. Where the build has AMX-INT8,
-oneDNN's GEMM runs on the tile units and takes every input of more than 48 tokens. Integer products are
-exact, so that GEMM's int32 sums are oneDNN's. A `ONEDNN_MAX_CPU_ISA` cap below VNNI (`core.cpu`) turns it off too, so a
-capped process behaves as a CPU without VNNI would.
+512 rows the packed loop was measured faster than oneDNN's GEMM too. On CPUs with AMX-INT8 (built with
+it, and granted the tile state by Linux), the same packed weights run on the tile units from 32 tokens,
+at any size: `torch._int_mm` reaches oneDNN's gemm API, which does not use the tiles (the figures are in
+the .cpp). Integer products are exact, so every path's int32 sums are oneDNN's. A `ONEDNN_MAX_CPU_ISA`
+cap below VNNI (`core.cpu`) turns the packed paths off, and one below AMX the tiles, so a capped process
+behaves as a CPU without them would. The report's `per_token_int8_kernel` says which GEMMs ran.
 
 How: the C++ source ships in the package. The first call in a process loads the library from the
 kernel cache (`PDO_HUB_KERNEL_CACHE`, default `$XDG_CACHE_HOME/pdo_hub_kernels`, else
@@ -58,6 +60,8 @@ SOURCES = (SOURCE, Path(__file__).with_name("_small_attention_kernel.cpp"))
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++20", "-fPIC", "-shared", "-ffp-contract=off")
 _BUILD_TIMEOUT_S = 600
 _LOCK = threading.Lock()
+# The op's GEMM choices (kAmxMinRows and kVnniMaxRows in the .cpp), for the report.
+AMX_MIN_ROWS, VNNI_MAX_ROWS = 32, 512
 _loaded: dict[str, object] = {}  # "op": the op or None, "why": why not (once decided in this process)
 
 
@@ -95,10 +99,17 @@ def packed_weights(owner: object, weight_t: torch.Tensor) -> tuple[torch.Tensor 
 
 
 def status() -> str:
-    """What per-token int8 layers run on in this process, for reports: `fused`, `aten ops (why)`, or `not used yet`."""
+    """What per-token int8 layers run on in this process, for reports: `fused (its GEMMs)`, `aten ops (why)`,
+    or `not used yet`."""
     if "op" not in _loaded:
         return "not used yet"
-    return "fused" if _loaded["op"] is not None else f"aten ops ({_loaded['why']})"
+    if _loaded["op"] is None:
+        return f"aten ops ({_loaded['why']})"
+    if "avx512_vnni" not in cpu.vnni_isas("onednn"):
+        return "fused (GEMM: oneDNN)"
+    if _loaded["amx"]:
+        return f"fused (GEMM: AVX512-VNNI below {AMX_MIN_ROWS} tokens, AMX-INT8 tiles from {AMX_MIN_ROWS} where the input width is a multiple of 64)"
+    return f"fused (GEMM: AVX512-VNNI up to {VNNI_MAX_ROWS} tokens, oneDNN above)"
 
 
 def cache_dir() -> Path:
@@ -118,7 +129,8 @@ def _decide() -> dict:
     if os.environ.get("PDO_HUB_FUSED_KERNEL", "1").strip() == "0":
         return {"op": None, "why": "PDO_HUB_FUSED_KERNEL=0"}
     try:
-        return {"op": _load(), "why": ""}
+        fused = _load()
+        return {"op": fused, "why": "", "amx": bool(torch.ops.pdo_hub.allow_amx(cpu.onednn_allows_amx()))}
     except KernelUnavailable as err:
         logger.warning("pdo-hub's fused per-token int8 kernel is unavailable: %s. Per-token int8 layers run as ATen "
                        "ops instead (same results, slower on small inputs).", err)
