@@ -37,7 +37,7 @@ The seed's "low-rank regularization" is realized as low-rank compensation (`_com
 consumer's dropped input channels, and the dropped heads in the output projection, are predicted from
 the kept ones by ridge regression on calibration statistics and folded into the kept weights (and a
 Linear's bias), so the stored model has the usual structure (`scripts/bench_lowrank.py`, digits
-ResNet-18 at 0.5: see the README's low-rank table; Torch-Pruning alone at the same size keeps 11.75%).
+ResNet-18 at 0.5: see the low-rank table in docs/benchmarks.md; Torch-Pruning alone at the same size keeps 11.75%).
 Statistics are taken on token batches without their trailing padding: a batch-1 sentence padded to
 128 tokens is mostly pad tokens, which would dominate them (recovery keeps the padded batches).
 
