@@ -9,6 +9,7 @@ so every preset runs once per model and the tests read the results.
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -56,10 +57,20 @@ def test_every_preset_stores_an_optimized_variant_within_its_budget(preset_repor
         assert not crashes, f"{family}/{preset}: methods crashed instead of declining: {crashes}"
 
 
+def _standard_error(report: dict) -> float:
+    return report["accuracy_metrics"].get("loss_standard_error") or 0.0
+
+
 @pytest.mark.slow
-def test_aggressive_is_the_smallest_and_quality_the_most_faithful(preset_reports):
+def test_aggressive_is_the_smallest_and_quality_the_most_faithful_within_the_losses_standard_errors(preset_reports):
     family, reports = preset_reports
     sizes = {preset: _size(report) for preset, report in reports.items()}
     losses = {preset: _loss(report) for preset, report in reports.items()}
     assert sizes["aggressive"] == min(sizes.values()), f"{family}: sizes {sizes}"
-    assert losses["quality"] == min(losses.values()), f"{family}: losses {losses}"
+    # Each loss is an estimate on held-out samples, reported with its standard error. Two int8 schemes can
+    # land closer than that, in an order that depends on the CPU's kernels (digits on a Xeon with AMX-INT8:
+    # conservative's `static` 0.00083 +- 0.00061, quality's `fx` 0.00177 +- 0.00137); then neither is the
+    # more faithful, so quality must only not be worse by more than twice their combined error.
+    for preset, loss in losses.items():
+        margin = 2 * math.hypot(_standard_error(reports["quality"]), _standard_error(reports[preset]))
+        assert losses["quality"] <= loss + margin, f"{family}: quality {losses['quality']} vs {preset} {loss} (+- {margin:.6f})"
