@@ -317,8 +317,22 @@ void quantize_rows(const float* x, int64_t m, int64_t k, int64_t stride, float l
       rs[i] = s;
       int8_t* qi = q + i * stride;
       const int8_t bias = flip ? static_cast<int8_t>(-128) : 0;  // -128: the sign bit, xored in
-      for (int64_t j = 0; j < k; ++j) qi[j] = static_cast<int8_t>(static_cast<int8_t>(std::nearbyint(xi[j] / s)) ^ bias);
-      for (int64_t j = k; j < stride; ++j) qi[j] = 0;
+      int64_t j = 0;
+#if defined(__AVX512F__)
+      // 16 at a time, the same operations: an exact division, round half to even, the xor. GCC left the
+      // scalar loop unvectorized (a division, a rounding and a conversion per element: ~11% of a batch-1
+      // forward at 8 tokens in a perf profile on an AMX-INT8 Xeon); vectorized, all-MiniLM-L6-v2 at batch 1
+      // ran 1.11x at 8 tokens, 1.15x at 16, 1.26x at 32, 1.20x at 64, 1.13x at 128 (one process, with a
+      // switch between the two loops; a one-off build, not kept).
+      const __m512 divisor = _mm512_set1_ps(s);
+      const __m128i sign = _mm_set1_epi8(bias);
+      for (; j + 16 <= k; j += 16) {
+        const __m512 v = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(xi + j), divisor), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(qi + j), _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)), sign));
+      }
+#endif
+      for (; j < k; ++j) qi[j] = static_cast<int8_t>(static_cast<int8_t>(std::nearbyint(xi[j] / s)) ^ bias);
+      for (j = k; j < stride; ++j) qi[j] = 0;
     }
   });
 }
