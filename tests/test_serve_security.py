@@ -179,8 +179,11 @@ def test_body_over_the_limit_is_refused_with_413(tmp_path):
 
 @pytest.mark.parametrize("value", ["abc", "-5", "1.5", "0x10"])
 def test_bad_content_length_is_a_400(tmp_path, value):
+    # No body after the bad header: the server answers 400 and closes, and bytes it never read would make
+    # the kernel reset the connection, which can discard the answer before the client reads it (it did,
+    # now and then, in full test runs).
     with HubServer(tmp_path, allow_anonymous_writes=True) as server:
-        status, _, _ = _send(server, "POST", "/api/repos/create", b"{}", {"Content-Length": value})
+        status, _, _ = _send(server, "POST", "/api/repos/create", b"", {"Content-Length": value})
     assert status == 400
 
 
