@@ -308,6 +308,9 @@ bool allow_amx(bool allowed) {
   return kAmxBuilt && allowed && amx_permitted();
 }
 
+// [kVnniMaxRows, kAmxMinRows]: the row counts where the GEMM changes path, for the report.
+std::vector<int64_t> gemm_limits() { return {kVnniMaxRows, kAmxMinRows}; }
+
 // Per-row scale and int8 values; `flip`: stored with the sign bit flipped (q + 128 as u8, for dpbusd).
 void quantize_rows(const float* x, int64_t m, int64_t k, int64_t stride, float levels, bool flip, int8_t* q, float* rs) {
   at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
@@ -450,6 +453,7 @@ TORCH_LIBRARY(pdo_hub, m) {
         "Tensor? packed=None, Tensor? column_sum=None, int activation=0) -> Tensor");
   m.def("pack_weights(Tensor weight_t) -> Tensor");
   m.def("allow_amx(bool allowed) -> bool", &allow_amx);
+  m.def("gemm_limits() -> int[]", &gemm_limits);
 }
 TORCH_LIBRARY_IMPL(pdo_hub, CPU, m) {
   m.impl("per_token_int8_linear", &per_token_int8_linear);

@@ -60,8 +60,6 @@ SOURCES = (SOURCE, Path(__file__).with_name("_small_attention_kernel.cpp"))
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++20", "-fPIC", "-shared", "-ffp-contract=off")
 _BUILD_TIMEOUT_S = 600
 _LOCK = threading.Lock()
-# The op's GEMM choices (kAmxMinRows and kVnniMaxRows in the .cpp), for the report.
-AMX_MIN_ROWS, VNNI_MAX_ROWS = 32, 512
 _loaded: dict[str, object] = {}  # "op": the op or None, "why": why not (once decided in this process)
 
 
@@ -107,9 +105,10 @@ def status() -> str:
         return f"aten ops ({_loaded['why']})"
     if "avx512_vnni" not in cpu.vnni_isas("onednn"):
         return "fused (GEMM: oneDNN)"
+    vnni_max_rows, amx_min_rows = torch.ops.pdo_hub.gemm_limits()  # the library's own limits
     if _loaded["amx"]:
-        return f"fused (GEMM: AVX512-VNNI below {AMX_MIN_ROWS} tokens, AMX-INT8 tiles from {AMX_MIN_ROWS} where the input width is a multiple of 64)"
-    return f"fused (GEMM: AVX512-VNNI up to {VNNI_MAX_ROWS} tokens, oneDNN above)"
+        return f"fused (GEMM: AVX512-VNNI below {amx_min_rows} tokens, AMX-INT8 tiles from {amx_min_rows} where the input width is a multiple of 64)"
+    return f"fused (GEMM: AVX512-VNNI up to {vnni_max_rows} tokens, oneDNN above)"
 
 
 def cache_dir() -> Path:
