@@ -148,6 +148,26 @@ def test_recovery_can_be_switched_off_and_is_bounded():
     assert records[0]["recovery"]["steps"] <= 3
 
 
+@pytest.mark.parametrize("loss, runs", [(0.0005, False), (0.01, True)])
+def test_recovery_is_skipped_when_the_loss_it_is_judged_by_is_already_negligible(loss, runs):
+    # Kept only if it lowers that loss, recovery can win back at most `loss`: under 5% of the 0.02
+    # threshold its steps are not worth their time (all-MiniLM-L6-v2's svd: 14 s, then undone).
+    from pdo_hub.optimizers.recovery import recover
+
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    factored, records = apply_method("svd", model, x, target_compression_ratio=0.5, recovery_steps=0)
+    ctx = make_context(model, x, target_compression_ratio=0.5, recovery_steps=3, preserve_accuracy_threshold=0.02)
+    ctx.measure_loss = lambda _model: loss
+    weights = {k: v.clone() for k, v in factored.state_dict().items()}
+    info = recover(factored, ctx, "svd", records)
+    moved = any(not torch.equal(v, weights[k]) for k, v in factored.state_dict().items())
+    if runs:
+        assert info["steps"] == 3 and "skipped" not in info
+    else:
+        assert info["steps"] == 0 and info["skipped"] and not moved, info
+        assert records[0]["recovery"] is info and any("recovery skipped" in note for note in ctx.notes)
+
+
 @pytest.mark.slow
 def test_digits_svd_keeps_accuracy_at_half_size():
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))

@@ -67,6 +67,24 @@ def test_dynamic_mixes_schemes_by_sensitivity(tmp_path):
     _roundtrip(optimized, lambda: MLP(width=256), torch.randn(3, 32), tmp_path)
 
 
+def test_first_step_of_a_pipeline_spends_no_loss_measurement_on_the_unchanged_original():
+    # Its loss is zero by construction; measuring it cost a pass over the calibration set per candidate.
+    from pdo_hub.optimizers.candidates import build_candidate
+
+    model = MLP(width=256).eval()
+    ctx = make_context(model, torch.randn(1, 32), preserve_accuracy_threshold=0.02)
+    references = reference_outputs(model, ctx.calibration_inputs, ctx.device)
+    unchanged = []
+
+    def measure(candidate):
+        unchanged.append(all(type(a) is type(b) for a, b in zip(candidate.modules(), model.modules())))
+        return fidelity(candidate, ctx.calibration_inputs, references, ctx.device).loss
+
+    ctx.measure_loss = measure
+    candidate = build_candidate(("dynamic",), model, ctx)
+    assert candidate.model.pdo_recipe.records and unchanged and not any(unchanged), unchanged
+
+
 def test_old_dynamic_records_still_load(tmp_path):
     """Records written before activation schemes existed name torch.ao's stock dynamic Linear."""
     model = MLP().eval()

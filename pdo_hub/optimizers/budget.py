@@ -14,6 +14,7 @@ import heapq
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
@@ -85,23 +86,25 @@ def allocate_options(layers: list[LayerOptions], budget_params: int) -> dict[str
         options everywhere exceed the budget, they are returned anyway (the closest reachable size).
     """
     frontiers = {layer.path: _frontier(layer) for layer in layers}
+    # Each frontier's parameters and errors as arrays: a move is ranked over all of a layer's options at
+    # once (a scan in Python took 1.3 s of all-MiniLM-L6-v2's `svd`, for ~6000 rankings).
+    arrays = {path: (np.array([p for p, _, _ in f], dtype=np.int64), np.array([e for _, e, _ in f], dtype=np.float64))
+              for path, f in frontiers.items()}
     position = {path: 0 for path in frontiers}
     spent = sum(frontier[0][0] for frontier in frontiers.values())
     heap: list[tuple[float, str, int]] = []
 
     def push(path: str) -> None:
-        frontier, index = frontiers[path], position[path]
-        params, error, _ = frontier[index]
-        best = None
-        for target in range(index + 1, len(frontier)):
-            cost = frontier[target][0] - params
-            if spent + cost > budget_params:
-                break  # sorted by params: the rest cost more
-            gain = (error - frontier[target][1]) / max(cost, 1)
-            if best is None or gain > best[0]:
-                best = (gain, target)
-        if best is not None:
-            heapq.heappush(heap, (-best[0], path, best[1]))
+        params, errors = arrays[path]
+        index = position[path]
+        # Sorted by parameters: the options that still fit are the ones before the first that does not.
+        end = int(np.searchsorted(params, budget_params - spent + params[index], side="right"))
+        if end <= index + 1:
+            return
+        costs = np.maximum(params[index + 1:end] - params[index], 1)
+        gains = (errors[index] - errors[index + 1:end]) / costs
+        best = int(np.argmax(gains))  # the first of equal gains, as a scan keeping strict improvements
+        heapq.heappush(heap, (-float(gains[best]), path, index + 1 + best))
 
     for path in frontiers:
         push(path)

@@ -104,9 +104,10 @@ def supports_int4(embedding_dim: int) -> bool:
 _LAYERS = {8: Int8Embedding, 4: Int4Embedding}
 
 
-def quantize_embeddings(model: nn.Module, ctx, max_loss: float | None, method: str) -> dict:
+def quantize_embeddings(model: nn.Module, ctx, max_loss: float | None, method: str, before: float | None = None) -> dict:
     """Large, untied embedding tables in `ctx.config.embedding_bits` bits, unless that raises the loss by more
-    than `max_loss`: then in int8 (when 4 bits were asked for), else in float.
+    than `max_loss`: then in int8 (when 4 bits were asked for), else in float. `before`: the model's loss
+    as it is, when the caller has just measured it (else it is measured here).
 
     Returns:
         the recipe fields: {} when no table was quantized, else `embeddings` (the paths) and, for 4-bit
@@ -127,7 +128,10 @@ def quantize_embeddings(model: nn.Module, ctx, max_loss: float | None, method: s
             tried.insert(0, 4)
         else:
             ctx.note(logger, f"{method}: 4-bit embedding rows need widths that are multiples of {INT4_GROUP}: int8 rows instead.")
-    before = ctx.measure_loss(model) if max_loss is not None else None
+    if max_loss is None:
+        before = None
+    elif before is None:
+        before = ctx.measure_loss(model)
     for bits in tried:
         replace_modules(model, {path: _LAYERS[bits].from_float(floats[path]) for path in paths})
         after = None if before is None else ctx.measure_loss(model)

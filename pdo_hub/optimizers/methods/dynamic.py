@@ -118,10 +118,11 @@ class DynamicQuantization(Method):
         # of the threshold, an absolute cap left int8 nothing and pushed every Linear onto the slower
         # per-token kernels, cancelling the smaller model's speed.
         budget = None if budget is None else min(budget, before + HIGH_FIDELITY_SHARE * ctx.config.preserve_accuracy_threshold)
-        for path, type_name in targets.items():
-            if type_name != "Linear":
-                replace_module(model, path, _stock_dynamic(model.get_submodule(path), type_name))
-        embeddings = quantize_embeddings(model, ctx, max_loss, self.name)
+        recurrent = [path for path, type_name in targets.items() if type_name != "Linear"]
+        for path in recurrent:
+            replace_module(model, path, _stock_dynamic(model.get_submodule(path), targets[path]))
+        # `before` is still the model's loss unless an LSTM/GRU was just quantized.
+        embeddings = quantize_embeddings(model, ctx, max_loss, self.name, None if recurrent else before)
         floats = {path: model.get_submodule(path) for path in linears}
         portable = _int8_isa.wants_portable(ctx, _KERNELS.values(), self.name) if linears else True
         fast = {path: _fast_linear(floats[path], portable) for path in linears}
