@@ -48,7 +48,7 @@ def test_the_kernel_builds_and_loads_on_this_machine():
 
 # Row counts on both sides of the VNNI path's limit (512 rows), of the AMX path's start (32 rows) and its
 # 32-row steps, of the VNNI path's 4-row blocks and of the 64-row work items; widths not multiples of 4
-# (padded inputs) or of 16 and 64 (masked output columns), and of 64 (no AMX: it takes whole weight tiles).
+# (padded inputs) or of 16 and 64 (masked output columns), and of 64 (inputs padded to whole AMX weight tiles).
 @pytest.mark.parametrize("m", [1, 3, 8, 17, 31, 32, 48, 49, 65, 130, 512, 513])
 @pytest.mark.parametrize("k,n", [(384, 1152), (130, 70), (128, 70), (1536, 384), (7, 1)])
 @pytest.mark.parametrize("bias", [True, False])

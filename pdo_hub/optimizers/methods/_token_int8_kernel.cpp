@@ -177,9 +177,9 @@ constexpr int64_t kRowsPerItem = 64;
 
 // y[m x n] = float(q . w) * row_scale * column_scale (+ bias): the GEMM and the dequantization in one
 // pass, the products never leaving registers. u: m rows of k4s x 4 sign-flipped bytes (padding is
-// multiplied by zero weights).
-void vnni_linear(const uint8_t* u, int64_t m, int64_t k4s, const int8_t* packed, const int32_t* column_sum, int64_t n,
-                 const float* rs, const float* cs, const float* b, int64_t activation, float* y) {
+// multiplied by zero weights); a column block of the packed weights holds `block_k4s` >= k4s steps.
+void vnni_linear(const uint8_t* u, int64_t m, int64_t k4s, int64_t block_k4s, const int8_t* packed, const int32_t* column_sum,
+                 int64_t n, const float* rs, const float* cs, const float* b, int64_t activation, float* y) {
   if (m == 0) return;
   const int64_t blocks = (n + 63) / 64, rows = std::min(m, kRowsPerItem), chunks = (m + rows - 1) / rows;
   const int64_t macs_per_item = std::max<int64_t>(1, rows * k4s * 4 * 64);
@@ -187,7 +187,7 @@ void vnni_linear(const uint8_t* u, int64_t m, int64_t k4s, const int8_t* packed,
     for (int64_t item = begin; item < end; ++item) {  // consecutive items: one block's row chunks
       const int64_t block = item / chunks, first = item % chunks * rows, last = std::min(m, first + rows);
       const int64_t n0 = block * 64;
-      const int8_t* w = packed + block * k4s * 256;
+      const int8_t* w = packed + block * block_k4s * 256;
       for (int64_t r0 = first; r0 < last; r0 += 4) {
         const uint8_t* qr = u + r0 * k4s * 4;
         switch (std::min<int64_t>(4, last - r0)) {
@@ -204,8 +204,10 @@ void vnni_linear(const uint8_t* u, int64_t m, int64_t k4s, const int8_t* packed,
 // The AMX-INT8 tile GEMM: the same packed weights and sign-flipped activations as `vnni_linear`, 32 rows
 // x 32 columns per step (four 16 x 16 int32 accumulator tiles, two activation tiles, two weight tiles),
 // then the same dequantization. A weight tile is 16 steps of 4 inputs (64 of them) for 16 columns: rows
-// k4 of the packed block, 256 bytes apart, so `pack_weights`' layout serves both paths. Taken when the
-// input width is a multiple of 64 (whole weight tiles) and Linux grants the process the tile state.
+// k4 of the packed block, 256 bytes apart, so `pack_weights`' layout serves both paths. On AMX builds
+// each block holds whole weight tiles (`packed_k4s`: the input width padded to 64 with zero weights,
+// which the zero-padded activations meet), so a pruned layer of any width takes the tiles too. Taken
+// where Linux grants the process the tile state.
 #if defined(__AMX_INT8__) && defined(__AMX_TILE__)
 constexpr bool kAmxBuilt = true;
 
@@ -237,7 +239,7 @@ void amx_dequantize(const int32_t (*c)[32], int64_t r0, int64_t r1, int64_t j0, 
 }
 
 // As `vnni_linear`, on the tile units; u holds m rows rounded up to a multiple of 32 (the extra rows are
-// computed and dropped), k4s a multiple of 16.
+// computed and dropped) of k4s steps, k4s the packed blocks' (a multiple of 16).
 void amx_linear(const uint8_t* u, int64_t m, int64_t k4s, const int8_t* packed, const int32_t* column_sum, int64_t n,
                 const float* rs, const float* cs, const float* b, int64_t activation, float* y) {
   if (m == 0) return;
@@ -282,6 +284,10 @@ constexpr bool kVnni = false;
 constexpr bool kAmxBuilt = false;
 bool amx_permitted() { return false; }
 #endif
+
+// Steps of 4 inputs per column block of the packed weights: on AMX builds a multiple of 16 (whole weight
+// tiles; the VNNI loop skips the zero padding), else exactly the input's.
+int64_t packed_k4s(int64_t k4s) { return kAmxBuilt ? (k4s + 15) / 16 * 16 : k4s; }
 
 // Rows of this many tokens or fewer take `vnni_linear` when the caller passes packed weights; larger ones
 // take oneDNN's GEMM. Measured on AVX512-VNNI without AMX (AMD EPYC, 2 threads, each call cycling six
@@ -361,20 +367,26 @@ at::Tensor linear_rows(const at::Tensor& rows_in, int64_t levels, const at::Tens
   at::Tensor y = at::empty({m, n}, rows.options());
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-  const int64_t k4s = (k + 3) / 4;
-  const bool amx = kAmxBuilt && k4s % 16 == 0 && m >= kAmxMinRows && amx_allowed.load(std::memory_order_relaxed) && amx_permitted();
+  const int64_t k4s = (k + 3) / 4, block_k4s = packed_k4s(k4s);
+  const bool amx = kAmxBuilt && m >= kAmxMinRows && amx_allowed.load(std::memory_order_relaxed) && amx_permitted();
   if (packed.has_value() && packed->defined() && column_sum.has_value() && (amx || m <= kVnniMaxRows)) {
     TORCH_CHECK(packed->scalar_type() == at::kChar && packed->is_contiguous() && packed->dim() == 3 &&
-                    packed->size(0) == (n + 63) / 64 && packed->size(1) == k4s && packed->size(2) == 256,
+                    packed->size(0) == (n + 63) / 64 && packed->size(1) == block_k4s && packed->size(2) == 256,
                 "per_token_int8_linear: packed weights do not match weight_t (pack them with pack_weights)");
     TORCH_CHECK(column_sum->scalar_type() == at::kInt && column_sum->is_contiguous() && column_sum->numel() == n,
                 "per_token_int8_linear: column_sum must hold weight_t's int32 column sums");
-    const int64_t padded = amx ? (m + 31) / 32 * 32 : m;  // the tile GEMM runs whole 32-row steps
-    at::Tensor quantized = at::empty({padded, k4s * 4}, rows.options().dtype(at::kChar));
-    quantize_rows(x, m, k, k4s * 4, static_cast<float>(levels), true, quantized.data_ptr<int8_t>(), rs);
-    std::memset(quantized.data_ptr<int8_t>() + m * k4s * 4, 0, (padded - m) * k4s * 4);
-    (amx ? amx_linear : vnni_linear)(reinterpret_cast<const uint8_t*>(quantized.data_ptr<int8_t>()), m, k4s, packed->data_ptr<int8_t>(),
-                                     column_sum->data_ptr<int32_t>(), n, rs, cs, b, epilogue, y.data_ptr<float>());
+    // The tile GEMM runs whole 32-row steps over whole weight tiles: rows and inputs zero-padded to them.
+    const int64_t padded = amx ? (m + 31) / 32 * 32 : m, row_bytes = (amx ? block_k4s : k4s) * 4;
+    at::Tensor quantized = at::empty({padded, row_bytes}, rows.options().dtype(at::kChar));
+    quantize_rows(x, m, k, row_bytes, static_cast<float>(levels), true, quantized.data_ptr<int8_t>(), rs);
+    std::memset(quantized.data_ptr<int8_t>() + m * row_bytes, 0, (padded - m) * row_bytes);
+    const auto* u = reinterpret_cast<const uint8_t*>(quantized.data_ptr<int8_t>());
+    if (amx) {
+      amx_linear(u, m, block_k4s, packed->data_ptr<int8_t>(), column_sum->data_ptr<int32_t>(), n, rs, cs, b, epilogue, y.data_ptr<float>());
+    } else {
+      vnni_linear(u, m, k4s, block_k4s, packed->data_ptr<int8_t>(), column_sum->data_ptr<int32_t>(), n, rs, cs, b, epilogue,
+                  y.data_ptr<float>());
+    }
     return y;
   }
 #endif
@@ -424,13 +436,13 @@ at::Tensor per_token_int8_linear(const at::Tensor& x, int64_t levels, const at::
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
-// weight_t (in x out int8) in the layout `vnni_linear` reads: [column block of 64][ceil(in / 4)][64 columns][4 inputs],
-// zero-padded, so each column block's weights are one contiguous run. Empty where the build has no VNNI path (the caller then passes no packed weights).
+// weight_t (in x out int8) in the layout `vnni_linear` reads: [column block of 64][packed_k4s(ceil(in / 4))][64 columns]
+// [4 inputs], zero-padded, so each column block's weights are one contiguous run. Empty where the build has no VNNI path (the caller then passes no packed weights).
 at::Tensor pack_weights(const at::Tensor& weight_t) {
   if (!kVnni) return at::empty({0}, weight_t.options().dtype(at::kChar));
   const at::Tensor w = weight_t.contiguous();
   TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kChar, "pack_weights: weight_t must be a 2-d int8 tensor");
-  const int64_t k = w.size(0), n = w.size(1), k4s = (k + 3) / 4, padded_n = (n + 63) / 64 * 64;
+  const int64_t k = w.size(0), n = w.size(1), k4s = packed_k4s((k + 3) / 4), padded_n = (n + 63) / 64 * 64;
   at::Tensor out = at::zeros({padded_n / 64, k4s, 256}, w.options());
   const int8_t* src = w.data_ptr<int8_t>();
   int8_t* dst = out.data_ptr<int8_t>();

@@ -107,7 +107,7 @@ def status() -> str:
         return "fused (GEMM: oneDNN)"
     vnni_max_rows, amx_min_rows = torch.ops.pdo_hub.gemm_limits()  # the library's own limits
     if _loaded["amx"]:
-        return f"fused (GEMM: AVX512-VNNI below {amx_min_rows} tokens, AMX-INT8 tiles from {amx_min_rows} where the input width is a multiple of 64)"
+        return f"fused (GEMM: AVX512-VNNI below {amx_min_rows} tokens, AMX-INT8 tiles from {amx_min_rows})"
     return f"fused (GEMM: AVX512-VNNI up to {vnni_max_rows} tokens, oneDNN above)"
 
 
