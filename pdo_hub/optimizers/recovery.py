@@ -18,7 +18,8 @@ machine's load. `config.recovery_max_seconds` is a guard, not a bound: a recover
 its steps in that time raises `RecoveryTimeoutError` (the optimizer rejects that candidate and says
 why) instead of returning a model cut short at a load-dependent step. It is kept only when it helps:
 the loss is measured before and after (task accuracy via `ctx.measure_loss` when the caller gave `eval_fn`, else the task loss on the labelled batches, else output fidelity), and the
-pre-recovery weights come back if it got worse.
+pre-recovery weights come back if it got worse. Since it can only win back the caller's loss, it is not
+run at all when that loss is already under `NEGLIGIBLE_LOSS_SHARE` of the accuracy threshold.
 """
 
 from __future__ import annotations
