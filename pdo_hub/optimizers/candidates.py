@@ -153,7 +153,7 @@ def build_candidate(methods: tuple[str, ...], base: nn.Module, ctx: MethodContex
             # Seeded per method, so its result depends on its inputs only: not on which candidates
             # ran before it, nor on whether its input came from a stored prefix.
             torch.manual_seed(ctx.config.seed)
-            ctx.extras["earlier_records"] = list(stage.records)  # what changed the model so far ([]: nothing)
+            ctx.model_unchanged = not stage.records
             try:
                 model, new_records = method.apply(model, ctx)
             except Exception as err:

@@ -44,6 +44,8 @@ class MethodContext:
             optimizer judges candidates (task metric if given, else output fidelity); lets a method
             trade precision for accuracy layer by layer.
         measure_probe_loss: the same loss on `probe_inputs` only, for ranking layers (None: use `measure_loss`).
+        model_unchanged: the model the method receives is an unchanged copy of the original (first in its
+            pipeline; set by `build_candidate`): its loss is zero without measuring it. False: not known.
         notes: messages a method wants in the report (why something was skipped, ...).
     """
 
@@ -56,6 +58,7 @@ class MethodContext:
     eval_fn: Callable[[nn.Module], float] | None = None
     measure_loss: Callable[[nn.Module], float] | None = None
     measure_probe_loss: Callable[[nn.Module], float] | None = None
+    model_unchanged: bool = False
     extras: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
 

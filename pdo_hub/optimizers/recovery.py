@@ -174,10 +174,7 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
     # No time in the record: it goes into the safetensors metadata, whose bytes must not depend on load.
     info = {
         "loss_before": round(before, 6), "loss_after": round(after, 6), "kept": kept, "steps": steps,
-        "metric": (
-            "task accuracy drop" if ctx.eval_fn is not None and ctx.measure_loss is not None
-            else "caller's loss" if ctx.measure_loss is not None else "task loss" if labels else "1 - output cosine"
-        ),
+        "metric": _metric(ctx, bool(labels)),
         "objective": "task loss + distillation" if labels else "distillation",
     }
     if records:
@@ -190,10 +187,17 @@ def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -
     return info
 
 
+def _metric(ctx, labelled: bool) -> str:
+    """What the loss before and after recovery is (`recover`'s `loss_now`)."""
+    if ctx.measure_loss is not None:
+        return "task accuracy drop" if ctx.eval_fn is not None else "caller's loss"
+    return "task loss" if labelled else "1 - output cosine"
+
+
 def _skipped(ctx, method: str, records: list[dict[str, Any]], before: float) -> dict[str, Any]:
     """The record and note of a recovery not run: the loss it would be judged by is already negligible."""
     info = {"loss_before": round(before, 6), "loss_after": round(before, 6), "kept": False, "steps": 0,
-            "metric": "task accuracy drop" if ctx.eval_fn is not None else "caller's loss", "skipped": "loss already negligible"}
+            "metric": _metric(ctx, False), "skipped": "loss already negligible"}
     if records:
         records[0]["recovery"] = info
     ctx.note(logger, f"{method}: recovery skipped: the loss it is judged by is {before:.4f}, under "

@@ -86,9 +86,8 @@ def budget_after_earlier_steps(ctx, model, share: float = 0.5) -> tuple[float | 
     if ctx.measure_loss is None:
         return None, 0.0
     threshold = ctx.config.preserve_accuracy_threshold
-    # First in its pipeline (`build_candidate` says so), the model is an unchanged copy of the original:
-    # nothing lost yet, and no evaluation of the calibration set to find that out.
-    already = 0.0 if ctx.extras.get("earlier_records") == [] else ctx.measure_loss(model)
+    # An unchanged copy of the original has lost nothing: no evaluation of the calibration set to find that out.
+    already = 0.0 if ctx.model_unchanged else ctx.measure_loss(model)
     if already > threshold:
         return None, already
     return already + share * (threshold - already), already
