@@ -18,6 +18,7 @@ Usage:
     python scripts/bench_autoselect.py                 # everything (~25 min on 2 cores)
     python scripts/bench_autoselect.py digits          # digits ResNet-18 only
     python scripts/bench_autoselect.py cnn minilm repro
+    python scripts/bench_autoselect.py minilm-conservative  # the default search on all-MiniLM-L6-v2 alone (its "search s")
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ def main() -> None:
             rows.append(digits_case(cnn, "digits CNN", "conservative", mode, estimates))
     if "minilm" in parts:
         rows.extend(minilm_case(preset, mode) for mode in ("built-in sentences", "16 sentences") for preset in PRESETS)
+    if "minilm-conservative" in parts:  # the default search alone: what `mirror` runs without user data
+        rows.append(minilm_case("conservative", "built-in sentences"))
     print_rows(rows)
     if estimates:
         print_estimates(estimates)
