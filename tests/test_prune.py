@@ -383,7 +383,7 @@ class _WideMLP(nn.Module):
 
 
 @pytest.mark.parametrize(("threshold", "bounded"), [(0.02, False), (0.005, True)])
-def test_prune_cut_beyond_recovery_is_made_milder_to_fit_the_accuracy_budget(threshold, bounded):
+def test_prune_cut_beyond_recovery_is_made_milder_to_fit_the_accuracy_budget_and_says_more_data_helps(threshold, bounded):
     """At 0.3 of the size this cut loses ~0.04 before recovery: within 5x a 0.02 budget (kept), beyond 5x 0.005 (milder)."""
     from pdo_hub.optimizers.methods._prune_extent import ACCURACY_SHARE
 
@@ -396,6 +396,8 @@ def test_prune_cut_beyond_recovery_is_made_milder_to_fit_the_accuracy_budget(thr
         assert not notes and records[0]["size_ratio"] <= 0.3 * 1.002, (records[0]["size_ratio"], ctx.notes)
         return
     assert notes, ctx.notes
+    # The note tells the user what would let the cut go further: more calibration inputs than they gave.
+    assert f"({len(ctx.calibration_inputs)} given)" in notes[0], notes[0]
     size = records[0]["size_ratio"] if records else 1.0
     assert size > 0.3 * 1.002, f"pruned to {size:.3f} although the size target's cut is beyond recovery"
     with torch.no_grad():
