@@ -104,5 +104,5 @@ def _bound_by_accuracy(model: nn.Module, ctx, allocation: _Allocation, budget: i
     ctx.note(logger, f"prune: the size target's cut loses {loss:.4f} on {len(judge)} held-back calibration batches before "
                      f"recovery, more than recovery wins back ({RECOVERABLE:g}x the threshold): pruned only as far as a "
                      f"loss of {limit:.4f} ({ACCURACY_SHARE:g} of the threshold). The same cut loses less with more "
-                     f"calibration inputs like those the model will serve ({len(allocation.fit) + len(judge)} given).")
+                     f"calibration inputs like those the model will serve ({len(ctx.calibration_inputs)} given).")
     return high
