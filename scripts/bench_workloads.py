@@ -264,6 +264,8 @@ def bench_minilm(args) -> None:
     build_seconds = time.perf_counter() - start
     saved = Path(tempfile.mkdtemp(prefix="pdo-bench-"))
     pdo_hub.save_optimized(optimized, saved, report=report)
+    if args.save_variant:
+        pdo_hub.save_optimized(optimized, Path(args.save_variant), report=report)
     del optimized
     ort_dir = peers.tempdir()
     peers.ort_bert_dynamic(model, {k: v[:1] for k, v in corpus[0].items()}, ort_dir, THREADS, 12, 384)
@@ -275,6 +277,8 @@ def bench_minilm(args) -> None:
         "pdo dynamic": lambda: hidden(ready(pdo_hub.load_optimized(saved, transformers_skeleton(AutoModel, model.config), assign=True))),
         "ONNX Runtime dynamic int8 (BERT fusion)": lambda: ort_runner(ort_dir / "bert_int8.onnx", list(corpus[0])),
     }
+    if args.baseline:  # another pdo-hub's variant (an earlier version, other options), loaded by this one
+        variants["pdo baseline"] = lambda: hidden(ready(pdo_hub.load_optimized(Path(args.baseline), transformers_skeleton(AutoModel, model.config), assign=True)))
     if not args.skip_compile:
         def compiled():
             import torch._inductor.config as inductor_config
@@ -357,6 +361,9 @@ def main() -> None:
                         help="sentences from the docstrings of six standard-library modules instead of generated ones")
     parser.add_argument("--skip-compile", action="store_true", help="leave out torchao + torch.compile")
     parser.add_argument("--lengths", default="", help="MiniLM: also batch-1 latency at these token counts, e.g. 8,32,128")
+    parser.add_argument("--baseline", help="MiniLM: a saved pdo-hub variant folder (e.g. built by an earlier version, "
+                                           "`--save-variant`) timed beside the others as `pdo baseline`")
+    parser.add_argument("--save-variant", help="MiniLM: also save this run's `dynamic` variant to this folder")
     args = parser.parse_args()
     models = [m for m in args.models.split(",") if m]
     if len(models) > 1:  # one process per model: what one leaves running (thread pools) skews the next

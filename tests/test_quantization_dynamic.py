@@ -14,7 +14,8 @@ from pdo_hub.optimizers.evaluate import fidelity, reference_outputs
 from pdo_hub.optimizers.methods._fast_forward import accelerate
 from pdo_hub.optimizers.methods._small_attention import FUSED_SCORES, SMALL_SCORES
 from pdo_hub.optimizers.methods._traces import FAILED
-from pdo_hub.optimizers.methods._int8_linear import FullRangeDynamicLinear, TokenInt8Linear
+from pdo_hub.optimizers.methods import _token_int8_kernel
+from pdo_hub.optimizers.methods._int8_linear import ASYMMETRIC, FullRangeDynamicLinear, TokenInt8Linear
 from pdo_hub.optimizers.recipe import Recipe
 from tiny_models import MLP, KitchenSink
 
@@ -46,16 +47,47 @@ def test_apply_save_load_identical(method, builder, shape, tmp_path):
     assert cosine > 0.995, f"{method}: output cosine {cosine:.5f} vs float"
 
 
-def test_dynamic_mixes_schemes_by_sensitivity(tmp_path):
-    model = MLP(width=256).eval()
-    example = torch.randn(1, 32)
+def _measured_context(model, example):
     ctx = make_context(model, example, preserve_accuracy_threshold=0.02)
     references = reference_outputs(model, ctx.calibration_inputs, ctx.device)
     ctx.measure_loss = lambda m: fidelity(m, ctx.calibration_inputs, references, ctx.device).loss
+    return ctx
+
+
+def test_with_the_kernel_every_linear_gets_asymmetric_per_token_activations_without_a_search(tmp_path):
+    model = MLP(width=256).eval()
+    ctx = _measured_context(model, torch.randn(1, 32))
+    measured = []
+    measure = ctx.measure_loss
+    ctx.measure_loss = lambda m: measured.append(1) or measure(m)
+    optimized, records = get_method("dynamic").apply(copy.deepcopy(model), ctx)
+    assert records[0]["schemes"] == dict.fromkeys(["fc1", "fc2", "fc3"], "per_token_asymmetric")
+    assert all(type(layer) is TokenInt8Linear and layer.activation_levels == ASYMMETRIC for layer in (optimized.fc1, optimized.fc2, optimized.fc3))
+    # No per-layer search: at most the one measurement of what earlier steps lost (the budget's start).
+    assert len(measured) <= 1 and "sensitivity" not in records[0]
+    fresh = [torch.randn(16, 32, generator=torch.Generator().manual_seed(seed)) for seed in range(4)]
+    assert fidelity(optimized, fresh, reference_outputs(model, fresh, ctx.device), ctx.device).loss <= 0.004
+    optimized.pdo_recipe = Recipe(records)
+    _roundtrip(optimized, lambda: MLP(width=256), torch.randn(3, 32), tmp_path)
+
+
+def test_a_record_of_symmetric_per_token_layers_loads_them_symmetric(tmp_path):
+    # Variants stored before per-token zero points keep their arithmetic: scheme `per_token`, no zero point.
+    record = {"method": "dynamic", "modules": {"fc1": "Linear"}, "schemes": {"fc1": "per_token"}, "dtype": "qint8",
+              "int8_isa": {"portable": True, "operands": "7-bit"}}
+    skeleton = get_method("dynamic").restore(MLP(), record)
+    assert type(skeleton.fc1) is TokenInt8Linear and skeleton.fc1.activation_levels == 127
+
+
+def test_without_the_kernel_dynamic_mixes_schemes_by_sensitivity(tmp_path, monkeypatch):
+    # As ATen ops a per-token layer is a dozen small ops, slower than fbgemm's one: the budget decides the mix.
+    monkeypatch.setattr(_token_int8_kernel, "op", lambda: None)
+    model = MLP(width=256).eval()
+    ctx = _measured_context(model, torch.randn(1, 32))
     optimized, records = get_method("dynamic").apply(copy.deepcopy(model), ctx)
     schemes = records[0]["schemes"]
-    assert set(schemes) == {"fc1", "fc2", "fc3"}
-    expected_types = {"full_range": FullRangeDynamicLinear, "per_token": TokenInt8Linear}
+    assert set(schemes) == {"fc1", "fc2", "fc3"} and "full_range" in schemes.values()
+    expected_types = {"full_range": FullRangeDynamicLinear, "per_token_asymmetric": TokenInt8Linear}
     for path, scheme in schemes.items():
         assert type(optimized.get_submodule(path)) is expected_types[scheme]
     # On the calibration inputs the loss fits the budget by construction (the method searched for it there);
@@ -67,9 +99,11 @@ def test_dynamic_mixes_schemes_by_sensitivity(tmp_path):
     _roundtrip(optimized, lambda: MLP(width=256), torch.randn(3, 32), tmp_path)
 
 
-def test_first_step_of_a_pipeline_spends_no_loss_measurement_on_the_unchanged_original():
+def test_first_step_of_a_pipeline_spends_no_loss_measurement_on_the_unchanged_original(monkeypatch):
     # Its loss is zero by construction; measuring it cost a pass over the calibration set per candidate.
     from pdo_hub.optimizers.candidates import build_candidate
+
+    monkeypatch.setattr(_token_int8_kernel, "op", lambda: None)  # the scheme search: it measures mixes
 
     model = MLP(width=256).eval()
     ctx = make_context(model, torch.randn(1, 32), preserve_accuracy_threshold=0.02)
@@ -286,7 +320,9 @@ def test_a_loaded_fbgemm_layer_packs_its_weights_on_first_use_with_identical_out
     x = torch.randn(4, 32)
     ctx = make_context(model, x)
     ctx.measure_loss = lambda m: 0.0  # every layer fits on the fast (fbgemm) scheme
-    optimized, records = get_method("dynamic").apply(copy.deepcopy(model), ctx)
+    with pytest.MonkeyPatch.context() as patch:  # fbgemm layers are chosen only where the kernel is unavailable
+        patch.setattr(_token_int8_kernel, "op", lambda: None)
+        optimized, records = get_method("dynamic").apply(copy.deepcopy(model), ctx)
     assert set(records[0]["schemes"].values()) == {"full_range"}
     optimized.pdo_recipe = Recipe(records)
     with torch.inference_mode():

@@ -20,22 +20,25 @@ import torch.nn as nn
 
 from pdo_hub.core import cpu
 from pdo_hub.optimizers.methods import _token_int8_kernel
-from pdo_hub.optimizers.methods._int8_linear import PORTABLE_MAX, TokenInt8Linear, aten_per_token_int8_linear
+from pdo_hub.optimizers.methods._int8_linear import ASYMMETRIC, PORTABLE_MAX, TokenInt8Linear, aten_per_token_int8_linear
 from pdo_hub.optimizers.methods._shared_input import group_siblings
 
 ROOT = Path(__file__).resolve().parents[1]
 HAS_VNNI = "avx512_vnni" in cpu.cpu_flags()
 
 
-def _layer(k: int, n: int, seed: int, bias: bool = True, portable: bool = False) -> TokenInt8Linear:
+def _layer(k: int, n: int, seed: int, bias: bool = True, portable: bool = False, asymmetric: bool = False) -> TokenInt8Linear:
     torch.manual_seed(seed)
-    return TokenInt8Linear.from_float(nn.Linear(k, n, bias=bias), portable=portable)
+    return TokenInt8Linear.from_float(nn.Linear(k, n, bias=bias), portable=portable, asymmetric=asymmetric)
 
 
 def _rows(m: int, k: int, seed: int) -> torch.Tensor:
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
     if m and k > 5:
         x[0, 5] = 40.0  # an outlier token: its row scale differs from the others'
+    if m > 4:  # rows an asymmetric grid meets: after GELU, all positive, all negative, all zero
+        x[1] = torch.nn.functional.gelu(x[1])
+        x[2], x[3], x[4] = x[2].abs() + 0.5, -x[3].abs(), 0.0
     return x
 
 
@@ -52,8 +55,10 @@ def test_the_kernel_builds_and_loads_on_this_machine():
 @pytest.mark.parametrize("m", [1, 3, 8, 17, 31, 32, 48, 49, 65, 130, 512, 513])
 @pytest.mark.parametrize("k,n", [(384, 1152), (130, 70), (128, 70), (1536, 384), (7, 1)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fused_outputs_equal_the_aten_ops_bit_for_bit(m, k, n, bias):
-    layer = _layer(k, n, seed=m + k + n, bias=bias, portable=n == 1)
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_fused_outputs_equal_the_aten_ops_bit_for_bit(m, k, n, bias, asymmetric):
+    layer = _layer(k, n, seed=m + k + n, bias=bias, portable=n == 1, asymmetric=asymmetric)
+    assert layer.activation_levels == (PORTABLE_MAX if n == 1 else ASYMMETRIC if asymmetric else 127)
     x = _rows(m, k, seed=m * 7 + k)
     reference = aten_per_token_int8_linear(x, layer.activation_levels, layer.weight_t, layer.scale,
                                            layer.bias if bias else None)
@@ -65,6 +70,30 @@ def test_fused_outputs_equal_the_aten_ops_bit_for_bit(m, k, n, bias):
     assert torch.equal(plain, reference)
     assert torch.equal(via_packed, reference)
     assert torch.equal(layer(x), reference)
+
+
+def test_asymmetric_rows_follow_a_gelu_output_closer_than_symmetric_ones():
+    # After GELU a row is almost all >= 0: a symmetric grid wastes the negative half of its levels.
+    x = torch.nn.functional.gelu(torch.randn(64, 1536, generator=torch.Generator().manual_seed(8)) * 2)
+    linear = nn.Linear(1536, 384)
+    exact = linear(x).detach()
+    errors = {}
+    for asymmetric in (False, True):
+        layer = TokenInt8Linear.from_float(linear, portable=True, asymmetric=asymmetric)
+        errors[asymmetric] = float((layer(x) - exact).pow(2).mean())
+    assert errors[True] < 0.6 * errors[False], errors
+
+
+def test_an_asymmetric_layer_with_one_portable_output_keeps_symmetric_7_bit_activations():
+    # oneDNN's GEMV (one output column) widens the weights to u8: 8-bit activations could overflow its int16 pairs.
+    assert _layer(32, 1, seed=1, portable=True, asymmetric=True).activation_levels == PORTABLE_MAX
+    assert _layer(32, 1, seed=1, portable=False, asymmetric=True).activation_levels == ASYMMETRIC
+
+
+def test_levels_outside_the_symmetric_range_or_asymmetric_are_refused():
+    layer = _layer(16, 8, seed=2)
+    with pytest.raises(RuntimeError, match="levels must be 1-127"):
+        _token_int8_kernel.op()(_rows(2, 16, seed=3), 200, layer.weight_t, layer.scale, layer.bias)
 
 
 def test_portable_activation_levels_and_other_dtypes_match_too():
@@ -114,18 +143,20 @@ def test_grouped_siblings_and_a_frozen_trace_run_the_fused_op_with_the_same_outp
 
 
 _AVX2_SCRIPT = """
+    import itertools
     import torch, torch.nn as nn
     torch.ops.load_library(LIBRARY)
     from pdo_hub.optimizers.methods._int8_linear import TokenInt8Linear, aten_per_token_int8_linear
     torch.manual_seed(0)
-    for m, k, n in ((1, 384, 96), (17, 130, 70), (64, 1536, 40), (5, 7, 3)):
+    for (m, k, n), levels in itertools.product(((1, 384, 96), (17, 130, 70), (64, 1536, 40), (5, 7, 3)), (127, 255)):
         layer = TokenInt8Linear.from_float(nn.Linear(k, n))
         x = torch.randn(m, k) * 3
-        got = torch.ops.pdo_hub.per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias)
-        expected = aten_per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias)
-        assert torch.equal(got, expected), (m, k, n)
+        x[0] = torch.nn.functional.gelu(x[0])
+        got = torch.ops.pdo_hub.per_token_int8_linear(x, levels, layer.weight_t, layer.scale, layer.bias)
+        expected = aten_per_token_int8_linear(x, levels, layer.weight_t, layer.scale, layer.bias)
+        assert torch.equal(got, expected), (m, k, n, levels)
         # The fused GELU (activation=1), from the AVX2 build of ATen's vectorized formula up to 32 rows.
-        with_gelu = torch.ops.pdo_hub.per_token_int8_linear(x, 127, layer.weight_t, layer.scale, layer.bias, None, None, 1)
+        with_gelu = torch.ops.pdo_hub.per_token_int8_linear(x, levels, layer.weight_t, layer.scale, layer.bias, None, None, 1)
         torch.testing.assert_close(with_gelu, torch.nn.functional.gelu(expected), rtol=1e-5, atol=1e-6)
     print("identical")
 """

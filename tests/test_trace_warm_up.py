@@ -44,7 +44,7 @@ def test_sibling_int8_layers_share_one_quantized_input_with_identical_outputs():
     model = _Attention().eval()
     x, memory = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
     optimized, records = apply_method("dynamic", model, (x[:1], memory[:1]))
-    assert set(records[0]["schemes"].values()) == {"per_token"}
+    assert set(records[0]["schemes"].values()) == {"per_token_asymmetric"}
     ungrouped = copy.deepcopy(optimized)
     with torch.inference_mode():
         for batch, length in ((2, 5), (2, 5), (3, 9), (1, 4)):  # eager (groups), trace built, checked, traced

@@ -7,8 +7,9 @@ was:
 - `static` (and `fx`/`qat`) variants: QDQ int8, per-channel weights, activations calibrated on the
   variant's calibration inputs, after `quant_pre_process` (shape inference and BN folding; without it
   the same QDQ model ran ~5x slower here);
-- `dynamic` variants: dynamic int8 (per-channel `MatMulInteger`); layers pdo-hub gave per-token
-  activations (its most sensitive ones; ONNX Runtime has only per-tensor dynamic activations) stay float.
+- `dynamic` variants: dynamic int8 (per-channel `MatMulInteger`); ONNX Runtime has only per-tensor
+  dynamic activations, so the layers most sensitive to them stay float (`_float_layers`: measured on the
+  calibration inputs, within a share of the variant's accuracy threshold).
   BERT-family encoders first go through ONNX Runtime's transformer fusion (fused attention, skip
   layer norms, GELU), as ORT's own dynamic int8 does; the fused attention quantizes its q/k/v
   projections together, so those stay float only when all three do.
@@ -33,7 +34,9 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from pdo_hub.core.config import PostDownloadOptimizationConfig
 from pdo_hub.core.errors import ExportError
+from pdo_hub.export._float_layers import float_layers
 from pdo_hub.export._measure import cosine, interleaved_latency_ms, library_versions, real_tokens
 from pdo_hub.export._structure import float_structure, quantization_records
 from pdo_hub.export._variant import Variant
@@ -94,7 +97,9 @@ def export_onnx(variant: Variant, out: str | os.PathLike[str], inputs: Sequence[
     if scheme == "static":
         _quantize_static(out / FLOAT_NAME, out / QUANTIZED_NAME, [_feed(x, names) for x in inputs])
     elif scheme == "dynamic":
-        excluded = _per_token_layers(variant)
+        threshold = (variant.report.get("config") or {}).get("preserve_accuracy_threshold",
+                                                             PostDownloadOptimizationConfig.preserve_accuracy_threshold)
+        excluded = float_layers(quantization_records(variant), float_model, inputs, float(threshold))
         fusion = _transformer_fusion(variant.model)
         excluded = _quantize_dynamic(out / FLOAT_NAME, out / QUANTIZED_NAME, excluded, fusion)
     shipped = out / (QUANTIZED_NAME if scheme else FLOAT_NAME)
@@ -213,18 +218,6 @@ def _module_path(node_name: str) -> str:
     """'/model/encoder/layer.0/output/dense/MatMul' -> 'encoder.layer.0.output.dense' (the exporter's scopes)."""
     scope = node_name.strip("/").rsplit("/", 1)[0].replace("/", ".")
     return scope.removeprefix("model.")
-
-
-def _per_token_layers(variant: Variant) -> list[str]:
-    import ast
-
-    layers: list[str] = []
-    for record in quantization_records(variant):
-        schemes = record.get("schemes") or {}
-        if isinstance(schemes, str):  # older records keep the mapping as its repr
-            schemes = ast.literal_eval(schemes)
-        layers += [path for path, scheme in schemes.items() if scheme == "per_token"]
-    return sorted(layers)
 
 
 def _quantization_config(scheme: str | None, excluded: list[str]) -> dict[str, Any] | None:

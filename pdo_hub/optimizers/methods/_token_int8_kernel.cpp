@@ -4,6 +4,11 @@
 // order, so the two give bit-identical outputs: row scale = max(|row|, 1e-12) / levels; q =
 // round-half-even(x / scale) as int8; an exact int32 GEMM; y = float(acc) * row scale * column scale
 // (+ bias). Built with -ffp-contract=off so no multiply-add is fused into an FMA.
+// With levels = kAsymmetricLevels (255) each row is quantized asymmetrically instead: lo = min(row, 0),
+// hi = max(row, 0), scale = max(hi - lo, 1e-12) / 255, zero point z = round(-lo / scale), q =
+// clamp(round(x / scale) + z, 0, 255) as u8, and the GEMM's sums become sum(q w) - z x column sum.
+// The whole 8-bit grid then spans the row's own range: after a GELU (rows mostly >= 0) a symmetric grid
+// leaves half of its levels unused.
 //
 // The GEMM: for up to kVnniMaxRows tokens on an AVX512-VNNI build, `vnni_linear` (weights packed once
 // by pack_weights, dequantization in registers): at batch-1 request sizes oneDNN's per-call set-up costs
@@ -86,14 +91,36 @@ void gelu_in_place(float* y, int64_t n) {
 
 int64_t grain(int64_t width) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(width, 1)); }
 
+// The `levels` value that asks for asymmetric rows (a zero point per row; see the top of this file).
+constexpr int64_t kAsymmetricLevels = 255;
+
+// (min, max) of x[0, k).
+std::pair<float, float> min_max(const float* x, int64_t k) {
+  int64_t j = 0;
+  float lo = x[0], hi = x[0];
+#if defined(__AVX512F__)
+  if (k >= 16) {
+    __m512 low = _mm512_loadu_ps(x), high = low;
+    for (j = 16; j + 16 <= k; j += 16) {
+      const __m512 v = _mm512_loadu_ps(x + j);
+      low = _mm512_min_ps(low, v), high = _mm512_max_ps(high, v);
+    }
+    lo = _mm512_reduce_min_ps(low), hi = _mm512_reduce_max_ps(high);
+  }
+#endif
+  for (; j < k; ++j) lo = std::min(lo, x[j]), hi = std::max(hi, x[j]);
+  return {lo, hi};
+}
+
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 constexpr bool kVnni = true;
 // Multiply-adds per thread below which a second thread costs more than it saves.
 constexpr int64_t kMacsPerThread = 1 << 19;
 
 // Rows [0, R) of u x the 64 columns at `w` (one column block of the packed weights), dequantized into y.
-// dpbusd multiplies unsigned by signed bytes: u holds the int8 activations with their sign bit flipped
-// (q + 128, as u8), and 128 x each column's weight sum is subtracted afterwards.
+// dpbusd multiplies unsigned by signed bytes: u holds the activations as u8 with a zero point per row
+// (symmetric rows: the int8 values with their sign bit flipped, q + 128; asymmetric rows: q itself), and
+// zero point x each column's weight sum is subtracted afterwards.
 //
 // The accumulators are 16 named locals, not an array: GCC 12 kept an array of them moving between
 // registers (32 copies and a stack spill per step of 4 inputs, beside 16 dpbusd); and each step's 4
@@ -108,24 +135,25 @@ inline __m512i broadcast_word(const uint8_t* p) {
 }
 
 // What the dequantization of output columns [j, j + 16) needs, loaded once for all rows: the lanes
-// inside the layer (mask), 128 x each column's weight sum (dpbusd's unsigned operand is q + 128), the
-// column scales and the bias.
+// inside the layer (mask), each column's weight sum (dpbusd's unsigned operand is q + zero point: 128
+// for symmetric rows, the row's own for asymmetric ones), the column scales and the bias.
 struct Columns {
   __mmask16 mask;
-  __m512i shift;
+  __m512i sum;
   __m512 scale, bias;
   bool has_bias;
 };
 
 inline Columns columns_at(int64_t j, int64_t n, const int32_t* column_sum, const float* cs, const float* b) {
   const __mmask16 mask = n - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - j)) - 1);
-  return {mask, _mm512_slli_epi32(_mm512_maskz_loadu_epi32(mask, column_sum + j), 7), _mm512_maskz_loadu_ps(mask, cs + j),
+  return {mask, _mm512_maskz_loadu_epi32(mask, column_sum + j), _mm512_maskz_loadu_ps(mask, cs + j),
           b != nullptr ? _mm512_maskz_loadu_ps(mask, b + j) : _mm512_setzero_ps(), b != nullptr};
 }
 
-// One row's 16 sums -> float(sum - shift) x row scale x column scale (+ bias), then the activation, into out.
-inline void store_row(__m512i sums, const Columns& c, float row_scale, int64_t activation, float* out) {
-  __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, c.shift));
+// One row's 16 sums -> float(sum - zero point x column sum) x row scale x column scale (+ bias), then the
+// activation, into out.
+inline void store_row(__m512i sums, const Columns& c, float row_scale, int32_t zero_point, int64_t activation, float* out) {
+  __m512 v = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, _mm512_mullo_epi32(_mm512_set1_epi32(zero_point), c.sum)));
   v = _mm512_mul_ps(_mm512_mul_ps(v, _mm512_set1_ps(row_scale)), c.scale);
   if (c.has_bias) v = _mm512_add_ps(v, c.bias);
   if (activation == kGelu) v = at::native::vectorized_gelu(Vec(v));  // on all 16 lanes, as gelu_in_place
@@ -134,7 +162,7 @@ inline void store_row(__m512i sums, const Columns& c, float row_scale, int64_t a
 
 template <int R>
 void vnni_rows(const uint8_t* u, int64_t k4s, const int8_t* w, const int32_t* column_sum, int64_t n,
-               int64_t n0, const float* rs, const float* cs, const float* b, int64_t activation, float* y) {
+               int64_t n0, const float* rs, const int32_t* zp, const float* cs, const float* b, int64_t activation, float* y) {
   static_assert(R >= 1 && R <= 4, "vnni_rows: 1 to 4 rows");
   __m512i a00 = _mm512_setzero_si512(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00,
           a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
@@ -167,7 +195,7 @@ void vnni_rows(const uint8_t* u, int64_t k4s, const int8_t* w, const int32_t* co
     const int64_t j = n0 + c * 16;
     if (j >= n) break;
     const Columns columns = columns_at(j, n, column_sum, cs, b);
-    for (int r = 0; r < R; ++r) store_row(acc[r][c], columns, rs[r], activation, y + r * n + j);
+    for (int r = 0; r < R; ++r) store_row(acc[r][c], columns, rs[r], zp[r], activation, y + r * n + j);
   }
 }
 
@@ -176,10 +204,11 @@ void vnni_rows(const uint8_t* u, int64_t k4s, const int8_t* w, const int32_t* co
 constexpr int64_t kRowsPerItem = 64;
 
 // y[m x n] = float(q . w) * row_scale * column_scale (+ bias): the GEMM and the dequantization in one
-// pass, the products never leaving registers. u: m rows of k4s x 4 sign-flipped bytes (padding is
-// multiplied by zero weights); a column block of the packed weights holds `block_k4s` >= k4s steps.
+// pass, the products never leaving registers. u: m rows of k4s x 4 unsigned bytes, each row offset by
+// its zero point zp (padding is multiplied by zero weights); a column block of the packed weights holds
+// `block_k4s` >= k4s steps.
 void vnni_linear(const uint8_t* u, int64_t m, int64_t k4s, int64_t block_k4s, const int8_t* packed, const int32_t* column_sum,
-                 int64_t n, const float* rs, const float* cs, const float* b, int64_t activation, float* y) {
+                 int64_t n, const float* rs, const int32_t* zp, const float* cs, const float* b, int64_t activation, float* y) {
   if (m == 0) return;
   const int64_t blocks = (n + 63) / 64, rows = std::min(m, kRowsPerItem), chunks = (m + rows - 1) / rows;
   const int64_t macs_per_item = std::max<int64_t>(1, rows * k4s * 4 * 64);
@@ -191,17 +220,17 @@ void vnni_linear(const uint8_t* u, int64_t m, int64_t k4s, int64_t block_k4s, co
       for (int64_t r0 = first; r0 < last; r0 += 4) {
         const uint8_t* qr = u + r0 * k4s * 4;
         switch (std::min<int64_t>(4, last - r0)) {
-          case 4: vnni_rows<4>(qr, k4s, w, column_sum, n, n0, rs + r0, cs, b, activation, y + r0 * n); break;
-          case 3: vnni_rows<3>(qr, k4s, w, column_sum, n, n0, rs + r0, cs, b, activation, y + r0 * n); break;
-          case 2: vnni_rows<2>(qr, k4s, w, column_sum, n, n0, rs + r0, cs, b, activation, y + r0 * n); break;
-          default: vnni_rows<1>(qr, k4s, w, column_sum, n, n0, rs + r0, cs, b, activation, y + r0 * n); break;
+          case 4: vnni_rows<4>(qr, k4s, w, column_sum, n, n0, rs + r0, zp + r0, cs, b, activation, y + r0 * n); break;
+          case 3: vnni_rows<3>(qr, k4s, w, column_sum, n, n0, rs + r0, zp + r0, cs, b, activation, y + r0 * n); break;
+          case 2: vnni_rows<2>(qr, k4s, w, column_sum, n, n0, rs + r0, zp + r0, cs, b, activation, y + r0 * n); break;
+          default: vnni_rows<1>(qr, k4s, w, column_sum, n, n0, rs + r0, zp + r0, cs, b, activation, y + r0 * n); break;
         }
       }
     }
   });
 }
 
-// The AMX-INT8 tile GEMM: the same packed weights and sign-flipped activations as `vnni_linear`, 32 rows
+// The AMX-INT8 tile GEMM: the same packed weights and unsigned activations as `vnni_linear`, 32 rows
 // x 32 columns per step (four 16 x 16 int32 accumulator tiles, two activation tiles, two weight tiles),
 // then the same dequantization. A weight tile is 16 steps of 4 inputs (64 of them) for 16 columns: rows
 // k4 of the packed block, 256 bytes apart, so `pack_weights`' layout serves both paths. On AMX builds
@@ -229,19 +258,19 @@ struct alignas(64) TileConfig {
 
 // Rows [r0, r1) (r1 - r0 <= 32) x columns [n0 + c0, +32) of the int32 tile sums `c` (32 x 32), dequantized into y.
 void amx_dequantize(const int32_t (*c)[32], int64_t r0, int64_t r1, int64_t j0, const int32_t* column_sum, int64_t n,
-                    const float* rs, const float* cs, const float* b, int64_t activation, float* y) {
+                    const float* rs, const int32_t* zp, const float* cs, const float* b, int64_t activation, float* y) {
   for (int half = 0; half < 2; ++half) {
     const int64_t j = j0 + half * 16;
     if (j >= n) break;
     const Columns columns = columns_at(j, n, column_sum, cs, b);
-    for (int64_t r = r0; r < r1; ++r) store_row(_mm512_load_si512(c[r - r0] + half * 16), columns, rs[r], activation, y + r * n + j);
+    for (int64_t r = r0; r < r1; ++r) store_row(_mm512_load_si512(c[r - r0] + half * 16), columns, rs[r], zp[r], activation, y + r * n + j);
   }
 }
 
 // As `vnni_linear`, on the tile units; u holds m rows rounded up to a multiple of 32 (the extra rows are
 // computed and dropped) of k4s steps, k4s the packed blocks' (a multiple of 16).
 void amx_linear(const uint8_t* u, int64_t m, int64_t k4s, const int8_t* packed, const int32_t* column_sum, int64_t n,
-                const float* rs, const float* cs, const float* b, int64_t activation, float* y) {
+                const float* rs, const int32_t* zp, const float* cs, const float* b, int64_t activation, float* y) {
   if (m == 0) return;
   const int64_t blocks = (n + 63) / 64, rows = std::min(m, kRowsPerItem), chunks = (m + rows - 1) / rows;
   const int64_t macs_per_item = std::max<int64_t>(1, rows * k4s * 4 * 64), stride = k4s * 4;
@@ -266,7 +295,7 @@ void amx_linear(const uint8_t* u, int64_t m, int64_t k4s, const int8_t* packed, 
           }
           _tile_stored(0, &c[0][0], 128); _tile_stored(1, &c[0][16], 128);
           _tile_stored(2, &c[16][0], 128); _tile_stored(3, &c[16][16], 128);
-          amx_dequantize(c, r0, std::min(last, r0 + 32), block * 64 + c0, column_sum, n, rs, cs, b, activation, y);
+          amx_dequantize(c, r0, std::min(last, r0 + 32), block * 64 + c0, column_sum, n, rs, zp, cs, b, activation, y);
         }
       }
     }
@@ -276,8 +305,8 @@ void amx_linear(const uint8_t* u, int64_t m, int64_t k4s, const int8_t* packed, 
 #else
 constexpr bool kAmxBuilt = false;
 bool amx_permitted() { return false; }
-void amx_linear(const uint8_t*, int64_t, int64_t, const int8_t*, const int32_t*, int64_t, const float*, const float*,
-                const float*, int64_t, float*) {}
+void amx_linear(const uint8_t*, int64_t, int64_t, const int8_t*, const int32_t*, int64_t, const float*, const int32_t*,
+                const float*, const float*, int64_t, float*) {}
 #endif
 #else
 constexpr bool kVnni = false;
@@ -317,15 +346,29 @@ bool allow_amx(bool allowed) {
 // [kVnniMaxRows, kAmxMinRows]: the row counts where the GEMM changes path, for the report.
 std::vector<int64_t> gemm_limits() { return {kVnniMaxRows, kAmxMinRows}; }
 
-// Per-row scale and int8 values; `flip`: stored with the sign bit flipped (q + 128 as u8, for dpbusd).
-void quantize_rows(const float* x, int64_t m, int64_t k, int64_t stride, float levels, bool flip, int8_t* q, float* rs) {
+// Per-row scale, zero point and 8-bit values. `unsigned_operand`: stored for dpbusd, as u8 values whose
+// zero point is `zp` (symmetric rows: q + 128, zero point 128); else as s8 for at::_int_mm (asymmetric
+// rows: q - 128, zero point z - 128). Either way x ~ (stored - zero point) x scale.
+void quantize_rows(const float* x, int64_t m, int64_t k, int64_t stride, int64_t levels, bool unsigned_operand, int8_t* q,
+                   float* rs, int32_t* zp) {
+  const bool asymmetric = levels == kAsymmetricLevels;
   at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float* xi = x + i * k;
-      const float s = std::max(max_abs(xi, k), 1e-12f) / levels;
+      float s, z = 0.f;
+      if (asymmetric) {
+        auto [lo, hi] = k > 0 ? min_max(xi, k) : std::pair<float, float>{0.f, 0.f};
+        lo = std::min(lo, 0.f), hi = std::max(hi, 0.f);
+        s = std::max(hi - lo, 1e-12f) / static_cast<float>(kAsymmetricLevels);
+        z = std::nearbyint(-lo / s);
+      } else {
+        s = std::max(max_abs(xi, k), 1e-12f) / static_cast<float>(levels);
+      }
       rs[i] = s;
+      // The sign bit, xored in: symmetric values become u8 for dpbusd, asymmetric ones s8 for _int_mm.
+      const int8_t bias = unsigned_operand != asymmetric ? static_cast<int8_t>(-128) : 0;
+      zp[i] = (asymmetric ? static_cast<int32_t>(z) : 0) + (bias != 0 ? (asymmetric ? -128 : 128) : 0);
       int8_t* qi = q + i * stride;
-      const int8_t bias = flip ? static_cast<int8_t>(-128) : 0;  // -128: the sign bit, xored in
       int64_t j = 0;
 #if defined(__AVX512F__)
       // 16 at a time, the same operations: an exact division, round half to even, the xor. GCC left the
@@ -333,14 +376,22 @@ void quantize_rows(const float* x, int64_t m, int64_t k, int64_t stride, float l
       // forward at 8 tokens in a perf profile on an AMX-INT8 Xeon); vectorized, all-MiniLM-L6-v2 at batch 1
       // ran 1.11x at 8 tokens, 1.15x at 16, 1.26x at 32, 1.20x at 64, 1.13x at 128 (one process, with a
       // switch between the two loops; a one-off build, not kept).
-      const __m512 divisor = _mm512_set1_ps(s);
+      const __m512 divisor = _mm512_set1_ps(s), zero = _mm512_set1_ps(z), top = _mm512_set1_ps(255.f);
       const __m128i sign = _mm_set1_epi8(bias);
       for (; j + 16 <= k; j += 16) {
-        const __m512 v = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(xi + j), divisor), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 v = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(xi + j), divisor), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        if (asymmetric) v = _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, zero), _mm512_setzero_ps()), top);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(qi + j), _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)), sign));
       }
 #endif
-      for (; j < k; ++j) qi[j] = static_cast<int8_t>(static_cast<int8_t>(std::nearbyint(xi[j] / s)) ^ bias);
+      if (asymmetric) {
+        for (; j < k; ++j) {
+          const float v = std::min(std::max(std::nearbyint(xi[j] / s) + z, 0.f), 255.f);
+          qi[j] = static_cast<int8_t>(static_cast<uint8_t>(static_cast<int32_t>(v)) ^ static_cast<uint8_t>(bias));
+        }
+      } else {
+        for (; j < k; ++j) qi[j] = static_cast<int8_t>(static_cast<int8_t>(std::nearbyint(xi[j] / s)) ^ bias);
+      }
       for (j = k; j < stride; ++j) qi[j] = 0;
     }
   });
@@ -362,8 +413,12 @@ at::Tensor linear_rows(const at::Tensor& rows_in, int64_t levels, const at::Tens
   const float* x = rows.data_ptr<float>();
   const float* cs = column_scale.data_ptr<float>();
   const float* b = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
+  TORCH_CHECK(levels == kAsymmetricLevels || (levels >= 1 && levels <= 127),
+              "per_token_int8_linear: levels must be 1-127 (symmetric) or 255 (asymmetric)");
   at::Tensor row_scale = at::empty({m}, rows.options());
   float* rs = row_scale.data_ptr<float>();
+  at::Tensor row_zero = at::empty({m}, rows.options().dtype(at::kInt));
+  int32_t* zp = row_zero.data_ptr<int32_t>();
   at::Tensor y = at::empty({m, n}, rows.options());
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
@@ -378,13 +433,13 @@ at::Tensor linear_rows(const at::Tensor& rows_in, int64_t levels, const at::Tens
     // The tile GEMM runs whole 32-row steps over whole weight tiles: rows and inputs zero-padded to them.
     const int64_t padded = amx ? (m + 31) / 32 * 32 : m, row_bytes = (amx ? block_k4s : k4s) * 4;
     at::Tensor quantized = at::empty({padded, row_bytes}, rows.options().dtype(at::kChar));
-    quantize_rows(x, m, k, row_bytes, static_cast<float>(levels), true, quantized.data_ptr<int8_t>(), rs);
+    quantize_rows(x, m, k, row_bytes, levels, true, quantized.data_ptr<int8_t>(), rs, zp);
     std::memset(quantized.data_ptr<int8_t>() + m * row_bytes, 0, (padded - m) * row_bytes);
     const auto* u = reinterpret_cast<const uint8_t*>(quantized.data_ptr<int8_t>());
     if (amx) {
-      amx_linear(u, m, block_k4s, packed->data_ptr<int8_t>(), column_sum->data_ptr<int32_t>(), n, rs, cs, b, epilogue, y.data_ptr<float>());
+      amx_linear(u, m, block_k4s, packed->data_ptr<int8_t>(), column_sum->data_ptr<int32_t>(), n, rs, zp, cs, b, epilogue, y.data_ptr<float>());
     } else {
-      vnni_linear(u, m, k4s, block_k4s, packed->data_ptr<int8_t>(), column_sum->data_ptr<int32_t>(), n, rs, cs, b, epilogue,
+      vnni_linear(u, m, k4s, block_k4s, packed->data_ptr<int8_t>(), column_sum->data_ptr<int32_t>(), n, rs, zp, cs, b, epilogue,
                   y.data_ptr<float>());
     }
     return y;
@@ -392,8 +447,12 @@ at::Tensor linear_rows(const at::Tensor& rows_in, int64_t levels, const at::Tens
 #endif
 
   at::Tensor quantized = at::empty({m, k}, rows.options().dtype(at::kChar));
-  quantize_rows(x, m, k, k, static_cast<float>(levels), false, quantized.data_ptr<int8_t>(), rs);
-  const at::Tensor acc = at::_int_mm(quantized, weight_t);
+  quantize_rows(x, m, k, k, levels, false, quantized.data_ptr<int8_t>(), rs, zp);
+  at::Tensor acc = at::_int_mm(quantized, weight_t);
+  if (levels == kAsymmetricLevels) {  // sum((q - 128) w) - (z - 128) x column sum: in int32, as the ATen sequence
+    const at::Tensor sums = column_sum.has_value() && column_sum->defined() ? *column_sum : weight_t.sum(0, false, at::kInt);
+    acc = acc - row_zero.unsqueeze(1) * sums.unsqueeze(0);
+  }
   const int32_t* a = acc.data_ptr<int32_t>();
   float* out = y.data_ptr<float>();
   at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {

@@ -77,7 +77,8 @@ def op() -> Callable | None:
 
 
 def packed_weights(owner: object, weight_t: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """(packed weights, int32 column sums) of `weight_t` for the op's VNNI GEMM, or (None, None): not here.
+    """(packed weights, int32 column sums) of `weight_t` for the op's VNNI GEMM; packed None: not here (the
+    sums still serve oneDNN's GEMM); (None, None): no op, or a trace is recording.
 
     Packed on first use and kept on `owner` (the layer or group that holds `weight_t`), valid while it
     holds the same, unmodified tensor. Never packed while a trace records: the packing would be
@@ -87,11 +88,13 @@ def packed_weights(owner: object, weight_t: torch.Tensor) -> tuple[torch.Tensor 
     if cached is not None and cached[0] is weight_t and cached[1] == version_counter(weight_t):
         return cached[2], cached[3]
     fused = op()
-    if fused is None or torch.jit.is_tracing() or "avx512_vnni" not in cpu.vnni_isas("onednn"):
+    if fused is None or torch.jit.is_tracing():
         return None, None
     with torch.no_grad():
-        packed = torch.ops.pdo_hub.pack_weights(weight_t)
-        packed, sums = (packed, weight_t.sum(0, dtype=torch.int32)) if packed.numel() else (None, None)
+        # The column sums serve oneDNN's GEMM too: asymmetric rows take their zero point's share off with them.
+        sums = weight_t.sum(0, dtype=torch.int32)
+        packed = torch.ops.pdo_hub.pack_weights(weight_t) if "avx512_vnni" in cpu.vnni_isas("onednn") else None
+        packed = packed if packed is not None and packed.numel() else None
     owner.__dict__["_packed_weights"] = (weight_t, version_counter(weight_t), packed, sums)
     return packed, sums
 

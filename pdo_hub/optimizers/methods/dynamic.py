@@ -1,16 +1,23 @@
 """`dynamic`: int8 weights, activations quantized at run time; no calibration data needed.
 
-Linear layers get per-channel symmetric int8 weights and one of two high-fidelity activation schemes
-(see `_int8_linear`): `full_range` (fbgemm, 8-bit per-tensor activations, fastest) or `per_token`
-(one activation scale per token, int8 GEMM; most faithful). Each layer's sensitivity is the measured
-loss with only it on the fast scheme (the rest `per_token`); the fewest most-sensitive layers use
-`per_token` so the loss fits the budget: half of what
-earlier steps left of `preserve_accuracy_threshold`, and never more than `HIGH_FIDELITY_SHARE` of the threshold
-on top of what earlier steps lost, which keeps transformer embeddings at cosine >= 0.995 at the default 0.02
-(all-MiniLM-L6-v2: torch.ao's stock x86 path 0.979). When `dynamic` serves a configured `fx` (a model
+Linear layers get per-channel symmetric int8 weights and 8-bit activations quantized per token with
+a zero point per token (`per_token_asymmetric`, see `_int8_linear`), on pdo-hub's compiled kernel
+(`_token_int8_kernel`). That is both the most faithful scheme and, with the kernel, the fastest, so no
+layer-by-layer search is spent on a mix: all-MiniLM-L6-v2 built so, against the earlier mix of
+symmetric per-token and fbgemm's per-tensor `full_range` layers (10-17 of 37) loaded beside it
+(`scripts/bench_workloads.py --baseline`, a Xeon with AMX-INT8, 2 threads), ran a sorted corpus 1.18x
+as fast, a stream of batch-1 requests 1.18x, batch-1 requests 1.43x at 8 tokens and 1.04x at 128,
+at embedding cosine 0.9975 instead of 0.9956. Where the kernel cannot be built (no C++ compiler), per-token layers run as a dozen ATen ops each
+and fbgemm's one op is faster: then each layer's sensitivity is the measured loss with only it on
+`full_range` (the rest per-token), and the fewest most-sensitive layers stay per-token so the loss fits
+the budget. The budget is half of what earlier steps left of `preserve_accuracy_threshold`, and never
+more than `HIGH_FIDELITY_SHARE` of the threshold on top of what earlier steps lost, which keeps
+transformer embeddings at cosine >= 0.995 at the default 0.02 (all-MiniLM-L6-v2: torch.ao's stock x86
+path 0.979). Records of earlier versions name `per_token` (symmetric per-token activations): they load
+as they were built. When `dynamic` serves a configured `fx` (a model
 fx cannot trace, such as a transformer: the quality preset), it keeps `fx`'s mixed precision too: if
 int8 everywhere still loses more than that budget, the fewest most sensitive Linears stay float.
-Without a way to measure loss every Linear uses `per_token`. LSTM/GRU use torch.ao's stock dynamic
+Without a way to measure loss every Linear uses per-token activations. LSTM/GRU use torch.ao's stock dynamic
 modules. Large untied embedding tables are stored as int8 rows (all-MiniLM-L6-v2: 90.9 MB -> ~22 MB),
 or 4-bit rows with `embedding_bits: 4` (`_embeddings`), unless that alone breaks the budget. Inference runs as one frozen trace for every input shape where it
 can (`_fast_forward`: the second call pays ~0.3 s to trace, once). torch has no CUDA kernels for these, so on CUDA the method is skipped with a note.
@@ -32,7 +39,7 @@ import torch.nn as nn
 from ...core.errors import RecipeError
 from ..modules import get_module, replace_module, replace_modules
 from ..registry import Method, register_method
-from . import _int8_isa
+from . import _int8_isa, _token_int8_kernel
 from ._fast_forward import accelerate
 from ._embeddings import quantize_embeddings, restore_embeddings
 from ._int8_linear import FullRangeDynamicLinear, LazyPackedParams, TokenInt8Linear
@@ -44,8 +51,9 @@ logger = logging.getLogger(__name__)
 
 _FLOAT_TYPES = {"Linear": nn.Linear, "LSTM": nn.LSTM, "GRU": nn.GRU}
 HIGH_FIDELITY_SHARE = 0.2  # 0.004 at the default threshold
-FAST, PRECISE, FLOAT = "full_range", "per_token", "float"
-_KERNELS = {FAST: "fbgemm", PRECISE: "onednn"}  # the int8 library each scheme's GEMM runs on
+FAST, PRECISE, FLOAT = "full_range", "per_token_asymmetric", "float"
+SYMMETRIC = "per_token"  # per-token activations without a zero point: written by earlier versions, still loaded
+_KERNELS = {FAST: "fbgemm", PRECISE: "onednn", SYMMETRIC: "onednn"}  # the int8 library each scheme's GEMM runs on
 
 
 def _qconfig(module_type: str):
@@ -125,16 +133,19 @@ class DynamicQuantization(Method):
         embeddings = quantize_embeddings(model, ctx, max_loss, self.name, None if recurrent else before)
         floats = {path: model.get_submodule(path) for path in linears}
         portable = _int8_isa.wants_portable(ctx, _KERNELS.values(), self.name) if linears else True
-        fast = {path: _fast_linear(floats[path], portable) for path in linears}
-        precise = {path: TokenInt8Linear.from_float(floats[path], portable) for path in linears}
-        if budget is None:
-            ctx.note(logger, "dynamic: no accuracy measurement available: every Linear uses per-token activations (most faithful).")
-            kept = {path: float("nan") for path in linears}
+        precise = {path: TokenInt8Linear.from_float(floats[path], portable, asymmetric=True) for path in linears}
+        if budget is None or _token_int8_kernel.op() is not None:
+            kept = {path: float("nan") for path in linears}  # per-token everywhere: most faithful, and fastest with the kernel
         else:
+            ctx.note(logger, f"dynamic: pdo-hub's per-token int8 kernel is unavailable ({_token_int8_kernel.status()}): "
+                             "layers that the loss budget allows run fbgemm's per-tensor kernel instead.")
+            fast = {path: _fast_linear(floats[path], portable) for path in linears}
             loss_with, probe_with = _swap_measures(model, ctx, linears, fast, precise)
             kept = keep_high_precision(linears, loss_with, budget, probe_with=probe_with)
+            kept_fast = set(linears) - set(kept)
+            precise.update({path: fast[path] for path in kept_fast})
         schemes = {path: PRECISE if path in kept else FAST for path in linears}
-        int8 = {path: precise[path] if path in kept else fast[path] for path in linears}
+        int8 = precise
         kept_float = {}
         if budget is not None and ctx.config.quantization_method == "fx":
             # `fx` asks for mixed precision with float layers; on a model it cannot trace, `dynamic` serves it
@@ -145,7 +156,7 @@ class DynamicQuantization(Method):
         for path in linears:
             logger.debug("dynamic: %s %s", path, "float" if path in kept_float else f"int8 ({schemes[path]} activations)")
         replace_modules(model, {path: floats[path] if path in kept_float else int8[path] for path in linears})
-        if kept and budget is not None:
+        if len(kept) < len(linears):
             ctx.note(logger, f"dynamic: {len(kept)} of {len(linears)} Linear layers use per-token activations (loss budget {budget:.4f}).")
         if kept_float:
             ctx.note(logger, f"dynamic: {len(kept_float)} of {len(linears)} Linear layers stay float to fit the loss budget "
@@ -154,8 +165,9 @@ class DynamicQuantization(Method):
                   _int8_isa.FIELD: _int8_isa.full_range(_KERNELS[scheme] for scheme in schemes.values() if scheme in _KERNELS) if schemes and not portable
                   else _int8_isa.portable("Linear: 7-bit weights (and per-token activations); LSTM/GRU: 7-bit activations")}
         record.update(embeddings)
-        if budget is not None and (kept or kept_float):
-            record["sensitivity"] = {path: round(loss, 6) for path, loss in {**kept, **kept_float}.items()}
+        measured = {path: loss for path, loss in {**kept, **kept_float}.items() if loss == loss}  # NaN: not measured
+        if measured:
+            record["sensitivity"] = {path: round(loss, 6) for path, loss in measured.items()}
         spec = input_spec(ctx.example_inputs)
         if spec is not None:
             record["inputs"] = spec
@@ -183,8 +195,8 @@ class DynamicQuantization(Method):
                 args = (module.in_features, module.out_features)
                 if scheme == FLOAT:  # mixed precision: this layer was kept float
                     continue
-                if scheme == PRECISE:
-                    new = TokenInt8Linear(*args, bias=module.bias is not None, portable=portable)
+                if scheme in (PRECISE, SYMMETRIC):
+                    new = TokenInt8Linear(*args, bias=module.bias is not None, portable=portable, asymmetric=scheme == PRECISE)
                 elif scheme == FAST:
                     new = _load_shell(FullRangeDynamicLinear, *args, module.bias is not None)
                 elif scheme == "stock":
