@@ -74,6 +74,17 @@ def test_held_out_texts_share_no_sentence_with_the_calibration_texts():
     assert not shared, shared
 
 
+def test_the_two_calibration_folds_prune_fits_and_judges_on_share_no_sentence():
+    from pdo_hub.optimizers.methods.prune import _folds
+
+    spelled_by_all = WordTokenizer({word for text in examples.SENTENCES for word in text.split()})
+    texts = examples.builtin_texts(spelled_by_all, 32)
+    calibration, _, _ = split_held_out(texts)
+    fit, judge = (" ".join(fold) for fold in _folds(calibration))
+    shared = [s for s in examples.SENTENCES if s in fit and s in judge]
+    assert fit and judge and not shared, shared
+
+
 def test_only_the_first_input_the_benchmark_example_is_padded_the_rest_carry_only_real_tokens():
     from transformers import AutoModel, AutoTokenizer
 

@@ -120,14 +120,18 @@ def test_the_report_records_the_timing_noise():
 
 def test_three_runs_of_the_same_optimization_store_identical_bytes(tmp_path):
     # Recovery (distillation) and static calibration included: both must be step-bounded and seeded.
+    # The pipeline is configured (auto-selection off) because auto-selection weighs measured speed: two
+    # candidates whose speeds sit at the edge of the timing noise may rank either way on a busy machine
+    # (a CI run chose static once and svd+static once), and that is not what this test is about.
     # pareto.png is left out on purpose: it draws the measured speedups, which differ run to run.
     config = {**FAST, "benchmark_runs": 5, "recovery_steps": 10, "recovery_max_seconds": 600, "target_compression_ratio": 0.6,
-              "preserve_accuracy_threshold": 0.05}
+              "preserve_accuracy_threshold": 0.01, "auto_select_best_method": False, "quantization_method": "static"}
     chosen, digests = [], []
     for run in range(3):
         optimized, report = optimize_downloaded_model(build("KitchenSink"), "k", example_inputs=example("KitchenSink"), config=config)
         pdo_hub.save_optimized(optimized, tmp_path / str(run))
         chosen.append(report["selection"]["selected"])
         digests.append(hashlib.sha256((tmp_path / str(run) / "model.safetensors").read_bytes()).hexdigest())
-    assert chosen[0] == chosen[1] == chosen[2], chosen
+        assert any("recovery by distillation" in note for note in report["notes"]), report["notes"]
+    assert chosen == [["svd", "static"]] * 3, chosen
     assert digests[0] == digests[1] == digests[2], f"the same inputs and config stored different bytes ({chosen[0]})"

@@ -30,8 +30,9 @@ VARIANTS_FIELD = "pdoVariants"
 #: Bump when the calibration inputs pdo-hub synthesizes change: the optimized weights depend on them.
 # v2: vision inputs distilled from BatchNorm statistics (ZeroQ), not noise; v3: twice as many built-in
 # texts for text models, passages beside sentences, checked against the tokenizer's vocabulary; v4: text
-# calibration inputs without padding (only the first, the benchmark example, padded to 128 tokens).
-INPUTS_VERSION = "inputs-v4"
+# calibration inputs without padding (only the first, the benchmark example, padded to 128 tokens);
+# v5: the built-in texts' two calibration folds share no sentence (prune fits on one, judges on the other).
+INPUTS_VERSION = "inputs-v5"
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SECRET_WORDS = ("token", "auth", "password", "passwd", "secret", "credential", "api_key", "apikey")

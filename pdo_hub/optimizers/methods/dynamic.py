@@ -133,19 +133,17 @@ class DynamicQuantization(Method):
         embeddings = quantize_embeddings(model, ctx, max_loss, self.name, None if recurrent else before)
         floats = {path: model.get_submodule(path) for path in linears}
         portable = _int8_isa.wants_portable(ctx, _KERNELS.values(), self.name) if linears else True
-        precise = {path: TokenInt8Linear.from_float(floats[path], portable, asymmetric=True) for path in linears}
+        int8 = {path: TokenInt8Linear.from_float(floats[path], portable, asymmetric=True) for path in linears}
         if budget is None or _token_int8_kernel.op() is not None:
             kept = {path: float("nan") for path in linears}  # per-token everywhere: most faithful, and fastest with the kernel
         else:
             ctx.note(logger, f"dynamic: pdo-hub's per-token int8 kernel is unavailable ({_token_int8_kernel.status()}): "
                              "layers that the loss budget allows run fbgemm's per-tensor kernel instead.")
             fast = {path: _fast_linear(floats[path], portable) for path in linears}
-            loss_with, probe_with = _swap_measures(model, ctx, linears, fast, precise)
+            loss_with, probe_with = _swap_measures(model, ctx, linears, fast, dict(int8))
             kept = keep_high_precision(linears, loss_with, budget, probe_with=probe_with)
-            kept_fast = set(linears) - set(kept)
-            precise.update({path: fast[path] for path in kept_fast})
+            int8.update({path: fast[path] for path in linears if path not in kept})
         schemes = {path: PRECISE if path in kept else FAST for path in linears}
-        int8 = precise
         kept_float = {}
         if budget is not None and ctx.config.quantization_method == "fx":
             # `fx` asks for mixed precision with float layers; on a model it cannot trace, `dynamic` serves it
