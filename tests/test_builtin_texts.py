@@ -29,7 +29,7 @@ def test_passages_of_growing_length_sit_beside_single_sentences_and_both_are_hel
     assert len(texts) == 32 and texts == examples.builtin_texts(ENGLISH_ONLY, 32), "deterministic"
     lengths = [len(text.split()) for text in texts]
     for index, length in enumerate(lengths):
-        target = {1: 48, 5: 96, 7: 128}.get(index % 8)
+        target = {1: 48, 5: 96, 7: 128, 9: 96, 13: 48, 15: 128}.get(index % 16)
         if target is None:
             assert length < 48, (index, texts[index])
         else:
@@ -83,6 +83,18 @@ def test_the_two_calibration_folds_prune_fits_and_judges_on_share_no_sentence():
     fit, judge = (" ".join(fold) for fold in _folds(calibration))
     shared = [s for s in examples.SENTENCES if s in fit and s in judge]
     assert fit and judge and not shared, shared
+
+
+def test_each_calibration_fold_gets_passages_of_each_length():
+    # prune fits on one fold and judges on the other: a fit on 96-token passages judged only on 48-token
+    # ones (or the reverse) measures a length shift as well as the cut.
+    from pdo_hub.optimizers.methods.prune import _folds
+
+    spelled_by_all = WordTokenizer({word for text in examples.SENTENCES for word in text.split()})
+    calibration, _, _ = split_held_out(examples.builtin_texts(spelled_by_all, 32))
+    for fold in _folds(calibration):
+        lengths = [len(text.split()) for text in fold]
+        assert sum(48 <= n < 96 for n in lengths) >= 2 and sum(n >= 96 for n in lengths) >= 2, lengths
 
 
 def test_only_the_first_input_the_benchmark_example_is_padded_the_rest_carry_only_real_tokens():

@@ -52,10 +52,13 @@ SENTENCES = (
     "The API returns a JSON object with the fields id, name and created_at.",
     "Volunteers cleaned up the beach after the weekend festival.",
 )
-#: Of every 8 built-in inputs, these positions are multi-sentence passages (the others single sentences):
+#: Of every 16 built-in inputs, these positions are multi-sentence passages (the others single sentences):
 #: real inputs run from a short query to a paragraph, and attention, padding and activation ranges change
-#: with length. Positions 3 and 7 are the ones `split_held_out` holds out: one sentence, one passage.
-_PASSAGE_POSITIONS = {1: 48, 5: 96, 7: MAX_TOKENS}  # position -> length in the model's own tokens
+#: with length. Positions 3, 7, 11 and 15 are the ones `split_held_out` holds out (7 and 15 passages);
+#: 1 and 9 fall in one of `prune`'s calibration folds, 5 and 13 in the other, so that each fold gets a
+#: passage of each length (with a cycle of 8, one fold had every 96-token passage, the other every 48).
+_PASSAGE_POSITIONS = {1: 48, 5: 96, 7: MAX_TOKENS, 9: 96, 13: 48, 15: MAX_TOKENS}  # position -> length in the model's own tokens
+_PASSAGE_CYCLE = 16
 #: A built-in text is left out when more than this share of its tokens is the tokenizer's unknown token.
 _MAX_UNKNOWN_SHARE = 0.1
 
@@ -117,7 +120,7 @@ def builtin_texts(tokenizer: Any, count: int) -> list[str]:
     for index in range(count):
         # A calibration text's position among the calibration inputs is index - index // 4.
         fold = "held" if index % 4 == 3 else (index - index // 4) % 2
-        source, target = pools[fold], _PASSAGE_POSITIONS.get(index % 8)
+        source, target = pools[fold], _PASSAGE_POSITIONS.get(index % _PASSAGE_CYCLE)
         parts = [source[used[fold] % len(source)]]
         used[fold] += 1
         while target is not None and _token_count(tokenizer, " ".join(parts)) < target and len(parts) < 4 * len(pool):
