@@ -5,7 +5,8 @@
 2. Conv widths (`prune._width_grid`): a 3x3 conv with C in and C out channels at the resolutions of
    the digits ResNet-18 stages, batch 1; widths off oneDNN's 16-channel blocks cost nearly as much as
    the next block.
-3. Per-token int8 Linear (`pdo_hub/optimizers/methods/_token_int8_kernel.py`): the ATen op sequence,
+3. Per-token int8 Linear (`pdo_hub/optimizers/methods/_token_int8_kernel.py`), built as `dynamic` builds
+   it (7-bit weights, activations with a zero point per token): the ATen op sequence,
    the fused op on oneDNN's GEMM, the fused op's own VNNI GEMM (packed weights), and torch.ao's fbgemm
    dynamic Linear (per-tensor activations), by tokens x in x out, each call cycling through six layers
    of the shape (weights from L3, as in a model). The fused op takes its VNNI GEMM up to 512 tokens
@@ -17,12 +18,13 @@
    heads, head dim 32, boolean padding mask, by batch x tokens; `_small_attention.FUSED_SCORES` is where
    the op stops winning. Each row also gives the largest difference between the two.
 
-    flock /tmp/pdo-heavy.lock python scripts/bench_cpu_kernels.py
+    flock /tmp/pdo-heavy.lock python scripts/bench_cpu_kernels.py [attention] [conv] [linear] [fused-attention]
 """
 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 
 import torch
@@ -79,15 +81,15 @@ def per_token_linear() -> None:
         print(f"\nfused per-token kernel: {_token_int8_kernel.status()}")
         return
     print("\n| tokens x in x out | ATen ops us | fused, oneDNN GEMM us | fused, packed GEMM (VNNI; AMX from 32 tokens) us | fbgemm per-tensor us | identical |\n|---|---|---|---|---|---|")
-    for tokens in (1, 8, 32, 64, 128, 512, 1024, 2048):
+    for tokens in (1, 8, 32, 64, 128, 512, 1024, 2048, 4096):
         for k, n in ((384, 1152), (384, 1536), (1536, 384)):
             # Six layers of the shape, each call running all six: their weights come from L3, as in a model
             # (MiniLM has six of each), not from the L1/L2 that one layer timed alone would stay in.
-            layers = [TokenInt8Linear.from_float(torch.nn.Linear(k, n)) for _ in range(COPIES)]
+            layers = [TokenInt8Linear.from_float(torch.nn.Linear(k, n), portable=True, asymmetric=True) for _ in range(COPIES)]  # as `dynamic` builds them
             packs = [_token_int8_kernel.packed_weights(layer, layer.weight_t) for layer in layers]
             fbgemm = [FullRangeDynamicLinear.portable_from_float(torch.nn.Linear(k, n)) for _ in range(COPIES)]
             x = torch.randn(tokens, k)
-            args = [(x, 127, layer.weight_t, layer.scale, layer.bias) for layer in layers]
+            args = [(x, layer.activation_levels, layer.weight_t, layer.scale, layer.bias) for layer in layers]
             outputs = [aten_per_token_int8_linear(*args[0]), fused(*args[0])] + ([fused(*args[0], *packs[0])] if packs[0][0] is not None else [])
             runs = max(10, 200 * 32 // max(32, tokens))
             time_all = lambda call: median_us(lambda: [call(i) for i in range(COPIES)], runs) / COPIES  # noqa: E731
@@ -120,7 +122,6 @@ def fused_attention() -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(THREADS)
-    attention()
-    conv_widths()
-    per_token_linear()
-    fused_attention()
+    sections = {"attention": attention, "conv": conv_widths, "linear": per_token_linear, "fused-attention": fused_attention}
+    for name in sys.argv[1:] or sections:  # e.g. `bench_cpu_kernels.py linear`: that table alone
+        sections[name]()

@@ -2,10 +2,11 @@
 
 One fixed shape flatters a runtime that prepares per shape. This script times what people run:
 
-- all-MiniLM-L6-v2 (real weights), `corpus`: N sentences sorted by length, batches of 32 padded to
-  each batch's longest (what sentence-transformers' `encode` does); `stream`: batch-1 requests of
-  random length (5-128 tokens), unsorted.
-- the digits-trained ResNet-18 (real weights, 32x32), `mixed`: requests of batch 1, 8 and 32 in random order.
+- all-MiniLM-L6-v2 (real weights), `corpus`: N sentences sorted by length, batches of 32 (`--batch`) padded
+  to each batch's longest (what sentence-transformers' `encode` does); `stream`: batch-1 requests of
+  random length (5-128 tokens; `--max-tokens` moves both workloads' limit), unsorted.
+- the digits-trained ResNet-18 (real weights, 32x32), `mixed`: requests of batch 1, 8 and 32 (`--cnn-batches`)
+  in random order.
 
 Each workload runs once per variant `cold`, on a freshly loaded variant (a new process would pay the
 same: first calls, traces, compiles; the ONNX export and quantization themselves are not counted), then
@@ -248,13 +249,14 @@ def bench_minilm(args) -> None:
     request_texts = [rest[(args.corpus + i) % len(rest)] for i in range(args.requests)]
     rng = random.Random(args.seed)
     by_length = sorted(corpus_texts, key=lambda t: len(tokenizer(t)["input_ids"]))
-    corpus = [dict(tokenizer(by_length[i:i + 32], padding="longest", truncation=True, max_length=128, return_tensors="pt"))
-              for i in range(0, len(by_length), 32)]
+    batch, most = args.batch, args.max_tokens
+    corpus = [dict(tokenizer(by_length[i:i + batch], padding="longest", truncation=True, max_length=most, return_tensors="pt"))
+              for i in range(0, len(by_length), batch)]
     stream = []
-    for text in request_texts:  # random lengths of 5-128 tokens: cut each request at a random token count
-        ids = tokenizer(text, truncation=True, max_length=128)["input_ids"]
-        keep = min(len(ids), rng.randint(5, 128))
-        stream.append(dict(tokenizer(tokenizer.decode(ids[1:keep - 1]), truncation=True, max_length=128, return_tensors="pt")))
+    for text in request_texts:  # random lengths of 5-`most` tokens: cut each request at a random token count
+        ids = tokenizer(text, truncation=True, max_length=most)["input_ids"]
+        keep = min(len(ids), rng.randint(5, most))
+        stream.append(dict(tokenizer(tokenizer.decode(ids[1:keep - 1]), truncation=True, max_length=most, return_tensors="pt")))
     config = PostDownloadOptimizationConfig(quantization_method="dynamic", enable_low_rank_optimization=False,
                                             enable_tensor_factorization=False, auto_select_best_method=False)
     start = time.perf_counter()
@@ -293,8 +295,8 @@ def bench_minilm(args) -> None:
     for workload, inputs in (("corpus", corpus), ("stream", stream)):
         reference = pooled(outputs[workload, "FP32 eager"], inputs)
         fidelity = {name: cosines(reference, pooled(outputs[workload, name], inputs)) for name in variants}
-        what = (f"{len(corpus_texts)} sentences sorted by length, batch 32, padded to the longest" if workload == "corpus"
-                else f"{len(stream)} batch-1 requests of 5-128 tokens, unsorted")
+        what = (f"{len(corpus_texts)} sentences sorted by length, batch {batch}, padded to the longest (at most {most} tokens)"
+                if workload == "corpus" else f"{len(stream)} batch-1 requests of 5-{most} tokens, unsorted")
         print(table(f"all-MiniLM-L6-v2 {workload}: {what} ({tokens[workload]} real tokens)", results[workload], fidelity,
                     peer="ONNX Runtime dynamic int8 (BERT fusion)"), flush=True)
     if args.lengths:
@@ -325,9 +327,9 @@ def bench_resnet(args) -> None:
     peers.ort_cnn(model, x_train[:2], calibration, ort_dir, THREADS)
     rng = random.Random(args.seed)
     pool = torch.cat([x_train, x_test])
-    stream = []
+    stream, sizes = [], [int(v) for v in args.cnn_batches.split(",")]
     for _ in range(args.cnn_requests):
-        size = rng.choice((1, 8, 32))
+        size = rng.choice(sizes)
         first = rng.randrange(0, len(pool) - size)
         stream.append(pool[first:first + size])
     variants = {
@@ -342,8 +344,7 @@ def bench_resnet(args) -> None:
             run = fresh()
             correct = sum(int((run(x_test[i:i + 100]).argmax(1) == y_test[i:i + 100]).sum()) for i in range(0, len(y_test), 100))
             fidelity[name] = f"top-1 {100 * correct / len(y_test):.2f}%"
-    sizes = sorted({len(b) for b in stream})
-    print(table(f"digits ResNet-18 32x32 mixed stream: {len(stream)} requests of batch {sizes}, random order", results["mixed"], fidelity,
+    print(table(f"digits ResNet-18 32x32 mixed stream: {len(stream)} requests of batch {sorted({len(b) for b in stream})}, random order", results["mixed"], fidelity,
                 peer="ONNX Runtime int8 QDQ"), flush=True)
     print(f"\npdo static built in {build_seconds:.1f} s on 128 calibration images")
 
@@ -354,6 +355,10 @@ def main() -> None:
     parser.add_argument("--corpus", type=int, default=480, help="sentences in the corpus workload")
     parser.add_argument("--requests", type=int, default=240, help="batch-1 requests in the stream workload")
     parser.add_argument("--cnn-requests", type=int, default=60, help="requests in the mixed-batch CNN stream")
+    parser.add_argument("--batch", type=int, default=32, help="MiniLM corpus: sentences per batch")
+    parser.add_argument("--max-tokens", type=int, default=128, help="MiniLM: the longest input (the corpus truncates "
+                        "there, stream requests are 5 to this many tokens); all-MiniLM-L6-v2 was trained up to 256")
+    parser.add_argument("--cnn-batches", default="1,8,32", help="ResNet-18 mixed stream: the batch sizes it draws from")
     parser.add_argument("--rounds", type=int, default=2, help="warm passes per variant (median)")
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--sentences", help="a text file, one sentence per line, instead of generated ones")

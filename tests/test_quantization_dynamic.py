@@ -14,7 +14,7 @@ from pdo_hub.optimizers.evaluate import fidelity, reference_outputs
 from pdo_hub.optimizers.methods._fast_forward import accelerate
 from pdo_hub.optimizers.methods._small_attention import FUSED_SCORES, SMALL_SCORES
 from pdo_hub.optimizers.methods._traces import FAILED
-from pdo_hub.optimizers.methods import _token_int8_kernel
+from pdo_hub.optimizers.methods import _sub_batches, _token_int8_kernel
 from pdo_hub.optimizers.methods._int8_linear import ASYMMETRIC, FullRangeDynamicLinear, TokenInt8Linear
 from pdo_hub.optimizers.recipe import Recipe
 from tiny_models import MLP, KitchenSink
@@ -173,7 +173,9 @@ def _check_trace_matches_eager(model, encoded):
     # 12 heads: past SMALL_SCORES and FUSED_SCORES, so SDPA inside the trace
     rows = max(SMALL_SCORES, FUSED_SCORES) // (12 * length * length) + 1
     longer = {k: v[:1].repeat(rows, 1) for k, v in encoded.items()}
-    with torch.inference_mode():
+    # Whole batches, so `longer` takes SDPA in the trace (sub-batches have their own test).
+    with torch.inference_mode(), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_sub_batches, "TOKENS_PER_PASS", 1 << 30)
         for _ in range(2):
             model(**encoded)
         traced = [entry for entry in model.forward.traces if entry is not FAILED]
@@ -338,3 +340,93 @@ def test_a_loaded_fbgemm_layer_packs_its_weights_on_first_use_with_identical_out
     resaved = load_optimized(tmp_path / "b", MLP(), warm_up="off")
     with torch.inference_mode():
         assert torch.equal(resaved(x), expected)
+
+
+def _tiny_bert():
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)  # random weights: this checks how a batch is run, not accuracy
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64)
+    return BertModel(config).eval()
+
+
+def _token_batch(batch: int, length: int) -> dict:
+    ids = torch.randint(5, 200, (batch, length), generator=torch.Generator().manual_seed(batch))
+    mask = torch.ones(batch, length, dtype=torch.long)
+    for row in range(0, batch, 3):  # some sequences padded
+        mask[row, length - 1 - row % length // 2:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+def _count_passes(model) -> list[int]:
+    """The batch size of every pass the model's fast forward makes (traced or eager)."""
+    cache, passes = model.forward.cache, []
+    original = cache.call
+
+    def counted(structure, tensors, *args, **kwargs):
+        passes.append(tensors[0].shape[0])
+        return original(structure, tensors, *args, **kwargs)
+
+    cache.call = counted
+    return passes
+
+
+def test_a_large_batch_of_sequences_runs_in_sub_batches_with_the_outputs_of_one_pass(monkeypatch):
+    model = _tiny_bert()
+    inputs = _token_batch(20, 12)
+    optimized, _ = apply_method("dynamic", model, {k: v[:1] for k, v in inputs.items()})
+    monkeypatch.setattr(_sub_batches, "TOKENS_PER_PASS", 60)  # 5 sequences of 12 tokens per pass
+    passes = _count_passes(optimized)
+    with torch.inference_mode():
+        whole = type(optimized).forward(optimized, **inputs)  # the model's own forward: one pass
+        for call in range(3):
+            passes.clear()
+            got = optimized(**inputs)
+            # The first call first runs two sequences alone and together: the check that the batch may be cut.
+            assert passes == ([1, 1, 2] if call == 0 else []) + [5, 5, 5, 5], passes
+            for name in ("last_hidden_state", "pooler_output"):
+                assert got[name].shape == whole[name].shape
+                assert torch.allclose(got[name], whole[name], rtol=0, atol=1e-5), name
+        passes.clear()
+        small = {k: v[:5] for k, v in inputs.items()}
+        assert torch.equal(optimized(**small).last_hidden_state, type(optimized).forward(optimized, **small).last_hidden_state)
+        assert passes == [5]
+
+
+class _InBatchSimilarity(torch.nn.Module):
+    """Sequences see each other: every pair's similarity (an output that is not batch-major)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.EmbeddingBag(200, 16)
+
+    def forward(self, input_ids, attention_mask):
+        pooled = self.embed(input_ids, per_sample_weights=None) * attention_mask.sum(1, keepdim=True)
+        return pooled @ pooled.T
+
+
+class _BatchCentred(torch.nn.Module):
+    """Sequences see each other: batch-major outputs, centred on the batch's mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(200, 16)
+
+    def forward(self, input_ids, attention_mask):
+        states = self.embed(input_ids) * attention_mask[..., None]
+        return states - states.mean(0, keepdim=True)
+
+
+@pytest.mark.parametrize("model_class", [_InBatchSimilarity, _BatchCentred])
+def test_a_model_whose_sequences_see_each_other_keeps_whole_batches(model_class, monkeypatch):
+    model = accelerate(model_class().eval())
+    monkeypatch.setattr(_sub_batches, "TOKENS_PER_PASS", 60)
+    inputs = {k: v for k, v in _token_batch(20, 12).items() if k != "token_type_ids"}
+    passes = _count_passes(model)
+    with torch.inference_mode():
+        for call in range(3):
+            passes.clear()
+            got, whole = model(**inputs), model_class.forward(model, **inputs)
+            assert got.shape == whole.shape and torch.allclose(got, whole, atol=1e-6)
+            assert passes == ([1, 1, 2, 20] if call == 0 else [20]), passes  # checked once, then whole batches

@@ -10,6 +10,9 @@ variant whose record keeps its input spec has that trace built and checked at lo
 the first requests run as fast as later ones. The first eager call also groups sibling int8 layers
 that read the same input (`_shared_input`: query, key and value share one quantization and one GEMM),
 and int8 layers whose output only an exact GELU reads (`_fused_activation`: the GELU runs inside the op).
+A large batch of token sequences runs as sub-batches of at most `_sub_batches.TOKENS_PER_PASS` tokens
+(buffers that stay small are reused instead of mapped fresh on every call), once a check shows that the
+model's sequences do not see each other.
 
 Eligible: eval mode, gradients off (`torch.no_grad` / `torch.inference_mode`: with gradients on the
 caller may want autograd, which a frozen trace drops), and only tensor inputs, either positional or
@@ -37,6 +40,7 @@ from torch.utils import _pytree as pytree
 from . import _small_attention
 from ._fused_activation import fuse_gelus, unfuse
 from ._shared_input import group_siblings, ungroup
+from ._sub_batches import rows_per_pass, run_in_sub_batches
 from ._traces import FAILED, TraceCache, identical
 
 logger = logging.getLogger(__name__)
@@ -66,6 +70,7 @@ class FastForward:
         self.warm_up_inputs = warm_up_inputs  # the record's input spec (`_warm_up`)
         self.probed = False  # whether an eager call has grouped sibling int8 layers and fused GELUs
         self.probing = threading.RLock()  # also held by `_fused_activation.layers_alone`
+        self.sub_batches_sound: dict = {}  # structure -> whether large batches may run in sub-batches (checked once)
         self.__wrapped__ = type(model).forward.__get__(model)  # inspect.signature(model.forward) sees the real one
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -76,13 +81,21 @@ class FastForward:
         if self._eligible(args, kwargs):
             self._call(args, kwargs, trace_now=True)
 
-    def _call(self, args: tuple, kwargs: dict, trace_now: bool = False) -> Any:
+    def _call(self, args: tuple, kwargs: dict, trace_now: bool = False, split: bool = True) -> Any:
         eager = type(self.model).forward
         if not self._eligible(args, kwargs):
             return eager(self.model, *args, **kwargs)
         keywords = tuple(name for name in _TRACEABLE_KEYWORDS if name in kwargs)
         tensors = args + tuple(kwargs[name] for name in keywords)
         structure = (len(args), keywords) + tuple((t.dim(), t.dtype, t.device) for t in tensors)
+        rows = rows_per_pass(keywords, tensors) if split and not args and self.sub_batches_sound.get(structure) is not False else None
+        if rows is not None:  # a large batch: sub-batches (`_sub_batches`), once checked for this structure
+            def part(inputs: tuple) -> Any:
+                return self._call((), dict(zip(keywords, inputs)), split=False)
+
+            output, sound = run_in_sub_batches(part, tensors, rows, checked=self.sub_batches_sound.get(structure) is True)
+            self.sub_batches_sound[structure] = sound
+            return output
         return self.cache.call(structure, tensors, lambda: self._eager(args, kwargs),
                                lambda inputs, reference: self._build(inputs, keywords, reference), identical, trace_now=trace_now)
 
