@@ -76,7 +76,7 @@ def _concatenate(parts: list) -> Any:
 
 
 def _batch_major_and_close(together: Any, parts: list, sizes: list[int]) -> bool:
-    """Whether `together` (one call on the sequences of `parts`) is `parts` joined along the batch, to float rounding."""
+    """Whether `together` (one call on the sequences of `parts`) is `parts` joined along the batch, up to int8 roundings."""
     whole, spec = pytree.tree_flatten(together)
     pieces = [pytree.tree_flatten(part) for part in parts]
     if any(piece_spec != spec or len(leaves) != len(whole) for leaves, piece_spec in pieces):
