@@ -46,14 +46,13 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(minilm_folder())
     _, variant, _ = minilm_dynamic_variant(())
     settings = {"whole": WHOLE, **{f"{n} tokens": int(n) for n in args.tokens.split(",")}}
-    text = " ".join(sentences(400, 3))
+    words = " ".join(sentences(400, 3)).split()
     print(f"CPU flags: {', '.join(cpu.reported_flags())}; {THREADS} threads\n")
     print("| batch x tokens | " + " | ".join(f"{name} ms" for name in settings) + " | "
           + " | ".join(f"{name} x whole" for name in settings if name != "whole") + " | largest difference |")
     print("|---" * (2 * len(settings) + 1) + "|")
     for shape in args.shapes.split(","):
         batch, length = (int(v) for v in shape.split("x"))
-        words = text.split()
         inputs = dict(tokenizer([" ".join(words[i * 7:i * 7 + length]) for i in range(batch)], padding="max_length",
                                 truncation=True, max_length=length, return_tensors="pt"))
         times, gaps = {name: [] for name in settings}, {}

@@ -81,21 +81,25 @@ class FastForward:
         if self._eligible(args, kwargs):
             self._call(args, kwargs, trace_now=True)
 
-    def _call(self, args: tuple, kwargs: dict, trace_now: bool = False, split: bool = True) -> Any:
+    def _call(self, args: tuple, kwargs: dict, trace_now: bool = False) -> Any:
         eager = type(self.model).forward
         if not self._eligible(args, kwargs):
             return eager(self.model, *args, **kwargs)
         keywords = tuple(name for name in _TRACEABLE_KEYWORDS if name in kwargs)
         tensors = args + tuple(kwargs[name] for name in keywords)
         structure = (len(args), keywords) + tuple((t.dim(), t.dtype, t.device) for t in tensors)
-        rows = rows_per_pass(keywords, tensors) if split and not args and self.sub_batches_sound.get(structure) is not False else None
-        if rows is not None:  # a large batch: sub-batches (`_sub_batches`), once checked for this structure
-            def part(inputs: tuple) -> Any:
-                return self._call((), dict(zip(keywords, inputs)), split=False)
+        sound = self.sub_batches_sound.get(structure)
+        rows = rows_per_pass(keywords, tensors) if not args and sound is not False else None
+        if rows is None:
+            return self._traced(structure, keywords, args, kwargs, trace_now)
+        # A large batch: sub-batches (`_sub_batches`), once checked for this structure.
+        part = lambda inputs: self._traced(structure, keywords, (), dict(zip(keywords, inputs)))  # noqa: E731
+        output, self.sub_batches_sound[structure] = run_in_sub_batches(part, tensors, rows, checked=sound is True)
+        return output
 
-            output, sound = run_in_sub_batches(part, tensors, rows, checked=self.sub_batches_sound.get(structure) is True)
-            self.sub_batches_sound[structure] = sound
-            return output
+    def _traced(self, structure: tuple, keywords: tuple[str, ...], args: tuple, kwargs: dict, trace_now: bool = False) -> Any:
+        """The call through the structure's trace (`TraceCache`), eager until one is built."""
+        tensors = args + tuple(kwargs[name] for name in keywords)
         return self.cache.call(structure, tensors, lambda: self._eager(args, kwargs),
                                lambda inputs, reference: self._build(inputs, keywords, reference), identical, trace_now=trace_now)
 
