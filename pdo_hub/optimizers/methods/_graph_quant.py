@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ...core.errors import OptimizationError, RecipeError
 from ..inputs import Inputs, call_model
-from . import _int8_isa, _warm_up
+from . import _capped_relu, _int8_isa, _warm_up
 from ._fast_graph import QuantizedGraph
 from ._int8_linear import PORTABLE_MAX
 from ._torch_ao import quiet_torch_ao
@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 BACKEND = "x86"
 _MAX_INPUT_ELEMENTS = 2**26  # elements of the zero inputs a record may ask `rebuild` to trace with
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+CLAMPS_FIELD = "clamps_fused"  # a record's flag: ReLU6-style clamps run inside their int8 layers (`_capped_relu`)
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:
@@ -105,14 +106,21 @@ def qconfig_mapping(float_layers: Iterable[str] = (), *, qat: bool = False):
     return mapping
 
 
-def prepare(model: nn.Module, args: tuple[torch.Tensor, ...], method: str, *, float_layers: Iterable[str] = (), qat: bool = False) -> nn.Module:
-    """Trace, fuse and insert observers (fake-quant modules for QAT); tracing failures become OptimizationError."""
+def prepare(model: nn.Module, args: tuple[torch.Tensor, ...], method: str, *, float_layers: Iterable[str] = (), qat: bool = False,
+            fuse_clamps: bool = True) -> nn.Module:
+    """Trace, fuse and insert observers (fake-quant modules for QAT); tracing failures become OptimizationError.
+
+    `fuse_clamps`: ReLU6-style clamps after a Conv/Linear are fused into it (`_capped_relu`); off only to
+    rebuild a record made before that (its scales are the range before the clamp).
+    """
     with quiet_torch_ao():
         from torch.ao.quantization.quantize_fx import prepare_fx, prepare_qat_fx
 
         mapping = qconfig_mapping(float_layers, qat=qat)
         try:
             model = without_identities(model)
+            if fuse_clamps:
+                model = _capped_relu.relu_before_clamps(model)
             if qat:
                 return prepare_qat_fx(model.train(), mapping, args)
             return prepare_fx(model.eval(), mapping, args)
@@ -153,7 +161,8 @@ def calibrate(prepared: nn.Module, batches: Iterable[Inputs]) -> None:
             call_model(prepared, batch)
 
 
-def convert(prepared: nn.Module, float_layers: Iterable[str] = (), *, qat: bool = False, in_place: bool = False, accelerate: bool = True) -> QuantizedGraph:
+def convert(prepared: nn.Module, float_layers: Iterable[str] = (), *, qat: bool = False, in_place: bool = False, accelerate: bool = True,
+            fuse_clamps: bool = True) -> QuantizedGraph:
     """Convert to int8, `float_layers` kept in float (they must be a superset of those kept at prepare).
 
     A copy is converted unless `in_place`, so one calibrated model serves many mixed-precision trials
@@ -167,6 +176,8 @@ def convert(prepared: nn.Module, float_layers: Iterable[str] = (), *, qat: bool 
         mapping = qconfig_mapping(float_layers, qat=qat) if float_layers else None
         source = prepared if in_place else copy.deepcopy(prepared)
         graph = convert_fx(source.eval(), qconfig_mapping=mapping)
+    if fuse_clamps:
+        _capped_relu.fold_clamps(graph)
     return QuantizedGraph(graph, accelerate=accelerate)
 
 
@@ -174,7 +185,7 @@ def make_record(method: str, args: tuple[torch.Tensor, ...], quantized: list[str
     record: dict[str, Any] = {
         "method": method, "backend": BACKEND, "flow": flow, "inputs": input_spec(args),
         "int8_layers": len(quantized), "engine": torch.backends.quantized.engine,
-        _int8_isa.FIELD: _int8_isa.portable("7-bit weights"),
+        _int8_isa.FIELD: _int8_isa.portable("7-bit weights"), CLAMPS_FIELD: True,
     }
     if float_layers:
         record["float_layers"] = float_layers
@@ -191,7 +202,8 @@ def rebuild(model: nn.Module, record: dict[str, Any]) -> QuantizedGraph:
     args = spec_inputs(record["inputs"])
     float_layers = list(record.get("float_layers", {}))
     qat = record.get("flow") == "qat"
-    prepared = prepare(model, args, record["method"], float_layers=float_layers, qat=qat)
-    graph = convert(prepared, float_layers, qat=qat, in_place=True)
+    fuse = record.get(CLAMPS_FIELD) is True  # records made before clamps were fused rebuild without it
+    prepared = prepare(model, args, record["method"], float_layers=float_layers, qat=qat, fuse_clamps=fuse)
+    graph = convert(prepared, float_layers, qat=qat, in_place=True, fuse_clamps=fuse)
     graph.warm_up_inputs = record["inputs"]  # `load_optimized` builds the trace once the weights are in
     return graph
