@@ -371,7 +371,7 @@ def bench_resnet(args) -> None:
         reference = torch.cat([model(x_test[i:i + 100]) for i in range(0, len(x_test), 100)])
         for name, fresh in variants.items():
             run = fresh()
-            got = torch.cat([torch.as_tensor(run(x_test[i:i + 100])) for i in range(0, len(x_test), 100)])
+            got = torch.cat([run(x_test[i:i + 100]) for i in range(0, len(x_test), 100)])
             if y_test is not None:
                 fidelity[name] = f"top-1 {100 * float((got.argmax(1) == y_test).float().mean()):.2f}%"
             else:  # untrained weights: top-1 agreement says little (ResNet-18 gave every image one class)

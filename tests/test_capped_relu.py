@@ -44,7 +44,7 @@ def _clamps_called(graph: torch.fx.GraphModule) -> list[str]:
     return called
 
 
-def _static(model: nn.Module, method: str = "static"):
+def _quantized(model: nn.Module, method: str = "static"):
     optimized, _ = apply_method(method, model, torch.randn(1, 3, 16, 16), recovery_steps=2)
     return optimized
 
@@ -53,7 +53,7 @@ def _static(model: nn.Module, method: str = "static"):
 def test_relu6_and_functional_clamp_run_inside_fused_int8_layers(method):
     torch.manual_seed(0)
     model = ConvBnReLU6(gain=8.0).eval()
-    optimized = _static(model, method)
+    optimized = _quantized(model, method)
     assert isinstance(optimized, QuantizedGraph)
     assert _clamps_called(optimized.graph) == [], "a clamp still runs as its own op"
     fused = {name: module for name, module in optimized.graph.named_modules() if type(module).__name__ in ("ConvReLU2d", "LinearReLU")}
@@ -93,7 +93,7 @@ def test_capped_range_spends_int8_levels_inside_the_clamp():
 def test_folded_clamps_save_and_reload_identical(tmp_path):
     torch.manual_seed(0)
     model = ConvBnReLU6(gain=8.0).eval()
-    optimized = _static(model)
+    optimized = _quantized(model)
     save_optimized(optimized, tmp_path)
     reloaded = load_optimized(tmp_path, ConvBnReLU6())
     assert _clamps_called(reloaded.graph) == []
@@ -120,7 +120,7 @@ class ClampsElsewhere(nn.Module):
 def test_clamps_not_fusable_keep_their_meaning():
     torch.manual_seed(0)
     model = ClampsElsewhere().eval()
-    optimized = _static(model)
+    optimized = _quantized(model)
     assert len(_clamps_called(optimized.graph)) == 2
     x = torch.randn(16, 3, 16, 16)
     with torch.inference_mode():

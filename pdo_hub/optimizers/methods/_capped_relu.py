@@ -24,22 +24,23 @@ _QUINT8_MAX = 255
 def relu_before_clamps(model: nn.Module) -> nn.Module:
     """A traced copy with a ReLU before every clamp(0, c) that follows a Conv or Linear (through a
     BatchNorm or not); the model itself when it has none or cannot be traced."""
-    if not any(isinstance(m, nn.Hardtanh) for m in model.modules()) and not isinstance(model, torch.fx.GraphModule):
+    if isinstance(model, torch.fx.GraphModule):  # already traced (`without_identities`): look before tracing again
+        if not _fusable_clamps(model):
+            return model
+    elif not any(isinstance(m, nn.Hardtanh) for m in model.modules()):
         return model
     try:  # a new graph even for a GraphModule: the caller's own graph is never edited
         traced = torch.fx.symbolic_trace(model)
     except Exception:  # prepare_fx traces the same way and reports the failure
         return model
-    changed = False
-    for node in list(traced.graph.nodes):
-        if _cap(traced, node) is None or not _after_layer(traced, node.args[0]):
-            continue
+    clamps = _fusable_clamps(traced)
+    if not clamps:
+        return model
+    for node in clamps:
         with traced.graph.inserting_before(node):
             relu = traced.graph.call_function(F.relu, (node.args[0],))
         node.args = (relu, *node.args[1:])
-        changed = True
-    if changed:
-        traced.recompile()
+    traced.recompile()
     return traced
 
 
@@ -83,6 +84,11 @@ def _cap(graph: torch.fx.GraphModule, node: torch.fx.Node) -> float | None:
     if low != 0 or not isinstance(high, (int, float)) or high <= 0:
         return None
     return float(high)
+
+
+def _fusable_clamps(graph: torch.fx.GraphModule) -> list[torch.fx.Node]:
+    """The clamp(0, c) nodes right after a Conv or Linear output (through a BatchNorm or not)."""
+    return [node for node in graph.graph.nodes if _cap(graph, node) is not None and _after_layer(graph, node.args[0])]
 
 
 def _after_layer(graph: torch.fx.GraphModule, node) -> bool:
