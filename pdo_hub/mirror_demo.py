@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from pdo_hub.core.constants import user_cache_home
 from pdo_hub.core.errors import PdoHubError
 from pdo_hub.demo import SENTENCES as CALIBRATION_SENTENCES
 from pdo_hub.demo import minilm_folder
@@ -65,7 +66,7 @@ def minilm_files() -> dict[str, Path]:
 
 
 def default_workdir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "pdo_hub_demo"
+    return user_cache_home() / "pdo_hub_demo"
 
 
 def run_mirror_demo(config: str | None = None, output_dir: str | Path | None = None, workdir: str | Path | None = None,

@@ -146,3 +146,19 @@ def test_bad_files_and_sources(tmp_path):
         PostDownloadOptimizationConfig.from_dict({"post_download_optimization": [1]})
     with pytest.raises(ConfigError, match="preset"):
         PostDownloadOptimizationConfig.from_preset("turbo")
+
+
+def test_empty_xdg_cache_home_counts_as_unset(monkeypatch, tmp_path):
+    """An empty XDG_CACHE_HOME must not put the caches in the current directory (the XDG rule: empty is unset)."""
+    from pdo_hub.core.constants import cache_dir
+    from pdo_hub.mirror_demo import default_workdir
+    from pdo_hub.optimizers.methods._token_int8_kernel import cache_dir as kernel_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    monkeypatch.delenv("PDO_HUB_CACHE", raising=False)
+    monkeypatch.delenv("PDO_HUB_KERNEL_CACHE", raising=False)
+    home_cache = tmp_path / ".cache"
+    assert cache_dir() == home_cache / "pdo_hub"
+    assert default_workdir() == home_cache / "pdo_hub_demo"
+    assert kernel_cache_dir() == home_cache / "pdo_hub_kernels"

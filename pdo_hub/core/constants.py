@@ -11,12 +11,18 @@ from .sizes import parse_size
 _TRUE = {"1", "true", "yes", "on"}
 
 
+def user_cache_home() -> Path:
+    """`$XDG_CACHE_HOME`, else `~/.cache`. An empty value counts as unset (the XDG rule): read as a
+    path it would put pdo-hub's caches in the current directory."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+
+
 def cache_dir() -> Path:
     """Root of the optimized cache: `$PDO_HUB_CACHE`, default `~/.cache/pdo_hub`."""
     value = os.environ.get("PDO_HUB_CACHE")
     if value:
         return Path(value).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "pdo_hub"
+    return user_cache_home() / "pdo_hub"
 
 
 def cache_max_size() -> int | None:

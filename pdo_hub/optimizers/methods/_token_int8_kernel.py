@@ -49,6 +49,7 @@ from typing import Callable
 import torch
 
 from ...core import cpu
+from ...core.constants import user_cache_home
 from ..modules import version_counter
 
 logger = logging.getLogger(__name__)
@@ -118,8 +119,7 @@ def cache_dir() -> Path:
     configured = os.environ.get("PDO_HUB_KERNEL_CACHE")
     if configured:
         return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "pdo_hub_kernels"
+    return user_cache_home() / "pdo_hub_kernels"
 
 
 def library_path() -> Path:
