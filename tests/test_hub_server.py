@@ -6,10 +6,12 @@ HF_ENDPOINT points at the session `hub_server` (see conftest.py); every client c
 
 from __future__ import annotations
 
+import _thread
 import hashlib
 import http.client
 import json
 import os
+import threading
 import tracemalloc
 import urllib.error
 import urllib.request
@@ -270,6 +272,18 @@ def test_stop_releases_the_port_and_cuts_keepalive_connections(tmp_path):
         connection.getresponse().read()
     with HubServer(store, port=port) as again:
         assert _raw(f"{again.url}/org/a/resolve/main/a.txt")[2] == b"1"
+
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # uvicorn must shut down cleanly
+def test_serve_forever_says_whether_ctrl_c_or_a_failure_ended_it_and_releases_the_port(tmp_path):
+    store = RepoStore(tmp_path)
+    server = HubServer(store).start()
+    port = server.port
+    threading.Timer(0.3, _thread.interrupt_main).start()  # what Ctrl-C does to the main thread
+    assert server.serve_forever() is True
+    with HubServer(store, port=port) as again:  # the port is free again
+        threading.Timer(0.3, lambda: setattr(again._server, "should_exit", True)).start()  # uvicorn ends by itself
+        assert again.serve_forever() is False
 
 
 # -- access control ------------------------------------------------------------------------------

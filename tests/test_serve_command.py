@@ -167,8 +167,9 @@ def test_serve_command_prints_its_url_serves_and_stops_on_interrupt(variant, ser
         assert info["id"] == served_repo and any(s["rfilename"] == "pdo_recipe.json" for s in info["siblings"])
     finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
-    assert process.returncode == 0
+        _, stderr = process.communicate(timeout=30)  # drains both pipes: a full pipe would block the child
+    assert process.returncode == 0, stderr
+    assert "stopped" in stderr, stderr
 
 
 def test_post_models_download_without_optimize_fetches_the_original(served_repo, variant, tmp_path):

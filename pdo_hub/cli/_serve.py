@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -18,11 +17,11 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pdo-hub serve: {server.url} (cache {server.pdo_cache_root}"
               + (f", upstream {args.upstream}" if args.upstream else "") + ")", flush=True)
         print(f"Clients: export HF_ENDPOINT={server.url}", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("pdo-hub serve: stopping", file=sys.stderr)
+        interrupted = server.serve_forever()
+    if not interrupted:
+        print("pdo-hub serve: the server stopped by itself (see the log above)", file=sys.stderr)
+        return 1
+    print("pdo-hub serve: stopped", file=sys.stderr)
     return 0
 
 

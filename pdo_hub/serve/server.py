@@ -178,15 +178,25 @@ class HubServer:
         self._server, self._thread, self._socket = None, None, None
         logger.info("Stopped the Hub server")
 
-    def serve_forever(self) -> None:
-        """Serve until interrupted (Ctrl-C), then stop: for a foreground `pdo-hub serve`."""
+    def serve_forever(self) -> bool:
+        """Serve until interrupted (Ctrl-C), then stop: for a foreground `pdo-hub serve`.
+
+        Returns:
+            True when Ctrl-C stopped it; False when the server ended by itself (it failed: see the log).
+        """
         if self._server is None:
             self.start()
         try:
+            # Short sleeps, not one long one: a signal can land on the server's thread, and Python runs its
+            # handler only when the main thread next wakes. Not Thread.join: on Python 3.11 a Ctrl-C inside
+            # it marks the still-running thread as ended (bpo-45274), and stop() would then close the
+            # socket under uvicorn instead of letting it finish its downloads.
             while self._thread is not None and self._thread.is_alive():
-                self._thread.join(timeout=0.5)  # short waits keep the main thread responsive to Ctrl-C
+                time.sleep(0.5)
+            return False
         except KeyboardInterrupt:
             logger.info("Interrupted")
+            return True
         finally:
             self.stop()
 
