@@ -27,3 +27,15 @@ def apply_method(name: str, model, example, **config_overrides):
     optimized.eval()
     optimized.pdo_recipe = Recipe(records)
     return optimized, records
+
+
+def reload_identical(optimized, folder, skeleton, x: torch.Tensor):
+    """Save `optimized` to `folder`, load it onto `skeleton`, assert it gives `optimized`'s exact outputs on `x`;
+    returns the reloaded model."""
+    from pdo_hub.optimizers import load_optimized, save_optimized
+
+    save_optimized(optimized, folder)
+    reloaded = load_optimized(folder, skeleton)
+    with torch.inference_mode():
+        assert torch.equal(reloaded(x), optimized(x))
+    return reloaded

@@ -158,13 +158,24 @@ _AVX2_SCRIPT = """
         # The fused GELU (activation=1), from the AVX2 build of ATen's vectorized formula up to 32 rows.
         with_gelu = torch.ops.pdo_hub.per_token_int8_linear(x, levels, layer.weight_t, layer.scale, layer.bias, None, None, 1)
         torch.testing.assert_close(with_gelu, torch.nn.functional.gelu(expected), rtol=1e-5, atol=1e-6)
+    # The int8 lookup and channel gate (`_int8_lookup`): their scalar loops.
+    from pdo_hub.optimizers.methods._int8_lookup import table_for
+    x = torch.quantize_per_tensor(torch.randn(3, 21, 5, 7) * 3, 0.05, 117, torch.quint8).contiguous(memory_format=torch.channels_last)
+    scale, zero_point = torch.tensor(0.021), torch.tensor(13)
+    table = table_for(torch.nn.functional.silu, 0.05, 117, scale, zero_point)
+    silu = torch.quantize_per_tensor(torch.nn.functional.silu(x.dequantize()), scale, zero_point, torch.quint8)
+    assert torch.equal(torch.ops.pdo_hub.int8_lookup(x, table, 0.021, 13).int_repr(), silu.int_repr())
+    gate = torch.quantize_per_tensor(torch.rand(3, 21, 1, 1), 1 / 256, 0, torch.quint8)
+    product = torch.ops.quantized.mul(x, gate, 0.031, 121)
+    assert torch.equal(torch.ops.pdo_hub.int8_scale_channels(x, gate, 0.031, 121).int_repr(), product.int_repr())
     print("identical")
 """
 
 
 @pytest.mark.slow
 def test_an_avx2_build_without_avx512_gives_the_aten_ops_bit_for_bit_too(tmp_path):
-    # Hosts without AVX-512 build the AVX2 branches (8-lane row maximum, no VNNI GEMM, no one-op attention);
+    # Hosts without AVX-512 build the AVX2 branches (8-lane row maximum, no VNNI GEMM, no one-op attention,
+    # scalar int8 lookups and channel gates);
     # this host runs them only in a build made for such a CPU.
     flags = tuple("-march=haswell" if flag == "-march=native" else flag for flag in _token_int8_kernel.FLAGS)
     library = tmp_path / "avx2.so"

@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ...core.errors import OptimizationError, RecipeError
 from ..inputs import Inputs, call_model
-from . import _capped_relu, _int8_isa, _warm_up
+from . import _capped_relu, _int8_isa, _int8_lookup, _warm_up
 from ._fast_graph import QuantizedGraph
 from ._int8_linear import PORTABLE_MAX
 from ._torch_ao import quiet_torch_ao
@@ -39,6 +39,7 @@ BACKEND = "x86"
 _MAX_INPUT_ELEMENTS = 2**26  # elements of the zero inputs a record may ask `rebuild` to trace with
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 CLAMPS_FIELD = "clamps_fused"  # a record's flag: ReLU6-style clamps run inside their int8 layers (`_capped_relu`)
+LOOKUP_FIELD = "activation_lookups"  # a record's flag: SiLU/GELU/Mish between int8 layers are tables (`_int8_lookup`)
 
 
 def quantizable_layers(model: nn.Module) -> list[str]:
@@ -162,11 +163,12 @@ def calibrate(prepared: nn.Module, batches: Iterable[Inputs]) -> None:
 
 
 def convert(prepared: nn.Module, float_layers: Iterable[str] = (), *, qat: bool = False, in_place: bool = False, accelerate: bool = True,
-            fuse_clamps: bool = True) -> QuantizedGraph:
+            fuse_clamps: bool = True, lookups: bool = True) -> QuantizedGraph:
     """Convert to int8, `float_layers` kept in float (they must be a superset of those kept at prepare).
 
     A copy is converted unless `in_place`, so one calibrated model serves many mixed-precision trials
-    (which pass `accelerate=False`: a throw-away model is not worth a frozen trace).
+    (which pass `accelerate=False`: a throw-away model is not worth a frozen trace). `lookups`: SiLU, GELU
+    and Mish between int8 layers become table lookups (`_int8_lookup`); off only to rebuild older records.
     """
     with quiet_torch_ao():
         from torch.ao.quantization.quantize_fx import convert_fx
@@ -178,6 +180,9 @@ def convert(prepared: nn.Module, float_layers: Iterable[str] = (), *, qat: bool 
         graph = convert_fx(source.eval(), qconfig_mapping=mapping)
     if fuse_clamps:
         _capped_relu.fold_clamps(graph)
+    if lookups:
+        _int8_lookup.lookup_activations(graph)
+    _int8_lookup.gate_multiplies(graph)  # bit-identical: for every graph
     return QuantizedGraph(graph, accelerate=accelerate)
 
 
@@ -185,7 +190,7 @@ def make_record(method: str, args: tuple[torch.Tensor, ...], quantized: list[str
     record: dict[str, Any] = {
         "method": method, "backend": BACKEND, "flow": flow, "inputs": input_spec(args),
         "int8_layers": len(quantized), "engine": torch.backends.quantized.engine,
-        _int8_isa.FIELD: _int8_isa.portable("7-bit weights"), CLAMPS_FIELD: True,
+        _int8_isa.FIELD: _int8_isa.portable("7-bit weights"), CLAMPS_FIELD: True, LOOKUP_FIELD: True,
     }
     if float_layers:
         record["float_layers"] = float_layers
@@ -203,7 +208,8 @@ def rebuild(model: nn.Module, record: dict[str, Any]) -> QuantizedGraph:
     float_layers = list(record.get("float_layers", {}))
     qat = record.get("flow") == "qat"
     fuse = record.get(CLAMPS_FIELD) is True  # records made before clamps were fused rebuild without it
+    lookups = record.get(LOOKUP_FIELD) is True  # nor did those made before lookups have them
     prepared = prepare(model, args, record["method"], float_layers=float_layers, qat=qat, fuse_clamps=fuse)
-    graph = convert(prepared, float_layers, qat=qat, in_place=True, fuse_clamps=fuse)
+    graph = convert(prepared, float_layers, qat=qat, in_place=True, fuse_clamps=fuse, lookups=lookups)
     graph.warm_up_inputs = record["inputs"]  # `load_optimized` builds the trace once the weights are in
     return graph

@@ -30,7 +30,8 @@ file's key covers the sources, torch's version and location, the compiler and it
 flags (the build targets this CPU, `-march=native`).
 
 The same library holds the small-input attention op (`_small_attention_kernel.cpp`, used by
-`_small_attention`). Without a compiler or torch's headers, or when the build fails, the ATen sequence
+`_small_attention`) and the int8 table lookup (`_int8_lookup_kernel.cpp`, used by `_int8_lookup`).
+Without a compiler or torch's headers, or when the build fails, the ATen sequence
 runs (and the plain attention ops), with one warning per process; `PDO_HUB_FUSED_KERNEL=0` chooses it
 outright.
 """
@@ -55,8 +56,9 @@ from ..modules import version_counter
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_suffix(".cpp")
-#: Built into the same library: the small-input attention op (`_small_attention`), on AVX-512 builds.
-SOURCES = (SOURCE, Path(__file__).with_name("_small_attention_kernel.cpp"))
+#: Built into the same library: the small-input attention op (`_small_attention`, on AVX-512 builds) and the
+#: int8 table lookup (`_int8_lookup`).
+SOURCES = (SOURCE, Path(__file__).with_name("_small_attention_kernel.cpp"), Path(__file__).with_name("_int8_lookup_kernel.cpp"))
 # -fopenmp: at::parallel_for is inline OpenMP; the library links the libgomp torch has already loaded.
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++20", "-fPIC", "-shared", "-ffp-contract=off")
 _BUILD_TIMEOUT_S = 600
