@@ -167,3 +167,30 @@ def test_graph_multiplies_run_through_scaled_mul_with_the_same_results(monkeypat
         assert any(gated) or _token_int8_kernel.op() is None, "the gate product did not reach the kernel"
         monkeypatch.setattr(_token_int8_kernel, "op", lambda: None)  # quantized::mul itself
         assert torch.equal(graph(x), fused)
+
+
+class Residual(nn.Module):
+    """EfficientNet's residual block end: a conv, torchvision's stochastic depth (identity in eval), plus the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.ops import StochasticDepth
+
+        self.stem, self.conv, self.drop = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 3, padding=1), StochasticDepth(0.2, "row")
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.drop(self.conv(x)) + x
+
+
+def test_stochastic_depth_in_eval_becomes_a_lookup_with_the_same_results():
+    torch.manual_seed(0)
+    prepared, _ = _calibrated(Residual().eval())
+    with_lookups, without = gq.convert(prepared), gq.convert(prepared, lookups=False)
+    called = lambda graph: [n.name for n in graph.graph.nodes if n.op == "call_function" and "stochastic_depth" in n.name]  # noqa: E731
+    assert called(without.graph) and not called(with_lookups.graph)
+    assert len(_lookups(with_lookups.graph)) == 1
+    x = torch.randn(8, 3, 16, 16)
+    with torch.inference_mode():
+        for _ in range(3):
+            assert torch.equal(with_lookups(x), without(x))

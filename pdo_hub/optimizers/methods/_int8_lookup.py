@@ -4,7 +4,8 @@ torch.ao has no int8 kernel for these functions, so a converted graph runs each 
 float function -> quantize (EfficientNet-B0 has 49 SiLUs). When the input comes from an int8 layer, its
 scale and zero point are fixed, and so are the output's: the output level is a function of the input
 level alone. `lookup_activations` replaces each such sequence (also a chain of these functions between
-the same dequantize and quantize) with an `Int8Lookup` that holds the 256 output levels, computed once
+the same dequantize and quantize, and torchvision's stochastic depth in eval mode: an identity that
+only requantized) with an `Int8Lookup` that holds the 256 output levels, computed once
 by those same ATen ops (so results are bit-identical), and maps each byte through them with
 `pdo_hub::int8_lookup` (`_int8_lookup_kernel.cpp`; 15-113x faster than the three ops on EfficientNet-B0's
 maps at batch 8, `scripts/bench_int8_elementwise.py`). Without the kernel library it runs the three ops,
@@ -121,6 +122,8 @@ def _match(graph: torch.fx.GraphModule, quantize: torch.fx.Node):
 
 def _function(graph: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | None:
     """The elementwise function `node` applies to its one input, as a fresh module, else None."""
+    if _is_inactive_stochastic_depth(node):
+        return nn.Identity()
     if len(node.args) != 1:
         return None
     if node.op == "call_module":
@@ -132,6 +135,17 @@ def _function(graph: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | N
             return None
         return Functional(node.target, **options)
     return None
+
+
+def _is_inactive_stochastic_depth(node: torch.fx.Node) -> bool:
+    """torchvision's `stochastic_depth(x, p, mode, training=False)`: the identity, traced into EfficientNet's
+    and ConvNeXt's residual blocks in eval mode (its dequantize -> quantize pair is a requantization)."""
+    target = node.target
+    if not (node.op == "call_function" and getattr(target, "__name__", "") == "stochastic_depth"
+            and getattr(target, "__module__", "").startswith("torchvision.ops")):
+        return False
+    training = node.kwargs.get("training", node.args[3] if len(node.args) > 3 else True)
+    return training is False
 
 
 def copy_of(module: nn.Module) -> nn.Module:
