@@ -7,15 +7,15 @@ level alone. `lookup_activations` replaces each such sequence (also a chain of t
 the same dequantize and quantize, and torchvision's stochastic depth in eval mode: an identity that
 only requantized) with an `Int8Lookup` that holds the 256 output levels, computed once
 by those same ATen ops (so results are bit-identical), and maps each byte through them with
-`pdo_hub::int8_lookup` (`_int8_lookup_kernel.cpp`; 15-113x faster than the three ops on EfficientNet-B0's
+`pdo_hub::int8_lookup` (`_int8_lookup_kernel.cpp`; 15-126x faster than the three ops on EfficientNet-B0's
 maps at batch 8, `scripts/bench_int8_elementwise.py`). Without the kernel library it runs the three ops,
 with the same results. The rewrite depends on the graph's structure only, so `rebuild` repeats it on the
 skeleton, and the tables, scales and zero points come back with the state dict.
 
 The squeeze-excitation gate that follows (an int8 map times a per-channel int8 gate of shape (N, C, 1, 1))
-ran in torch.ao's `quantized::mul`, whose broadcast loop took 7.3 ms on EfficientNet-B0's largest map at
+ran in torch.ao's `quantized::mul`, whose broadcast loop took 5.0 ms on EfficientNet-B0's largest map at
 batch 8; `gate_multiplies` points those calls at `scaled_mul`, which runs such a product on
-`pdo_hub::int8_scale_channels` (0.76 ms there, 1.4-9.7x faster over its maps; the same formula,
+`pdo_hub::int8_scale_channels` (0.57 ms there, 1.8-8.7x faster over its maps; the same formula,
 bit-identical) and anything else on `quantized::mul`. It changes no state or result, so it applies to
 every rebuilt graph, records made before it included.
 """
@@ -59,7 +59,7 @@ class Int8Lookup(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.quint8 and x.device.type == "cpu" and _token_int8_kernel.op() is not None:
             return torch.ops.pdo_hub.int8_lookup(x, self.table, float(self.scale), int(self.zero_point))
-        return torch.quantize_per_tensor(self.function(x.dequantize()), self.scale, self.zero_point, torch.quint8)
+        return _requantized(self.function, x, self.scale, self.zero_point)
 
     def extra_repr(self) -> str:
         return f"scale={float(self.scale):.6g}, zero_point={int(self.zero_point)}"
@@ -69,18 +69,23 @@ def table_for(function: nn.Module, in_scale: float, in_zero_point: int,
               scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
     """The 256 output levels: the same dequantize -> function -> quantize as the graph ran, on every input level."""
     levels = torch._make_per_tensor_quantized_tensor(torch.arange(256, dtype=torch.uint8), in_scale, in_zero_point)
-    return torch.quantize_per_tensor(function(levels.dequantize()), scale, zero_point, torch.quint8).int_repr()
+    return _requantized(function, levels, scale, zero_point).int_repr()
+
+
+def _requantized(function: nn.Module, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor) -> torch.Tensor:
+    """What torch.ao's converted graph runs for `function` between int8 layers: dequantize, function, quantize."""
+    return torch.quantize_per_tensor(function(x.dequantize()), scale, zero_point, torch.quint8)
 
 
 def lookup_activations(graph: torch.fx.GraphModule) -> int:
     """Replace each int8 layer -> dequantize -> SiLU/GELU/Mish -> quantize with an `Int8Lookup`; returns how many."""
-    replaced = 0
+    replaced, dropped_attributes = 0, set()
     for quantize in list(graph.graph.nodes):
         found = _match(graph, quantize)
         if found is None:
             continue
-        chain, dequantize, layer = found
-        function = nn.Sequential(*(_function(graph, node) for node in chain)) if len(chain) > 1 else _function(graph, chain[0])
+        chain, functions, dequantize, layer = found
+        function = nn.Sequential(*functions) if len(functions) > 1 else functions[0]
         scale, zero_point = (getattr(graph, node.target) for node in quantize.args[1:3])
         table = table_for(function, float(layer.scale), int(layer.zero_point), scale, zero_point)
         name = _free_name(graph, f"{chain[-1].name}_int8_lookup")
@@ -91,23 +96,30 @@ def lookup_activations(graph: torch.fx.GraphModule) -> int:
         for node in (quantize, *quantize.args[1:3], *reversed(chain), dequantize):
             if not node.users:
                 graph.graph.erase_node(node)
-                if node.op == "get_attr" and not any(n.op == "get_attr" and n.target == node.target for n in graph.graph.nodes):
-                    delattr(graph, node.target)  # a scale now held by the lookup: not saved twice
+                if node.op == "get_attr":
+                    dropped_attributes.add(node.target)
         replaced += 1
     if replaced:
+        still_read = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+        for name in dropped_attributes - still_read:
+            delattr(graph, name)  # a scale now held by its lookup: not saved twice
         graph.delete_all_unused_submodules()
         graph.recompile()
     return replaced
 
 
 def _match(graph: torch.fx.GraphModule, quantize: torch.fx.Node):
-    """(the activations in order, dequantize, int8 layer) when `quantize` closes the pattern, else None."""
+    """(the activation nodes in order, their functions, dequantize, int8 layer) when `quantize` closes the pattern, else None."""
     if not (quantize.op == "call_function" and quantize.target is torch.quantize_per_tensor and len(quantize.args) == 4
             and quantize.args[3] == torch.quint8 and all(isinstance(a, torch.fx.Node) and a.op == "get_attr" for a in quantize.args[1:3])):
         return None
-    chain, node = [], quantize.args[0]
-    while isinstance(node, torch.fx.Node) and len(node.users) == 1 and _function(graph, node) is not None:
+    chain, functions, node = [], [], quantize.args[0]
+    while isinstance(node, torch.fx.Node) and len(node.users) == 1:
+        function = _function(graph, node)
+        if function is None:
+            break
         chain.insert(0, node)
+        functions.insert(0, function)
         node = node.args[0]
     dequantize = node if chain else None
     if not (isinstance(dequantize, torch.fx.Node) and dequantize.op == "call_method" and dequantize.target == "dequantize"
@@ -117,7 +129,7 @@ def _match(graph: torch.fx.GraphModule, quantize: torch.fx.Node):
     scale, zero_point = getattr(layer, "scale", None), getattr(layer, "zero_point", None)
     if not (isinstance(scale, (float, torch.Tensor)) and isinstance(zero_point, (int, torch.Tensor))):
         return None  # its output scale is not a fixed attribute (or it is not an int8 layer)
-    return chain, dequantize, layer
+    return chain, functions, dequantize, layer
 
 
 def _function(graph: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | None:
@@ -128,7 +140,7 @@ def _function(graph: torch.fx.GraphModule, node: torch.fx.Node) -> nn.Module | N
         return None
     if node.op == "call_module":
         module = graph.get_submodule(node.target)
-        return copy_of(module) if type(module) in _MODULES else None
+        return _copy_of(module) if type(module) in _MODULES else None
     if node.op == "call_function" and node.target in _FUNCTIONS:
         options = {k: v for k, v in node.kwargs.items() if k != "inplace"}
         if set(options) - {"approximate"}:
@@ -148,7 +160,7 @@ def _is_inactive_stochastic_depth(node: torch.fx.Node) -> bool:
     return training is False
 
 
-def copy_of(module: nn.Module) -> nn.Module:
+def _copy_of(module: nn.Module) -> nn.Module:
     """A fresh copy of a stateless activation module, not in place (a lookup's fallback must not change its input)."""
     return type(module)(approximate=module.approximate) if isinstance(module, nn.GELU) else type(module)()
 

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace {
 
@@ -91,15 +92,21 @@ at::Tensor int8_scale_channels(const at::Tensor& x, const at::Tensor& gate, doub
   const int64_t batch = x.size(0), channels = x.size(1), pixels = x.size(2) * x.size(3);
   at::Tensor out = at::_empty_affine_quantized(input.sizes(), input.options(), scale, zero_point, at::MemoryFormat::ChannelsLast);
   const float multiplier = static_cast<float>(x.q_scale()) * static_cast<float>(gate.q_scale()) * (1.0f / static_cast<float>(scale));
-  at::Tensor gates = gate.int_repr().to(at::kInt).sub(static_cast<int32_t>(gate.q_zero_point())).reshape({gate.size(0), channels}).contiguous();
+  // The gate's levels less its zero point, one row of channels per image, in one pass (no ATen ops: a
+  // gate is small, and their dispatch cost showed on small maps).
+  const at::Tensor gate_levels = gate.contiguous();
+  const auto* gate_bytes = reinterpret_cast<const uint8_t*>(gate_levels.data_ptr());
+  const int64_t gate_images = gate.size(0);
+  const int32_t gate_zero = static_cast<int32_t>(gate.q_zero_point());
+  std::vector<int32_t> gate_rows(gate_images * channels);
+  for (int64_t i = 0; i < gate_images * channels; ++i) gate_rows[i] = static_cast<int32_t>(gate_bytes[i]) - gate_zero;
   const auto* source = reinterpret_cast<const uint8_t*>(input.data_ptr());
   auto* target = reinterpret_cast<uint8_t*>(out.data_ptr());
-  const int32_t* gate_rows = gates.data_ptr<int32_t>();
   const int32_t x_zero = static_cast<int32_t>(x.q_zero_point()), out_zero = static_cast<int32_t>(zero_point);
   // One task per pixel row of channels (channels-last: a pixel's channels are contiguous).
   at::parallel_for(0, batch * pixels, std::max<int64_t>(1, 16384 / std::max<int64_t>(channels, 1)), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
-      const int32_t* g = gate_rows + (gates.size(0) == 1 ? 0 : row / pixels) * channels;
+      const int32_t* g = gate_rows.data() + (gate_images == 1 ? 0 : row / pixels) * channels;
       scale_channels(source + row * channels, target + row * channels, g, channels, x_zero, multiplier, out_zero);
     }
   });
