@@ -20,7 +20,6 @@ import argparse
 import copy
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -35,25 +34,16 @@ import _bench_peers as peers  # noqa: E402
 from bench_head_pruning import CALIBRATION, HELD_OUT  # noqa: E402
 
 from pdo_hub.core.config import PostDownloadOptimizationConfig  # noqa: E402
+from pdo_hub.export._measure import interleaved_latency_ms  # noqa: E402
 from pdo_hub.optimizers import create_post_download_optimizer  # noqa: E402
 
 THREADS = 2
 
 
 def timed(runs: dict, example, rounds: int = 15, calls: int = 1) -> dict[str, float]:
-    """Median ms per call of each runner, interleaved rounds (of `calls` calls) after three warm-up calls each."""
-    times = {name: [] for name in runs}
-    with torch.inference_mode():
-        for run in runs.values():
-            for _ in range(3):
-                run(example)
-        for _ in range(rounds):
-            for name, run in runs.items():
-                start = time.perf_counter()
-                for _ in range(calls):
-                    run(example)
-                times[name].append(1000 * (time.perf_counter() - start) / calls)
-    return {name: round(statistics.median(v), 3) for name, v in times.items()}
+    """Median ms per call of each runner: interleaved rounds, each block after a pause and an untimed call
+    (`interleaved_latency_ms`, what the export's own parity report uses)."""
+    return interleaved_latency_ms(runs, example, rounds=rounds, calls=calls)
 
 
 def pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -136,3 +136,33 @@ def test_vision_export_calibrates_at_the_image_size_the_variant_was_traced_with(
     variant = Variant(None, {"loader": {"library": "torch"}}, {"config": {"calibration_samples": 3}}, quantized)
     inputs = calibration_inputs(variant, None)
     assert len(inputs) == 3 and all(tuple(x.shape) == (1, 3, 16, 16) for x in inputs)
+
+
+def test_a_head_pruned_bert_exports_fused_attention_with_each_layers_own_head_count(tmp_path):
+    """ONNX Runtime's fuser gives every Attention the config's head count; a layer `prune` cut to fewer
+    whole heads must get its own, or its narrower projection is split into heads of the wrong size."""
+    from test_prune import TINY_BERT, _tiny_bert
+    from transformers import BertConfig, BertModel
+
+    model, x, config = _tiny_bert()
+    pruned, prune_records = apply_method("prune", model, x, target_compression_ratio=0.7, recovery_steps=0)
+    quantized, dynamic_records = apply_method("dynamic", pruned, x)
+    quantized.pdo_recipe = Recipe(prune_records + dynamic_records)
+    kept = [pruned.get_submodule(f"encoder.layer.{i}.attention.self").num_attention_heads for i in range(2)]
+    assert min(kept) < TINY_BERT["num_attention_heads"], f"the fixture should prune some heads: {kept}"
+    folder = tmp_path / "variant"
+    config.save_pretrained(folder)
+    variant = Variant(folder, {"loader": {"library": "transformers", "auto_class": "AutoModel"}, "source_id": "tiny-bert"},
+                      {"optimizations_applied": ["pruning_prune", "quantization_dynamic"]}, quantized)
+    generator = torch.Generator().manual_seed(3)
+    inputs = []
+    for length in (9, 16, 23, 12, 30, 7, 18, 25):
+        ids = torch.randint(5, 200, (1, length), generator=generator)
+        inputs.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    record = export_onnx(variant, tmp_path / "onnx", inputs, skeleton=BertModel(BertConfig(**TINY_BERT)))
+    graph = onnx.load(str(tmp_path / "onnx" / "model_quantized.onnx")).graph
+    attention = [node for node in graph.node if node.op_type == "QAttention"]
+    assert len(attention) == 2, sorted({node.op_type for node in graph.node})
+    heads = [next(a.i for a in node.attribute if a.name == "num_heads") for node in attention]
+    assert heads == kept
+    assert record["parity"]["output_cosine"] >= 0.99, record["parity"]

@@ -10,9 +10,11 @@ was:
 - `dynamic` variants: dynamic int8 (per-channel `MatMulInteger`); ONNX Runtime has only per-tensor
   dynamic activations, so the layers most sensitive to them stay float (`_float_layers`: measured on the
   calibration inputs, within a share of the variant's accuracy threshold).
-  BERT-family encoders first go through ONNX Runtime's transformer fusion (fused attention, skip
-  layer norms, GELU), as ORT's own dynamic int8 does; the fused attention quantizes its q/k/v
-  projections together, so those stay float only when all three do.
+  BERT-family encoders are exported with eager attention (transformers' SDPA path gives a graph ORT's
+  fuser does not recognise) and first go through ONNX Runtime's transformer fusion (whole attention
+  layers, embeddings, skip layer norms, GELU), as ORT's own dynamic int8 does; the fused attention
+  quantizes its q/k/v projections together, so those stay float only when all three do. Each fused
+  attention gets its own head count: after `prune` layers keep different numbers of whole heads.
 Files follow Optimum's ONNX layout: `model.onnx` (float structure), `model_quantized.onnx` (int8),
 `config.json` and tokenizer files for transformers models, `ort_config.json` (how it was quantized),
 and `pdo_export.json` (parity against the PyTorch variant: output cosine, largest difference, top-1
@@ -89,6 +91,10 @@ def export_onnx(variant: Variant, out: str | os.PathLike[str], inputs: Sequence[
         raise ExportError("ONNX export needs at least one example input of the model.")
     held_out = list(held_out or inputs[-max(1, len(inputs) // 4):])
     float_model = float_structure(variant, skeleton)
+    if hasattr(float_model, "set_attn_implementation"):
+        # transformers' SDPA attention exports a graph ONNX Runtime's fuser does not recognise (no fused
+        # attention, measured with transformers 5.24 / ORT 1.32); eager attention's fuses whole.
+        float_model.set_attn_implementation("eager")
     names = _input_names(inputs[0])
     _export(float_model, inputs[0], names, out / FLOAT_NAME)
     methods = {r["method"] for r in quantization_records(variant)}
@@ -196,7 +202,9 @@ def _quantize_dynamic(source: Path, target: Path, float_layers: list[str], fusio
             from onnxruntime.transformers.optimizer import optimize_model
 
             fused = Path(tmp) / "fused.onnx"
-            optimize_model(str(source), **fusion).save_model_to_file(str(fused))
+            optimizer = optimize_model(str(source), num_heads=fusion["num_heads"], hidden_size=fusion["hidden_size"], model_type="bert")
+            _heads_by_width(optimizer.model, fusion["head_size"])
+            optimizer.save_model_to_file(str(fused))
             source = fused
         graph = onnx.load(str(source), load_external_data=False).graph
         excluded = [node.name for node in graph.node if _module_path(node.name) in set(float_layers)]
@@ -211,7 +219,29 @@ def _transformer_fusion(model: nn.Module) -> dict[str, Any] | None:
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in ("bert", "roberta", "xlm-roberta", "camembert"):
         return None
-    return {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
+    return {"num_heads": config.num_attention_heads, "hidden_size": config.hidden_size,
+            "head_size": config.hidden_size // config.num_attention_heads}
+
+
+def _heads_by_width(model: Any, head_size: int) -> None:
+    """Set each fused Attention node's head count from its own projection width.
+
+    The fuser gives every layer the config's head count, since transformers' reshape leaves the count
+    open (-1); a layer that `prune` cut to fewer whole heads would then split its narrower projection
+    into heads of the wrong size. Its width over the model's head size is its own count.
+    """
+    from onnx import helper
+
+    weights = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Attention" or node.input[1] not in weights:
+            continue
+        attributes = {a.name: a for a in node.attribute}
+        sizes = helper.get_attribute_value(attributes["qkv_hidden_sizes"]) if "qkv_hidden_sizes" in attributes else None
+        width = int(sizes[0]) if sizes else int(weights[node.input[1]].dims[1]) // 3
+        if width % head_size:
+            raise ExportError(f"Attention {node.name!r} projects to {width} features, not whole heads of {head_size}.")
+        attributes["num_heads"].i = width // head_size
 
 
 def _module_path(node_name: str) -> str:
