@@ -9,7 +9,8 @@ Where a model bakes a shape into its trace, that structure falls back to a trace
 variant whose record keeps its input spec has that trace built and checked at load (`_warm_up`), so
 the first requests run as fast as later ones. The first eager call also groups sibling int8 layers
 that read the same input (`_shared_input`: query, key and value share one quantization and one GEMM),
-and int8 layers whose output only an exact GELU reads (`_fused_activation`: the GELU runs inside the op).
+and int8 layers whose output only an exact GELU reads (`_fused_activation`: the GELU runs inside the op),
+and blocks that end in `LayerNorm(dense(x) + residual)` (`_fused_norm`: one op).
 A large batch of token sequences runs as sub-batches of at most `_sub_batches.TOKENS_PER_PASS` tokens
 (buffers that stay small are reused instead of mapped fresh on every call), once a check shows that the
 model's sequences do not see each other.
@@ -39,6 +40,7 @@ from torch.utils import _pytree as pytree
 
 from . import _small_attention
 from ._fused_activation import fuse_gelus, unfuse
+from ._fused_norm import fuse_norms, unfuse_norms
 from ._shared_input import group_siblings, ungroup
 from ._sub_batches import rows_per_pass, run_in_sub_batches
 from ._traces import FAILED, TraceCache, identical
@@ -108,7 +110,7 @@ class FastForward:
         if self.probed:
             return run()
         # The first eager call (always before a trace is built) finds the int8 layers that share inputs,
-        # then the int8 layers whose output only a GELU reads. Eager calls of other threads wait for it:
+        # then the int8 layers whose output only a GELU reads, then the add + LayerNorm blocks. Eager calls of other threads wait for it:
         # a fused GELU changes results in the last bits, and a trace is checked against eager.
         with self.probing:
             if self.probed:
@@ -119,6 +121,9 @@ class FastForward:
             output, fused = fuse_gelus(self.model, run, output)
             if fused:
                 logger.debug("dynamic: %d int8 layers apply the GELU that follows them", fused)
+            output, fused = fuse_norms(self.model, run, output)
+            if fused:
+                logger.debug("dynamic: %d blocks run their output projection, residual add and LayerNorm as one op", fused)
             self.probed = True
             return output
 
@@ -173,6 +178,7 @@ class FastForward:
         self.cache.clear()
         ungroup(self.model.modules())
         unfuse(self.model.modules())
+        unfuse_norms(self.model.modules())
         self.probed = False
 
     def __getstate__(self) -> dict[str, Any]:

@@ -28,8 +28,10 @@
 #endif
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <ATen/native/cpu/Gelu.h>
+#include <ATen/native/cpu/moments_utils.h>
 #include <torch/library.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -509,6 +511,50 @@ at::Tensor per_token_int8_linear(const at::Tensor& x, int64_t levels, const at::
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
 
+// y = LayerNorm(y + residual) over the last dimension, in place, on contiguous float32 tensors: ATen's
+// CPU LayerNorm steps (its RowwiseMoments, rstd = 1 / sqrt(variance + eps) in float, then
+// (x - mean) * rstd * weight + bias with the last multiply-add fused, as torch's build gives it). Not
+// bit for bit ATen's: its row moments round differently there in the last bit (how torch's build
+// compiles them could not be reproduced here), so a model using this agrees with the unfused one to
+// float rounding. Unlike ATen's, rows are split across threads only when there are many: ATen wakes
+// the second thread for even 8 rows, which is most of what this saves at batch-1 request sizes.
+void add_layer_norm_rows(at::Tensor& y, const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& bias, double eps) {
+  using Vec = at::vec::Vectorized<float>;
+  const int64_t n = y.size(-1), m = y.numel() / std::max<int64_t>(n, 1);
+  float* out = y.data_ptr<float>();
+  const float* r = residual.data_ptr<float>();
+  const float* g = weight.data_ptr<float>();
+  const float* b = bias.data_ptr<float>();
+  const float epsilon = static_cast<float>(eps);  // ATen casts eps to the tensor's type first
+  at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float* row = out + i * n;
+      at::vec::map2<float>([](Vec a, Vec c) { return a + c; }, row, row, r + i * n, n);
+      auto [mean, variance] = at::native::RowwiseMoments(row, n);
+      const float rstd = 1.f / std::sqrt(variance + epsilon), shift = -mean;
+      at::vec::map3<float>([rstd, shift](Vec x, Vec gamma, Vec beta) { return at::vec::fmadd((x + Vec(shift)) * Vec(rstd), gamma, beta); },
+                           row, row, g, b, n);
+    }
+  });
+}
+
+// A transformer block's `LayerNorm(dense(x) + residual)` as one op: the layer's forward, then the add and
+// the norm on its output while it is still in cache (float32 inputs only).
+at::Tensor per_token_int8_linear_add_norm(const at::Tensor& x, int64_t levels, const at::Tensor& weight_t, const at::Tensor& scale,
+                                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& packed,
+                                          const std::optional<at::Tensor>& column_sum, const at::Tensor& residual,
+                                          const at::Tensor& norm_weight, const at::Tensor& norm_bias, double eps) {
+  TORCH_CHECK(x.scalar_type() == at::kFloat && residual.scalar_type() == at::kFloat && norm_weight.scalar_type() == at::kFloat &&
+                  norm_bias.scalar_type() == at::kFloat,
+              "per_token_int8_linear_add_norm: float32 tensors expected");
+  const int64_t n = weight_t.size(1);
+  TORCH_CHECK(norm_weight.numel() == n && norm_bias.numel() == n, "per_token_int8_linear_add_norm: one norm weight and bias per output column expected");
+  at::Tensor y = per_token_int8_linear(x, levels, weight_t, scale, bias, packed, column_sum, kNone).contiguous();
+  TORCH_CHECK(residual.sizes() == y.sizes(), "per_token_int8_linear_add_norm: the residual must have the output's shape");
+  add_layer_norm_rows(y, residual.contiguous(), norm_weight.contiguous(), norm_bias.contiguous(), eps);
+  return y;
+}
+
 // weight_t (in x out int8) in the layout `vnni_linear` reads: [column block of 64][packed_k4s(ceil(in / 4))][64 columns]
 // [4 inputs], zero-padded, so each column block's weights are one contiguous run. Empty where the build has no VNNI path (the caller then passes no packed weights).
 at::Tensor pack_weights(const at::Tensor& weight_t) {
@@ -531,17 +577,30 @@ at::Tensor per_token_int8_linear_meta(const at::Tensor& x, int64_t, const at::Te
   return at::empty(output_shape(x, weight_t), x.options());
 }
 
+at::Tensor per_token_int8_linear_add_norm_meta(const at::Tensor& x, int64_t, const at::Tensor& weight_t, const at::Tensor&,
+                                               const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
+                                               const std::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&,
+                                               const at::Tensor&, double) {
+  return at::empty(output_shape(x, weight_t), x.options());
+}
+
 }  // namespace
 
 TORCH_LIBRARY(pdo_hub, m) {
   m.def("per_token_int8_linear(Tensor x, int levels, Tensor weight_t, Tensor scale, Tensor? bias, "
         "Tensor? packed=None, Tensor? column_sum=None, int activation=0) -> Tensor");
+  m.def("per_token_int8_linear_add_norm(Tensor x, int levels, Tensor weight_t, Tensor scale, Tensor? bias, Tensor? packed, "
+        "Tensor? column_sum, Tensor residual, Tensor norm_weight, Tensor norm_bias, float eps) -> Tensor");
   m.def("pack_weights(Tensor weight_t) -> Tensor");
   m.def("allow_amx(bool allowed) -> bool", &allow_amx);
   m.def("gemm_limits() -> int[]", &gemm_limits);
 }
 TORCH_LIBRARY_IMPL(pdo_hub, CPU, m) {
   m.impl("per_token_int8_linear", &per_token_int8_linear);
+  m.impl("per_token_int8_linear_add_norm", &per_token_int8_linear_add_norm);
   m.impl("pack_weights", &pack_weights);
 }
-TORCH_LIBRARY_IMPL(pdo_hub, Meta, m) { m.impl("per_token_int8_linear", &per_token_int8_linear_meta); }
+TORCH_LIBRARY_IMPL(pdo_hub, Meta, m) {
+  m.impl("per_token_int8_linear", &per_token_int8_linear_meta);
+  m.impl("per_token_int8_linear_add_norm", &per_token_int8_linear_add_norm_meta);
+}

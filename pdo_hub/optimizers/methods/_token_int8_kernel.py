@@ -30,7 +30,8 @@ file's key covers the sources, torch's version and location, the compiler and it
 flags (the build targets this CPU, `-march=native`).
 
 The same library holds the small-input attention op (`_small_attention_kernel.cpp`, used by
-`_small_attention`) and the int8 table lookup (`_int8_lookup_kernel.cpp`, used by `_int8_lookup`).
+`_small_attention`), the int8 table lookup (`_int8_lookup_kernel.cpp`, used by `_int8_lookup`), and the
+layer's forward followed by a residual add and LayerNorm (`per_token_int8_linear_add_norm`, used by `_fused_norm`).
 Without a compiler or torch's headers, or when the build fails, the ATen sequence
 runs (and the plain attention ops), with one warning per process; `PDO_HUB_FUSED_KERNEL=0` chooses it
 outright.
