@@ -155,9 +155,15 @@ _AVX2_SCRIPT = """
         got = torch.ops.pdo_hub.per_token_int8_linear(x, levels, layer.weight_t, layer.scale, layer.bias)
         expected = aten_per_token_int8_linear(x, levels, layer.weight_t, layer.scale, layer.bias)
         assert torch.equal(got, expected), (m, k, n, levels)
-        # The fused GELU (activation=1), from the AVX2 build of ATen's vectorized formula up to 32 rows.
+        # The fused GELU (activation=1): the AVX2 build of ATen's vectorized formula at every size, against
+        # torch's GELU to float rounding (this process's ATen runs its AVX-512 kernels or oneDNN's erf).
         with_gelu = torch.ops.pdo_hub.per_token_int8_linear(x, levels, layer.weight_t, layer.scale, layer.bias, None, None, 1)
-        torch.testing.assert_close(with_gelu, torch.nn.functional.gelu(expected), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(with_gelu, torch.nn.functional.gelu(expected), rtol=1e-5, atol=1e-5)
+        # The output projection's add + LayerNorm (`_fused_norm`): ATen's LayerNorm steps on 8-lane vectors.
+        residual, weight, bias = torch.randn(m, n), torch.rand(n) + 0.5, torch.randn(n)
+        normed = torch.ops.pdo_hub.per_token_int8_linear_add_norm(x, levels, layer.weight_t, layer.scale, layer.bias, None, None,
+                                                                  residual, weight, bias, 1e-12)
+        torch.testing.assert_close(normed, torch.nn.functional.layer_norm(expected + residual, (n,), weight, bias, 1e-12), rtol=0, atol=2e-5)
     # The int8 lookup and channel gate (`_int8_lookup`): their scalar loops.
     from pdo_hub.optimizers.methods._int8_lookup import table_for
     x = torch.quantize_per_tensor(torch.randn(3, 21, 5, 7) * 3, 0.05, 117, torch.quint8).contiguous(memory_format=torch.channels_last)
@@ -174,8 +180,8 @@ _AVX2_SCRIPT = """
 
 @pytest.mark.slow
 def test_an_avx2_build_without_avx512_gives_the_aten_ops_bit_for_bit_too(tmp_path):
-    # Hosts without AVX-512 build the AVX2 branches (8-lane row maximum, no VNNI GEMM, no one-op attention,
-    # scalar int8 lookups and channel gates);
+    # Hosts without AVX-512 build the AVX2 branches (8-lane row maximum and LayerNorm, no VNNI GEMM, no one-op
+    # attention, scalar int8 lookups and channel gates);
     # this host runs them only in a build made for such a CPU.
     flags = tuple("-march=haswell" if flag == "-march=native" else flag for flag in _token_int8_kernel.FLAGS)
     library = tmp_path / "avx2.so"

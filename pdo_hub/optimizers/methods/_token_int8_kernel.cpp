@@ -75,9 +75,9 @@ float max_abs(const float* x, int64_t k) {
 // Activations the op can apply to its output (the `activation` argument).
 enum Activation : int64_t { kNone = 0, kGelu = 1 };
 // Up to this many rows the op computes GELU in its epilogue, where it saves torch's per-call cost; above,
-// torch's own GELU (oneDNN's erf) runs on the output. With the epilogue at every size (a one-off build),
-// all-MiniLM-L6-v2 at batch 1 ran 1.10x at 8 tokens, 1.06x at 16, 1.03x at 32, but 0.99x at 64 and 0.97x
-// at 128; as landed, scripts/bench_fused_gelu.py: 1.09x / 1.10x / 1.02x, then the same.
+// in a pass over the output rows after the GEMM (`gelu_rows`). With the epilogue at every size (a one-off
+// build), all-MiniLM-L6-v2 at batch 1 ran 1.10x at 8 tokens, 1.06x at 16, 1.03x at 32, but 0.99x at 64 and
+// 0.97x at 128; as landed, scripts/bench_fused_gelu.py: 1.09x / 1.10x / 1.02x, then the same.
 constexpr int64_t kEpilogueGeluMaxRows = 32;
 using Vec = at::vec::Vectorized<float>;
 
@@ -92,6 +92,19 @@ void gelu_in_place(float* y, int64_t n) {
 }
 
 int64_t grain(int64_t width) { return std::max<int64_t>(1, kGrain / std::max<int64_t>(width, 1)); }
+
+// GELU of every row of y (m x n, contiguous) in place, rows split across threads: the same formula as the
+// epilogue, as torch computes GELU with oneDNN off. torch's default GELU is oneDNN's, which builds a
+// primitive for every new tensor shape (2-3 ms for a 992 x 1536 tensor here, 0.2-0.7 ms once built): a
+// corpus padded to each batch's longest or a stream of new lengths paid it six times (one per layer)
+// for every new length, on its first pass.
+void gelu_rows(at::Tensor& y) {
+  const int64_t n = y.size(-1), m = y.numel() / std::max<int64_t>(n, 1);
+  float* out = y.data_ptr<float>();
+  at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) gelu_in_place(out + i * n, n);
+  });
+}
 
 // The `levels` value that asks for asymmetric rows (a zero point per row; see the top of this file).
 constexpr int64_t kAsymmetricLevels = 255;
@@ -504,9 +517,9 @@ at::Tensor per_token_int8_linear(const at::Tensor& x, int64_t levels, const at::
   TORCH_CHECK(weight_t.scalar_type() == at::kChar, "per_token_int8_linear: weight_t must be int8");
   TORCH_CHECK(activation == kNone || activation == kGelu, "per_token_int8_linear: activation must be 0 (none) or 1 (GELU)");
   const at::Tensor rows = x.reshape({-1, x.size(-1)});
-  const bool gelu_after = activation == kGelu && rows.size(0) > kEpilogueGeluMaxRows;  // then torch's own GELU
+  const bool gelu_after = activation == kGelu && rows.size(0) > kEpilogueGeluMaxRows;  // then a pass after the GEMM
   at::Tensor y = linear_rows(rows, levels, weight_t, scale, bias, packed, column_sum, gelu_after ? kNone : activation);
-  if (gelu_after) y = at::gelu(y);
+  if (gelu_after) gelu_rows(y);
   y = y.view(output_shape(x, weight_t));
   return x.scalar_type() == at::kFloat ? y : y.to(x.scalar_type());
 }
