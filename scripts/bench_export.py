@@ -5,7 +5,8 @@
   (`export_onnx`: dynamic int8, pdo-hub's per-token layers kept float), and ONNX Runtime's own dynamic
   int8 of the original (legacy export + BERT fusion + quantize_dynamic: ORT at its best). Fidelity:
   mean cosine of mean-pooled embeddings against FP32 on held-out sentences no variant calibrated on.
-  Latency: median of interleaved rounds, batch 1 x 128 tokens.
+  Latency: median of interleaved rounds (`interleaved_latency_ms`: each block after a pause and an untimed
+  call), batch 1 x 128 tokens.
 - the digits-trained ResNet-18 (real weights, 32x32): pdo-hub's `prune + static` variant exported to
   ONNX (pruned widths kept, QDQ calibrated on the variant's own calibration images), against ONNX
   Runtime's own int8 QDQ of the unpruned model (pre-processed graph, same calibration images). Top-1
@@ -38,12 +39,6 @@ from pdo_hub.export._measure import interleaved_latency_ms  # noqa: E402
 from pdo_hub.optimizers import create_post_download_optimizer  # noqa: E402
 
 THREADS = 2
-
-
-def timed(runs: dict, example, rounds: int = 15, calls: int = 1) -> dict[str, float]:
-    """Median ms per call of each runner: interleaved rounds, each block after a pause and an untimed call
-    (`interleaved_latency_ms`, what the export's own parity report uses)."""
-    return interleaved_latency_ms(runs, example, rounds=rounds, calls=calls)
 
 
 def pooled(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -105,7 +100,7 @@ def bench_minilm(work: Path) -> dict:
         cosines = {name: round(float(torch.stack([F.cosine_similarity(pooled(run(b), b["attention_mask"]), ref).mean()
                                                   for b, ref in zip(held, reference)]).mean()), 5)
                    for name, run in runners.items()}
-    latency = timed(runners, held[0])
+    latency = interleaved_latency_ms(runners, held[0], rounds=15, calls=1)
     sizes = {"FP32 eager": (folder / "model.safetensors").stat().st_size,
              "pdo-hub dynamic (own format)": (entry / "model.safetensors").stat().st_size,
              "stock transformers + torchao (eager)": (stock_folder / "model.safetensors").stat().st_size,
@@ -152,7 +147,8 @@ def bench_resnet(work: Path) -> dict:
     accuracy = {name: round(100 * top1_accuracy(run, x_test, y_test) if isinstance(run, torch.nn.Module)
                             else 100 * float(torch.cat([run(x) for x in x_test.split(50)]).argmax(1).eq(y_test).float().mean()), 2)
                 for name, run in runners.items()}
-    b1, b32 = timed(runners, x_test[:1], rounds=30, calls=5), timed(runners, x_test[:32], rounds=9)
+    b1 = interleaved_latency_ms(runners, x_test[:1], rounds=30, calls=5)
+    b32 = interleaved_latency_ms(runners, x_test[:32], rounds=9, calls=1)
     peer_name = "ONNX Runtime int8 QDQ of the unpruned model"
     sizes = {peer_name: peer_bytes, "pdo-hub ONNX export (prune+static QDQ)": record["files"][record["file_name"]]}
     return {"applied": report["optimizations_applied"], "parity": record["parity"],

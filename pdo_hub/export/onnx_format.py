@@ -202,8 +202,8 @@ def _quantize_dynamic(source: Path, target: Path, float_layers: list[str], fusio
             from onnxruntime.transformers.optimizer import optimize_model
 
             fused = Path(tmp) / "fused.onnx"
-            optimizer = optimize_model(str(source), num_heads=fusion["num_heads"], hidden_size=fusion["hidden_size"], model_type="bert")
-            _heads_by_width(optimizer.model, fusion["head_size"])
+            optimizer = optimize_model(str(source), **fusion)
+            _heads_by_width(optimizer.model, fusion["hidden_size"] // fusion["num_heads"])
             optimizer.save_model_to_file(str(fused))
             source = fused
         graph = onnx.load(str(source), load_external_data=False).graph
@@ -219,8 +219,7 @@ def _transformer_fusion(model: nn.Module) -> dict[str, Any] | None:
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in ("bert", "roberta", "xlm-roberta", "camembert"):
         return None
-    return {"num_heads": config.num_attention_heads, "hidden_size": config.hidden_size,
-            "head_size": config.hidden_size // config.num_attention_heads}
+    return {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
 
 
 def _heads_by_width(model: Any, head_size: int) -> None:

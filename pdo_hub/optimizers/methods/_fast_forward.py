@@ -110,8 +110,9 @@ class FastForward:
         if self.probed:
             return run()
         # The first eager call (always before a trace is built) finds the int8 layers that share inputs,
-        # then the int8 layers whose output only a GELU reads, then the add + LayerNorm blocks. Eager calls of other threads wait for it:
-        # a fused GELU changes results in the last bits, and a trace is checked against eager.
+        # then the int8 layers whose output only a GELU reads, then the add + LayerNorm blocks. Eager calls
+        # of other threads wait for it: a fused op changes results in the last bits, and a trace is checked
+        # against eager.
         with self.probing:
             if self.probed:
                 return run()

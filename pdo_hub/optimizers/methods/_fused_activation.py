@@ -25,11 +25,11 @@ Numerics: for inputs of up to 32 tokens the op computes ATen's vectorized erf fo
 which is what torch's own GELU computes with oneDNN switched off; by default torch runs oneDNN's erf,
 which differs in the last bits. Above 32 tokens the op runs the same formula in a pass over its output
 rows after the GEMM (the epilogue was slower there), not torch's GELU: oneDNN builds a primitive for
-every new tensor shape (2-3 ms at 992 x 1536 here), which a first pass over a corpus or a stream of new
-lengths paid again and again (the digits of the standard-library corpus: the cold pass 0.1 s over the
-warm one, level after). So a fused model agrees with the unfused one to float rounding, not bit for bit (as the one-op attention does), and eager calls and traces both take the
-fused op, so a trace still equals eager. Only where the kernel library is
-built (`_token_int8_kernel`): the ATen fallback would gain nothing.
+every new tensor shape (2-3 ms at 992 x 1536 here), which the first pass over a corpus or a stream of
+new lengths paid again and again (docs/benchmarks.md, "GELU without a primitive per shape"). So a fused
+model agrees with the unfused one to float rounding, not bit for bit (as the one-op attention does),
+and eager calls and traces both take the fused op, so a trace still equals eager. Only where the
+kernel library is built (`_token_int8_kernel`): the ATen fallback would gain nothing.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ BERT-style encoders end each attention and feed-forward block with `LayerNorm(de
 sizes torch's LayerNorm costs more than its arithmetic: it wakes the second thread for even 8 rows.
 Fused behind the per-token int8 GEMM (`pdo_hub::per_token_int8_linear_add_norm`), the add and the norm
 run on the GEMM's output while it is in cache, on one thread for small inputs: all-MiniLM-L6-v2 ran
-1.08x at 8 tokens, 1.08-1.10x at 16, 1.05-1.09x at 24, 1.03-1.04x at 64, 1.02x at 128 (a one-off script
-timing the variant with and without the fused op in one process, 2 threads, AMD EPYC with VNNI).
+1.13 / 1.07 / 1.07 / 0.94 / 1.09x at 8 / 16 / 32 / 64 / 128 tokens (`python scripts/bench_fused_gelu.py
+--op norm`, 2026-12-02, 2 threads, AMD EPYC with VNNI; one run, the 64-token figure within its noise).
 
 The blocks are found by structure: a module whose children are a `dense` per-token int8 layer (not
 grouped with siblings, no fused activation), a `LayerNorm` over its output, and at most a `dropout`,
@@ -81,10 +81,7 @@ class _AddNorm:
         if not self.fused:
             return torch.nn.functional.layer_norm(dense(hidden_states) + input_tensor, norm.normalized_shape, norm.weight,
                                                   norm.bias, norm.eps)
-        packed, sums = _token_int8_kernel.packed_weights(dense, dense.weight_t)
-        return torch.ops.pdo_hub.per_token_int8_linear_add_norm(
-            hidden_states, dense.activation_levels, dense.weight_t, dense.scale, dense.bias if dense.has_bias else None,
-            packed, sums, input_tensor, norm.weight, norm.bias, norm.eps)
+        return dense.add_norm(hidden_states, input_tensor, norm)
 
 
 def _fits(dense: nn.Module, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> bool:

@@ -184,11 +184,19 @@ class TokenInt8Linear(nn.Module):
         if self.shared_input is not None:
             return self.shared_input.output(self, x)
         activation = self.activation  # read once: another thread may fuse or unfuse meanwhile
-        out = per_token_int8_linear(self, x, self.activation_levels, self.weight_t, self.scale,
-                                    self.bias if self.has_bias else None, activation)
+        out = per_token_int8_linear(self, x, self.activation_levels, self.weight_t, self.scale, self._bias(), activation)
         if activation == GELU:
             GELU_APPLIED.tensor = out
         return out
+
+    def add_norm(self, x: torch.Tensor, residual: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        """`norm(self(x) + residual)` as one op of the kernel library (`_fused_norm`; float32 on CPU, the library built)."""
+        packed, sums = _token_int8_kernel.packed_weights(self, self.weight_t)
+        return torch.ops.pdo_hub.per_token_int8_linear_add_norm(x, self.activation_levels, self.weight_t, self.scale, self._bias(),
+                                                                packed, sums, residual, norm.weight, norm.bias, norm.eps)
+
+    def _bias(self) -> torch.Tensor | None:
+        return self.bias if self.has_bias else None
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
         # New weights: the group's concatenated copies of its members' weights, and the packed copy, are stale.
