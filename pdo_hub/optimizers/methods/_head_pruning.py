@@ -208,14 +208,19 @@ def _layout_holds(model: nn.Module, example, layers: list[AttentionLayer]) -> bo
     return float((expected - zeroed).norm()) <= LAYOUT_TOLERANCE * max(float(zeroed.norm()), 1e-12)
 
 
-def head_scores(model: nn.Module, layers: list[AttentionLayer], stats) -> list[torch.Tensor]:
-    """Per layer, each head's share of the consumer's output energy on the calibration inputs.
+def head_scores(model: nn.Module, layers: list[AttentionLayer], stats, sensitivity: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Per layer, each head's share of the model's output loss (`sensitivity`: {output projection path:
+    score per head}) or, where that is missing, of the consumer's output energy on the calibration inputs.
 
     `stats` is {consumer path: (context Gram, rows, mean context or None)}; with a mean the energy is
     taken about it, since compensation moves a dropped head's mean output into the consumer's bias.
     """
     scores = []
     for layer in layers:
+        if layer.output in sensitivity:
+            loss = sensitivity[layer.output]
+            scores.append(loss / loss.sum().clamp_min(1e-30))
+            continue
         if layer.output not in stats:
             scores.append(torch.full((layer.heads,), 1.0 / layer.heads, dtype=torch.float64))
             continue

@@ -6,11 +6,15 @@ the output projection's columns of a head, and the module's head count).
 
 Torch-Pruning's dependency graph (Fang et al., DepGraph, CVPR 2023) groups the channels that must go
 together (a conv's outputs, its BatchNorm, the next convs' inputs, residual additions...). Each group
-is scored channel by channel from weights *and* activations: removing channel c deletes, in every
-consumer layer, the output energy sum_k ||W[:, c, k]||^2 E[x_{c,k}^2] (Wanda-style; E from the
-calibration inputs' im2col patches), taken relative to the consumer's total output energy; for a
-Linear with a bias the energy is taken about the input's mean, which compensation moves into the bias.
-A head is scored the same way as a block: E||W_o[:, h] (ctx_h - mean)||^2 in the output projection.
+is scored channel by channel, and each attention layer head by head, by the model's output loss when
+that unit alone goes (`_sensitivity.py`: the Gauss-Newton estimate from gradients of the output with
+respect to a gate on the unit's input to each consumer, through everything after it). A unit's input
+is replaced by its calibration mean where the consumer is a Linear with a bias (compensation moves the
+mean into the bias), else by zero. Compared with scoring by the energy a channel carries into its own
+consumer (sum_k ||W[:, c, k]||^2 E[x_{c,k}^2], Wanda-style; still the fall-back for a model autograd
+cannot differentiate), it keeps units that later layers amplify: digits ResNet-18 cut to 0.3 of its
+size without recovery keeps output cosine 0.963 instead of 0.923 (96.00% top-1 instead of 94.25%;
+one-off A/B, 2026-12-02), and all-MiniLM-L6-v2 the figures in `_sensitivity.py`.
 A group's options are "keep its top-k channels" (k on a multiple-of-16 grid where the layer is wide
 enough, and never below 1/8 of the channels); an attention layer's are "keep its top-k heads" (never
 below 1/4 of them). `budget.allocate_options` picks k per group and per layer: widths and head counts
@@ -70,6 +74,7 @@ from ..pruning_slices import channel_counts, replay, sliceable
 from ..recovery import recover
 from ..registry import Method, register_method
 from ._compensation import compensate, consumer_stats, merged
+from ._sensitivity import input_sensitivity
 from ._prune_extent import SIZE_SLACK, prune_extent
 from ._head_pruning import (
     AttentionLayer, find_attention_layers, head_scores, heads_record, kept_head_counts, per_head_cost, restore_head_counts,
@@ -217,15 +222,33 @@ def _groups(model: nn.Module, ctx, untouchable, layers: list[AttentionLayer]) ->
     return groups
 
 
-def _channel_scores(model: nn.Module, ctx, groups, means: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    """Per group: the share of consumer output energy each root channel carries (weights x activations).
-
-    For a Linear with a bias the energy is taken about the input's mean (Var[x] instead of E[x^2]):
-    `compensate` folds a dropped channel's mean into the bias, so only its fluctuation is lost (FLAP,
-    An et al., AAAI 2024). A GELU neuron with a large but steady output is then cheap to drop.
-    """
+def _sensitivity(model: nn.Module, ctx, groups, layers: list[AttentionLayer], means: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{consumer path: output sensitivity per input channel, or per head for attention outputs}; {} if
+    the model cannot be differentiated (the scores then fall back to each layer's own energy)."""
     consumers = {path: module for _, items in groups for path, module, side, _, _ in items if side == "in"}
-    energy = input_grams(model, consumers, ctx.calibration_inputs, ctx.device, diagonal_only=True)
+    units = {path: channel_counts(module)[1] for path, module in consumers.items()}
+    for layer in layers:
+        consumers[layer.output] = model.get_submodule(layer.output)
+        units[layer.output] = layer.heads
+    try:
+        return input_sensitivity(model, consumers, units, ctx.calibration_inputs, ctx.device, means)
+    except RuntimeError as error:  # e.g. an operation without a backward: the energy scores still work
+        logger.debug("prune: no output sensitivity (%s); scoring by each layer's input energy", error)
+        return {}
+
+
+def _channel_scores(model: nn.Module, ctx, groups, means: dict[str, torch.Tensor], sensitivity: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """Per group: the share of the loss (or, without `sensitivity`, of consumer output energy) each root channel carries.
+
+    With `sensitivity` (`_sensitivity.py`) a channel is scored by how much the model's output moves
+    when it goes, summed over its consumers. Without it, by the energy it carries into each consumer
+    (weights x activations); for a Linear with a bias the energy is taken about the input's mean
+    (Var[x] instead of E[x^2]): `compensate` folds a dropped channel's mean into the bias, so only its
+    fluctuation is lost (FLAP, An et al., AAAI 2024). A GELU neuron with a large but steady output is
+    then cheap to drop.
+    """
+    consumers = {path: module for _, items in groups for path, module, side, _, _ in items if side == "in" and path not in sensitivity}
+    energy = input_grams(model, consumers, ctx.calibration_inputs, ctx.device, diagonal_only=True) if consumers else {}
     scores = []
     for n, items in groups:
         # A tiny weight-magnitude term orders channels that no consumer saw (e.g. only feeding the output).
@@ -235,6 +258,9 @@ def _channel_scores(model: nn.Module, ctx, groups, means: dict[str, torch.Tensor
             if side == "out":
                 magnitude = weight.reshape(weight.shape[0], -1)[idxs].square().sum(1)
                 score.index_add_(0, torch.tensor(roots), 1e-9 * magnitude / magnitude.sum().clamp_min(1e-30))
+            elif path in sensitivity:
+                per_channel = sensitivity[path]
+                score.index_add_(0, torch.tensor(roots), per_channel[idxs] / per_channel.sum().clamp_min(1e-30))
             elif path in energy:
                 act, count = energy[path]
                 act = act / max(count, 1)
@@ -338,8 +364,9 @@ class _Allocation:
         self.fit_stats = consumer_stats(model, self.fit, ctx.device, consumers)
         self.stats = self.fit_stats if self.fit is self.judge else merged(self.fit_stats, consumer_stats(model, self.judge, ctx.device, consumers))
         means = {path: mean for path, (_, _, mean) in self.stats.items() if mean is not None}
-        self.channel_scores = _channel_scores(model, ctx, groups, means) if groups else []
-        self.head_scores = head_scores(model, layers, self.stats)
+        sensitivity = _sensitivity(model, ctx, groups, layers, means)
+        self.channel_scores = _channel_scores(model, ctx, groups, means, sensitivity) if groups else []
+        self.head_scores = head_scores(model, layers, self.stats, sensitivity)
         self.macs = multiply_adds(model, ctx.example_inputs)
         channel_costs = [_per_channel_cost(n, items, self.macs) for n, items in groups]
         head_costs = [per_head_cost(model, layer, self.macs) for layer in layers]
