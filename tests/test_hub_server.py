@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import json
 import os
+import signal
 import threading
 import tracemalloc
 import urllib.error
@@ -276,14 +277,20 @@ def test_stop_releases_the_port_and_cuts_keepalive_connections(tmp_path):
 
 @pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")  # uvicorn must shut down cleanly
 def test_serve_forever_says_whether_ctrl_c_or_a_failure_ended_it_and_releases_the_port(tmp_path):
-    store = RepoStore(tmp_path)
-    server = HubServer(store).start()
-    port = server.port
-    threading.Timer(0.3, _thread.interrupt_main).start()  # what Ctrl-C does to the main thread
-    assert server.serve_forever() is True
-    with HubServer(store, port=port) as again:  # the port is free again
-        threading.Timer(0.3, lambda: setattr(again._server, "should_exit", True)).start()  # uvicorn ends by itself
-        assert again.serve_forever() is False
+    # A shell starts a background job (`cmd &` without job control) with SIGINT ignored; interrupt_main()
+    # then does nothing and this test would wait forever. Install Ctrl-C's handler, as in a terminal.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        store = RepoStore(tmp_path)
+        server = HubServer(store).start()
+        port = server.port
+        threading.Timer(0.3, _thread.interrupt_main).start()  # what Ctrl-C does to the main thread
+        assert server.serve_forever() is True
+        with HubServer(store, port=port) as again:  # the port is free again
+            threading.Timer(0.3, lambda: setattr(again._server, "should_exit", True)).start()  # uvicorn ends by itself
+            assert again.serve_forever() is False
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 # -- access control ------------------------------------------------------------------------------

@@ -404,3 +404,21 @@ def test_prune_cut_beyond_recovery_is_made_milder_to_fit_the_accuracy_budget_and
         reference, output = model(x), optimized(x)
     loss = 1 - torch.nn.functional.cosine_similarity(output.flatten(1), reference.flatten(1)).mean().item()
     assert loss <= 2 * ACCURACY_SHARE * threshold, f"loss {loss:.4f} on the example after the milder cut"
+
+
+def test_a_model_whose_dependencies_torch_pruning_cannot_map_is_left_whole_with_the_reason(monkeypatch):
+    """Torch-Pruning 1.6 raises inside its index mapping on some graphs (transformers' GPT-2): no crash, a note."""
+    import torch_pruning as tp
+
+    from helpers import make_context
+
+    def fails(self, *args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", fails)
+    model, x = tiny_resnet(), torch.randn(1, 3, 16, 16)
+    ctx = make_context(model, x, target_compression_ratio=0.5, recovery_steps=0)
+    pruned, records = get_method("prune").apply(copy.deepcopy(model), ctx)
+    assert records == []
+    assert state_bytes(pruned) == state_bytes(model)
+    assert any("could not map this model's channel dependencies (TypeError" in note for note in ctx.notes), ctx.notes

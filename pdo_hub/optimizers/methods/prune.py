@@ -177,9 +177,14 @@ def _groups(model: nn.Module, ctx, untouchable, layers: list[AttentionLayer]) ->
     """
     import torch_pruning as tp
 
-    graph = tp.DependencyGraph().build_dependency(
-        model, example_inputs=ctx.example_inputs, forward_fn=lambda m, x: output_tensor(call_model(m, x)), verbose=False,
-    )
+    try:
+        graph = tp.DependencyGraph().build_dependency(
+            model, example_inputs=ctx.example_inputs, forward_fn=lambda m, x: output_tensor(call_model(m, x)), verbose=False,
+        )
+    except Exception as error:  # e.g. transformers' GPT-2: Torch-Pruning's index mapping of a concatenation fails (TypeError)
+        ctx.note(logger, f"prune: Torch-Pruning could not map this model's channel dependencies ({type(error).__name__}: "
+                         f"{error}); no channel group is pruned.")
+        return []
     names = {id(m): path for path, m in model.named_modules()}
     shared = shared_parameter_ids(model)
     outputs, reused, head_splits = untouchable
