@@ -156,9 +156,15 @@ def test_non_loopback_bind_without_tokens_is_refused(variant):
         build_server(ServeOptions(host="0.0.0.0", port=0, cache=variant))
 
 
-def test_serve_command_prints_its_url_serves_and_stops_on_interrupt(variant, served_repo):
+def _with_ctrl_c() -> None:
+    """In the child: SIGINT as a terminal gives it (a suite run as a background job inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_serve_command_prints_its_url_serves_and_stops_gracefully_on_ctrl_c_or_sigterm(variant, served_repo, stop_signal):
     process = subprocess.Popen([sys.executable, "-m", "pdo_hub.cli", "serve", "--port", "0", "--cache", str(variant)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_with_ctrl_c)
     try:
         line = process.stdout.readline()
         url = line.split()[2]
@@ -166,7 +172,7 @@ def test_serve_command_prints_its_url_serves_and_stops_on_interrupt(variant, ser
         info = httpx.get(f"{url}/api/models/{served_repo}", timeout=30).json()
         assert info["id"] == served_repo and any(s["rfilename"] == "pdo_recipe.json" for s in info["siblings"])
     finally:
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop_signal)
         _, stderr = process.communicate(timeout=30)  # drains both pipes: a full pipe would block the child
     assert process.returncode == 0, stderr
     assert "stopped" in stderr, stderr

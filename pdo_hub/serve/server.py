@@ -10,6 +10,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -179,13 +180,20 @@ class HubServer:
         logger.info("Stopped the Hub server")
 
     def serve_forever(self) -> bool:
-        """Serve until interrupted (Ctrl-C), then stop: for a foreground `pdo-hub serve`.
+        """Serve until Ctrl-C or SIGTERM, then stop as `stop` does: for a foreground `pdo-hub serve`.
+
+        SIGTERM is what `docker stop`, systemd and a plain `kill` send; by default it would end the
+        process at once, cutting downloads in flight, so here it stops the server like Ctrl-C (from the
+        main thread only: Python sets signal handlers there).
 
         Returns:
-            True when Ctrl-C stopped it; False when the server ended by itself (it failed: see the log).
+            True when Ctrl-C or SIGTERM stopped it; False when the server ended by itself (it failed: see the log).
         """
         if self._server is None:
             self.start()
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             # Short sleeps, not one long one: a signal can land on the server's thread, and Python runs its
             # handler only when the main thread next wakes. Not Thread.join: on Python 3.11 a Ctrl-C inside
@@ -198,6 +206,8 @@ class HubServer:
             logger.info("Interrupted")
             return True
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             self.stop()
 
     def __enter__(self) -> HubServer:
@@ -206,6 +216,10 @@ class HubServer:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def is_loopback(host: str) -> bool:
