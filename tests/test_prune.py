@@ -410,8 +410,6 @@ def test_a_model_whose_dependencies_torch_pruning_cannot_map_is_left_whole_with_
     """Torch-Pruning 1.6 raises inside its index mapping on some graphs (transformers' GPT-2): no crash, a note."""
     import torch_pruning as tp
 
-    from helpers import make_context
-
     def fails(self, *args, **kwargs):
         raise TypeError("unsupported operand type(s) for +: 'int' and 'NoneType'")
 

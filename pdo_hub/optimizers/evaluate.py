@@ -103,12 +103,9 @@ def fidelity(model: nn.Module, inputs: list[Inputs], references: list[torch.Tens
     tv_samples, kls, rel = [], [], []
     for x, ref in zip(inputs, references):
         out = output_tensor(call_model(model, to_device(x, device))).float().cpu()
-        mask = _token_mask(x, ref)
+        mask = token_mask(x, ref)
         is_logits = (ref.dim() == 2 and ref.shape[1] > 1) if logits is None else (logits and ref.dim() in (2, 3))
-        if mask is None:
-            a, b = out.reshape(out.shape[0], -1), ref.reshape(ref.shape[0], -1)
-        else:
-            a, b = _mean_pool(out, mask), _mean_pool(ref, mask)
+        a, b = sample_vectors(out, mask), sample_vectors(ref, mask)
         cosines.extend(F.cosine_similarity(a, b, dim=1, eps=1e-12).tolist())
         rel.extend(((a - b).norm(dim=1) / b.norm(dim=1).clamp(min=1e-12)).tolist())
         max_err = max(max_err, float((out - ref).abs().max()))
@@ -147,16 +144,22 @@ def fidelity_measure(inputs: list[Inputs], references: list[torch.Tensor], logit
     """The name of what `fidelity` judges by on these inputs (the report's `metric` without `eval_fn`)."""
     if references and all((r.dim() == 2 and r.shape[1] > 1) if logits is None else (logits and r.dim() in (2, 3)) for r in references):
         return "classifier_disagreement" if references[0].dim() == 2 else "next_token_disagreement"
-    pooled = [_token_mask(x, ref) is not None for x, ref in zip(inputs, references)]
+    pooled = [token_mask(x, ref) is not None for x, ref in zip(inputs, references)]
     return "pooled_embedding_cosine" if pooled and all(pooled) else "output_cosine"
 
 
-def _token_mask(inputs: Inputs, reference: torch.Tensor) -> torch.Tensor | None:
+def token_mask(inputs: Inputs, reference: torch.Tensor) -> torch.Tensor | None:
     """The attention mask of a token encoder's output ([batch, tokens, hidden]), else None."""
     mask = inputs.get("attention_mask") if isinstance(inputs, Mapping) else None
     if not isinstance(mask, torch.Tensor) or reference.dim() != 3 or tuple(mask.shape) != tuple(reference.shape[:2]):
         return None
     return mask.detach().float().cpu()
+
+
+def sample_vectors(output: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """[samples, features]: what `fidelity` compares per sample: a token encoder's output mask-pooled
+    under `mask` (`token_mask`), any other output flattened."""
+    return output.reshape(output.shape[0], -1) if mask is None else _mean_pool(output, mask)
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

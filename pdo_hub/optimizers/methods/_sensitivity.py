@@ -29,9 +29,8 @@ import logging
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from ..evaluate import _mean_pool, _token_mask
+from ..evaluate import sample_vectors, token_mask
 from ..inputs import Inputs, call_model, output_tensor, to_device
 
 logger = logging.getLogger(__name__)
@@ -53,12 +52,6 @@ def _gated(x: torch.Tensor, gate: torch.Tensor, mean: torch.Tensor | None, axis:
         return x * gate
     centre = mean.to(x.dtype).reshape([channels if d == (axis % x.dim()) else 1 for d in range(x.dim())])
     return centre + gate * (x - centre)
-
-
-def _pooled(output: torch.Tensor, batch: Inputs) -> torch.Tensor:
-    """[samples, features]: what the fidelity measure compares (mask-pooled for a token encoder's output)."""
-    mask = _token_mask(batch, output)
-    return output.reshape(output.shape[0], -1) if mask is None else _mean_pool(output, mask.to(output.device))
 
 
 def input_sensitivity(
@@ -106,7 +99,9 @@ def _accumulate(model, consumers, units, batch, means, draws, generator, scores)
     handles = [module.register_forward_pre_hook(hook_for(path, module)) for path, module in consumers.items()]
     try:
         with torch.enable_grad():
-            embedding = _pooled(output_tensor(call_model(model, batch)).float(), batch)
+            output = output_tensor(call_model(model, batch)).float()
+            mask = token_mask(batch, output)
+            embedding = sample_vectors(output, None if mask is None else mask.to(output.device))  # what fidelity compares
     finally:
         for handle in handles:
             handle.remove()
