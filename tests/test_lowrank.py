@@ -211,6 +211,45 @@ def test_recovery_trains_on_labels_when_given():
         assert float(task_loss(optimized(batches[0]), labelled[0][1])) < float(task_loss(model(batches[0]), labelled[0][1]))
 
 
+def test_recovery_that_only_fits_its_training_batches_is_judged_on_a_held_back_one_and_undone():
+    # Class 0 for every sample of the batches it trains on, other classes on the 4th: the steps learn a
+    # bias the training batches reward (their loss falls) and only a batch held back from them shows
+    # as harm. Judged on the batches it trained on, this recovery was kept.
+    from pdo_hub.optimizers.recovery import held_back, recover
+
+    torch.manual_seed(0)
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    batches = [torch.randn(8, 3, 16, 16) for _ in range(4)]
+    with torch.no_grad():
+        labelled = [(b, torch.zeros(8, dtype=torch.long)) for b in batches[:3]] + [(batches[3], torch.arange(1, 9))]
+    assert held_back(4) == ([0, 1, 2], [3])
+    factored, records = apply_method("svd", model, x, target_compression_ratio=0.5, recovery_steps=0)
+    ctx = make_context(model, x, target_compression_ratio=0.5, recovery_steps=40, recovery_max_seconds=60)
+    ctx.extras["labelled_data"] = labelled
+    weights = {k: v.clone() for k, v in factored.state_dict().items()}
+    info = recover(factored, ctx, "svd", records)
+    assert info["judged_on"] == "1 held-back batch" and info["metric"] == "task loss"
+    assert not info["kept"] and info["loss_after"] > info["loss_before"], info
+    assert all(torch.equal(v, weights[k]) for k, v in factored.state_dict().items()), "the pre-recovery weights come back"
+    assert any("1 held-back batch" in note and "undone" in note for note in ctx.notes)
+
+
+def test_recovery_of_one_batch_says_it_was_judged_on_what_it_trained_on():
+    from pdo_hub.optimizers.recovery import held_back
+
+    assert held_back(1) == ([0], [0]) and held_back(3) == ([0, 1], [2])
+    assert held_back(9) == ([0, 1, 2, 4, 5, 6, 8], [3, 7])
+    model, x = tiny_resnet(), torch.randn(2, 3, 16, 16)
+    ctx = make_context(model, x, target_compression_ratio=0.5, recovery_steps=2)
+    ctx.calibration_inputs = ctx.calibration_inputs[:1]
+    ctx.extras["labelled_data"] = None
+    from pdo_hub.optimizers.registry import get_method
+    import copy
+
+    _, records = get_method("svd").apply(copy.deepcopy(model), ctx)
+    assert records[0]["recovery"]["judged_on"].startswith("its only training batch")
+
+
 def test_tucker_works_whatever_tensorly_backend_another_library_selected():
     import tensorly
 

@@ -102,6 +102,7 @@ class PostDownloadOptimizer:
             ctx.extras["labelled_data"] = _labelled_batches(train_data, device)
         original = self._measure_original(base, ctx)
         ctx.measure_loss = lambda candidate_model: accuracy_loss(candidate_model, ctx, original)
+        ctx.extras["outputs_logits"] = original["logits"]  # recovery judges itself by the same fidelity loss
         ctx.measure_probe_loss = lambda candidate_model: accuracy_loss(candidate_model, ctx, original, probe=True)
         notes: list[str] = []
         fit = fitting_quantization(base, example_inputs) if config.enable_quantization else None
