@@ -191,6 +191,13 @@ def test_an_avx2_build_without_avx512_gives_the_aten_ops_bit_for_bit_too(tmp_pat
     assert "identical" in done.stdout
 
 
+def test_a_failing_compile_names_the_compiler_error_and_leaves_no_partial_library(tmp_path):
+    library = tmp_path / "broken.so"
+    with pytest.raises(_token_int8_kernel.KernelUnavailable, match="failed .*pdo-hub-no-such-option"):
+        _token_int8_kernel._build(library, (*_token_int8_kernel.FLAGS, "-fpdo-hub-no-such-option"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def _run(script: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], env=dict(os.environ, PYTHONWARNINGS="ignore", **env),
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
