@@ -81,6 +81,11 @@ def synthesize_inputs(example: Inputs, count: int, seed: int) -> list[Inputs]:
     return synthesized
 
 
+def held_out_positions(count: int) -> list[int]:
+    """Which of `count` (1+) batches or samples are held out: every 4th, or the last when there are fewer than 4."""
+    return list(range(3, count, 4)) or [count - 1]
+
+
 def split_held_out(batches: list[Inputs], seed: int = 0) -> tuple[list[Inputs], list[Inputs], str]:
     """(calibration, held-out, what the held-out inputs are): candidates are judged on inputs no method saw.
 
@@ -89,22 +94,20 @@ def split_held_out(batches: list[Inputs], seed: int = 0) -> tuple[list[Inputs], 
     single input is all a method can calibrate on, so the held-out inputs are perturbed copies of it
     (`synthesize_inputs`), and the description says so.
     """
-    if len(batches) >= 4:
-        held_out = batches[3::4]
-        plural = "es" if len(held_out) > 1 else ""
-        return [b for i, b in enumerate(batches) if i % 4 != 3], held_out, f"{len(held_out)} held-out calibration batch{plural}"
-    if batches and all(batch_size(batch) >= 2 for batch in batches):
+    if 0 < len(batches) < 4 and all(batch_size(batch) >= 2 for batch in batches):
         calibration, held_out = [], []
         for batch in batches:
             count = batch_size(batch)
-            held = list(range(3, count, 4)) or [count - 1]
-            kept = [index for index in range(count) if index not in held]
-            calibration.append(take_samples(batch, kept))
+            held = held_out_positions(count)
+            calibration.append(take_samples(batch, [index for index in range(count) if index not in held]))
             held_out.append(take_samples(batch, held))
         samples = sum(batch_size(batch) for batch in held_out)
         return calibration, held_out, f"{samples} held-out samples of the calibration batches"
     if len(batches) >= 2:
-        return batches[:-1], batches[-1:], "1 held-out calibration batch"
+        held = held_out_positions(len(batches))
+        plural = "es" if len(held) > 1 else ""
+        return ([b for i, b in enumerate(batches) if i not in held], [batches[i] for i in held],
+                f"{len(held)} held-out calibration batch{plural}")
     if not batches:
         raise OptimizationError("calibration_data is empty: pass at least one batch, or leave it out.")
     synthesized = synthesize_inputs(batches[0], 5, seed)[1:]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..core.errors import OptimizationError
 from .evaluate import fidelity
-from .inputs import call_model, output_tensor, to_device
+from .inputs import call_model, held_out_positions, output_tensor, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -86,13 +86,10 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
 
 
 def held_back(count: int) -> tuple[list[int], list[int]]:
-    """(indices to train on, indices that judge the training): every 4th of 4+, the last of 2-3, and
-    with a single batch that batch for both (nothing else to judge on; the note says so)."""
-    if count >= 4:
-        return [i for i in range(count) if i % 4 != 3], list(range(3, count, 4))
-    if count >= 2:
-        return list(range(count - 1)), [count - 1]
-    return list(range(count)), list(range(count))
+    """(indices to train on, indices that judge the training): held out as `split_held_out` holds out
+    batches, and with a single batch that batch for both (nothing else to judge on; the note says so)."""
+    judge = held_out_positions(count)
+    return ([i for i in range(count) if i not in judge] or judge), judge
 
 
 def recover(model: nn.Module, ctx, method: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
