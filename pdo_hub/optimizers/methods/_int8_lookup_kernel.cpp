@@ -10,7 +10,10 @@
 // pdo_hub::int8_scale_channels: quantized::mul of an (N, C, H, W) int8 map by an (N, C, 1, 1) int8 gate.
 //
 // Built into the same library as the per-token int8 op (`_token_int8_kernel.py`).
-#include <ATen/ATen.h>
+// Per-operator headers, not <ATen/ATen.h>: parsing every operator's declarations was most of the build.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_empty_affine_quantized.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #if defined(__x86_64__)

@@ -10,7 +10,10 @@
 // and softmax), so results agree to float rounding, not bit for bit; the caller uses it only where it is
 // faster (`_small_attention.FUSED_SCORES`), eagerly and in traces alike, so a trace still matches eager.
 // Built into the same library as the per-token int8 op (`_token_int8_kernel.py`); only on AVX-512 builds.
-#include <ATen/ATen.h>
+// Per-operator headers, not <ATen/ATen.h>: parsing every operator's declarations was most of the build.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 #if defined(__x86_64__)

@@ -26,7 +26,12 @@
 #define CPU_CAPABILITY_AVX2
 #define CPU_CAPABILITY AVX2
 #endif
-#include <ATen/ATen.h>
+// Per-operator headers, not <ATen/ATen.h>: parsing every operator's declarations was most of the build.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_int_mm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
