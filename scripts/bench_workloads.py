@@ -119,7 +119,7 @@ def table(title: str, rows: dict, fidelity: dict, base: str = "FP32 eager", peer
     return "\n".join(lines)
 
 
-def run_cold_warm(variants: dict, workloads: dict, rounds: int, slices: int = SLICES) -> tuple[dict, dict]:
+def run_cold_warm(variants: dict, workloads: dict, rounds: int, slices: int = SLICES, gaps: dict | None = None) -> tuple[dict, dict]:
     """{workload: {variant: (load seconds, cold seconds, median warm seconds)}}, {(workload, variant): cold outputs};
     `variants`: name -> (fresh() -> runner).
 
@@ -127,6 +127,7 @@ def run_cold_warm(variants: dict, workloads: dict, rounds: int, slices: int = SL
     (median). Every pass is interleaved (`interleaved`), so a change of this host's speed during a pass
     (it drifts, sometimes by 1.5x within a minute) hits every variant alike: before, each variant's cold pass
     ran after the other's, and one variant's cold pass could land in a faster phase than its peer's.
+    `gaps`: {workload: seconds of quiet before each of its requests} (`interleaved`).
     """
     results, outputs = {}, {}
     for workload, inputs in workloads.items():
@@ -135,19 +136,21 @@ def run_cold_warm(variants: dict, workloads: dict, rounds: int, slices: int = SL
             start = time.perf_counter()
             runners[name] = fresh()
             loads[name] = time.perf_counter() - start
-        cold, cold_outputs = interleaved(runners, inputs, slices)
-        warm = [interleaved(runners, inputs, slices)[0] for _ in range(rounds)]
+        gap = (gaps or {}).get(workload, 0.0)
+        cold, cold_outputs = interleaved(runners, inputs, slices, gap)
+        warm = [interleaved(runners, inputs, slices, gap)[0] for _ in range(rounds)]
         results[workload] = {name: (loads[name], cold[name], sorted(w[name] for w in warm)[len(warm) // 2]) for name in runners}
         outputs.update({(workload, name): cold_outputs[name] for name in runners})
     return results, outputs
 
 
-def interleaved(runners: dict, inputs: list, slices: int) -> tuple[dict, dict]:
+def interleaved(runners: dict, inputs: list, slices: int, gap: float = 0.0) -> tuple[dict, dict]:
     """One pass over `inputs` per runner, cut into `slices` slices, each run on every runner in turn (the
     order rotating from slice to slice): ({runner: seconds}, {runner: outputs}).
 
     Each runner still serves a run of consecutive requests, as a server would, so its weights stay in
     cache; a pause before each slice (not timed) lets the previous runtime's spinning threads settle.
+    `gap` > 0: a server's sparse traffic instead: `gap` seconds of quiet (not timed) before every request.
     """
     size = max(1, -(-len(inputs) // slices))
     names = list(runners)
@@ -156,6 +159,13 @@ def interleaved(runners: dict, inputs: list, slices: int) -> tuple[dict, dict]:
         for index, first in enumerate(range(0, len(inputs), size)):
             for name in names[index % len(names):] + names[:index % len(names)]:
                 time.sleep(0.1)
+                if gap > 0:
+                    for x in inputs[first:first + size]:
+                        time.sleep(gap)
+                        start = time.perf_counter()
+                        outputs[name].append(runners[name](x))
+                        seconds[name] += time.perf_counter() - start
+                    continue
                 start = time.perf_counter()
                 outputs[name].extend([runners[name](x) for x in inputs[first:first + size]])
                 seconds[name] += time.perf_counter() - start
@@ -291,14 +301,15 @@ def bench_minilm(args) -> None:
             return hidden(torch.compile(peers.torchao_int8(copy.deepcopy(model))))
 
         variants["torchao int8 + torch.compile"] = compiled
-    results, outputs = run_cold_warm(variants, {"corpus": corpus, "stream": stream}, args.rounds)
+    results, outputs = run_cold_warm(variants, {"corpus": corpus, "stream": stream}, args.rounds, gaps={"stream": args.gap})
     pooled = lambda hs, xs: torch.cat([(h * x["attention_mask"][..., None]).sum(1) / x["attention_mask"].sum(1, keepdim=True) for h, x in zip(hs, xs)])  # noqa: E731
     tokens = {w: sum(int(x["attention_mask"].sum()) for x in xs) for w, xs in (("corpus", corpus), ("stream", stream))}
     for workload, inputs in (("corpus", corpus), ("stream", stream)):
         reference = pooled(outputs[workload, "FP32 eager"], inputs)
         fidelity = {name: cosines(reference, pooled(outputs[workload, name], inputs)) for name in variants}
         what = (f"{len(corpus_texts)} sentences sorted by length, batch {batch}, padded to the longest (at most {most} tokens)"
-                if workload == "corpus" else f"{len(stream)} batch-1 requests of 5-{most} tokens, unsorted")
+                if workload == "corpus" else f"{len(stream)} batch-1 requests of 5-{most} tokens, unsorted"
+                + (f", {args.gap} s apart" if args.gap else ""))
         print(table(f"all-MiniLM-L6-v2 {workload}: {what} ({tokens[workload]} real tokens)", results[workload], fidelity,
                     peer="ONNX Runtime dynamic int8 (BERT fusion)"), flush=True)
     if args.lengths:
@@ -365,7 +376,7 @@ def bench_resnet(args) -> None:
         "pdo static": lambda: ready(pdo_hub.load_optimized(saved, copy.deepcopy(model))),
         "ONNX Runtime int8 QDQ": lambda: ort_runner(ort_dir / "cnn_int8.onnx"),
     }
-    results, outputs = run_cold_warm(variants, {"mixed": stream}, args.rounds)
+    results, outputs = run_cold_warm(variants, {"mixed": stream}, args.rounds, gaps={"mixed": args.gap})
     fidelity = {}
     with torch.inference_mode():
         reference = torch.cat([model(x_test[i:i + 100]) for i in range(0, len(x_test), 100)])
@@ -378,7 +389,8 @@ def bench_resnet(args) -> None:
                 fidelity[name] = f"output error vs FP32 {float((got - reference).norm() / reference.norm()):.4f} (relative L2)"
     shape = "x".join(str(v) for v in x_test.shape[2:])
     name = "digits ResNet-18" if args.cnn == "digits" else f"torchvision {args.cnn}"
-    print(table(f"{name} {shape} mixed stream: {len(stream)} requests of batch {sorted({len(b) for b in stream})}, random order",
+    print(table(f"{name} {shape} mixed stream: {len(stream)} requests of batch {sorted({len(b) for b in stream})}, random order"
+                + (f", {args.gap} s apart" if args.gap else ""),
                 results["mixed"], fidelity, peer="ONNX Runtime int8 QDQ"), flush=True)
     stored = "+".join(report["selection"]["selected"] or ["nothing: the float model"])
     print(f"\npdo static built in {build_seconds:.1f} s on 128 calibration images; stored: {stored}")
@@ -399,6 +411,8 @@ def main() -> None:
                              "224x224, e.g. resnet18, mobilenet_v2 (random weights: speed, and output error against FP32)")
     parser.add_argument("--rounds", type=int, default=2, help="warm passes per variant (median)")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--gap", type=float, default=0.0, help="seconds of quiet before every request of the streams "
+                        "(sparse traffic, as a server sees; not timed); 0: requests back to back")
     parser.add_argument("--sentences", help="a text file, one sentence per line, instead of generated ones")
     parser.add_argument("--stdlib-text", action="store_true",
                         help="sentences from the docstrings of six standard-library modules instead of generated ones")

@@ -41,6 +41,7 @@ from torch.utils import _pytree as pytree
 from . import _small_attention
 from ._fused_activation import fuse_gelus, unfuse
 from ._fused_norm import fuse_norms, unfuse_norms
+from ._idle_threads import IdleThreads, input_size
 from ._shared_input import group_siblings, ungroup
 from ._sub_batches import rows_per_pass, run_in_sub_batches
 from ._traces import FAILED, TraceCache, identical
@@ -73,10 +74,12 @@ class FastForward:
         self.probed = False  # whether an eager call has grouped sibling int8 layers and fused GELUs
         self.probing = threading.RLock()  # also held by `_fused_activation.layers_alone`
         self.sub_batches_sound: dict = {}  # structure -> whether large batches may run in sub-batches (checked once)
+        self.idle_threads = IdleThreads()  # small calls after an idle spell may run on one thread (`_idle_threads`)
         self.__wrapped__ = type(model).forward.__get__(model)  # inspect.signature(model.forward) sees the real one
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._call(args, kwargs)
+        with self.idle_threads.call(input_size(args, kwargs)):
+            return self._call(args, kwargs)
 
     def warm_up(self, args: tuple, kwargs: dict) -> None:
         """One call that builds the trace for its inputs' structure now (`_warm_up`)."""

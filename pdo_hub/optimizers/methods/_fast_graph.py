@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ._idle_threads import IdleThreads, input_size
 from ._traces import FAILED, TraceCache, identical
 
 logger = logging.getLogger(__name__)
@@ -38,13 +39,15 @@ class QuantizedGraph(nn.Module):
         self.accelerate = accelerate
         # A plain attribute: never a submodule or in the state dict; a deepcopy or pickle of the module gets an empty one.
         object.__setattr__(self, "_traces", TraceCache(trace_after=1))
+        object.__setattr__(self, "_idle_threads", IdleThreads())  # `_idle_threads`: small calls after an idle spell
         self.register_load_state_dict_post_hook(_forget_traces)
 
     #: The record's input spec (`_warm_up`): set on a rebuilt graph, so `warm_up` can build its trace at load.
     warm_up_inputs = None
 
     def forward(self, *args: Any) -> Any:
-        return self._call(args)
+        with self._idle_threads.call(input_size(args, {})):
+            return self._call(args)
 
     def warm_up(self, args: tuple, kwargs: dict) -> None:
         """One call that builds the trace for its inputs' structure now (`_warm_up`)."""
