@@ -111,14 +111,32 @@ def _set_threads(count: int) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _openmp_setter():
-    """`omp_set_num_threads` of the OpenMP runtime this process loaded with torch (libgomp, libomp), or None."""
+    """`omp_set_num_threads` of the OpenMP runtime torch's parallel ops use, or None (then `torch.set_num_threads`).
+
+    Other packages may load their own copy (scikit-learn ships one): the runtime in torch's own `lib`
+    folder comes first, and the one chosen must be seen to change `torch.get_num_threads()`.
+    """
     try:
         with open("/proc/self/maps") as maps:
-            loaded = sorted(set(re.findall(r"/\S*lib(?:gomp|iomp5|omp)[^/\s]*\.so[^/\s]*", maps.read())))
-        for path in loaded:
-            setter = ctypes.CDLL(path).omp_set_num_threads
-            setter.argtypes, setter.restype = [ctypes.c_int], None
-            return setter
-    except (OSError, AttributeError):
+            loaded = set(re.findall(r"/\S*lib(?:gomp|iomp5|omp)[^/\s]*\.so[^/\s]*", maps.read()))
+    except OSError:
         return None
+    torch_lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+    for path in sorted(loaded, key=lambda p: os.path.dirname(p) != torch_lib):
+        try:
+            setter = ctypes.CDLL(path).omp_set_num_threads
+        except (OSError, AttributeError):
+            continue
+        setter.argtypes, setter.restype = [ctypes.c_int], None
+        if _changes_torch(setter):
+            return setter
     return None
+
+
+def _changes_torch(setter) -> bool:
+    threads = torch.get_num_threads()
+    probe = 1 if threads > 1 else 2
+    setter(probe)
+    seen = torch.get_num_threads()
+    setter(threads)
+    return seen == probe and torch.get_num_threads() == threads
