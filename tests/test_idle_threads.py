@@ -134,39 +134,3 @@ def test_a_transformer_style_fast_forward_after_an_idle_spell_runs_on_one_thread
     clock.now += 0.001  # right after: not idle
     forward(input_ids=ids)
     assert seen == [2, 1, 2]
-
-
-def test_one_thread_for_a_call_leaves_other_threads_their_count(clock):
-    import threading
-
-    assert _idle_threads._openmp_setter() is not None  # torch's OpenMP runtime is found: the switch is per thread
-    choice = IdleThreads()
-    _run(choice, clock, {1: 0.003, 2: 0.012})
-    clock.now += 1.0
-    elsewhere = []
-    with choice.call(16):
-        assert torch.get_num_threads() == 1
-        worker = threading.Thread(target=lambda: elsewhere.append(torch.get_num_threads()))
-        worker.start()
-        worker.join()
-    assert elsewhere == [2]
-
-
-def test_the_switch_reaches_torch_when_another_package_loaded_its_own_openmp_first():
-    import subprocess
-    import sys
-    import textwrap
-
-    script = textwrap.dedent("""
-        import sklearn.linear_model  # scikit-learn's wheel loads its own copy of libgomp
-        import torch
-        from pdo_hub.optimizers.methods import _idle_threads
-        torch.set_num_threads(2)
-        _idle_threads._set_threads(1)
-        inside = torch.get_num_threads()
-        _idle_threads._set_threads(2)
-        print(inside, torch.get_num_threads())
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split() == ["1", "2"]
