@@ -168,7 +168,7 @@ def _build(target: Path, flags: tuple[str, ...] = FLAGS) -> None:
 
     One compiler process builds all three as one translation unit (`SOURCES` in order: the first sets ATen's
     CPU capability before any ATen header): parsing torch's headers is most of each compile, and one parse
-    instead of three took the build on a 2-core EPYC from 20-24 s (three processes at once) to 12-13 s.
+    instead of three took the build on a 2-core EPYC from 21-27 s (three processes at once) to 12-13 s.
     """
     compiler = _compiler()
     torch_dir = Path(torch.__file__).parent
