@@ -23,7 +23,7 @@ from pdo_hub.hub import _keys
 from pdo_hub.hub.flow import Request, load_or_build
 from pdo_hub.hub.local import load_local
 from pdo_hub.optimizers import load_optimized, save_optimized
-from pdo_hub.optimizers.recipe import RECIPE_VERSION
+from pdo_hub.optimizers.recipe import FORMAT_NEEDED, RECIPE_VERSION
 
 X = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
 
@@ -218,6 +218,7 @@ def test_load_error_offline_raises_and_never_deletes():
 INCOMPATIBLE = {
     "newer-recipe-format": (lambda recipe: recipe.update(version=RECIPE_VERSION + 1), "newer pdo-hub"),
     "unknown-method": (lambda recipe: recipe.update(records=[{"method": "from_the_future"}]), "'from_the_future'"),
+    "record-needs-newer-format": (lambda recipe: recipe.update(records=[{"method": "svd", FORMAT_NEEDED: RECIPE_VERSION + 1}]), "newer pdo-hub"),
 }
 
 

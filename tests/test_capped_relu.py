@@ -131,7 +131,7 @@ def test_records_from_before_the_fold_rebuild_without_it(tmp_path):
     prepared = gq.prepare(copy.deepcopy(model), (example,), "static", fuse_clamps=False)
     gq.calibrate(prepared, [torch.randn(2, 3, 16, 16) for _ in range(4)])
     old = gq.convert(prepared, in_place=True, fuse_clamps=False).eval()
-    record = gq.make_record("static", (example,), gq.quantizable_layers(model), {}, flow="ptq")
+    record = gq.make_record("static", (example,), old, gq.quantizable_layers(model), {}, flow="ptq")
     del record[gq.CLAMPS_FIELD]
     old.pdo_recipe = Recipe([record])
     reloaded = reload_identical(old, tmp_path, ConvBnReLU6(), torch.randn(4, 3, 16, 16))

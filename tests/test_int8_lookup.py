@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 from helpers import apply_method, reload_identical
 from pdo_hub.optimizers.methods import _graph_quant as gq
 from pdo_hub.optimizers.methods import _int8_lookup, _token_int8_kernel
-from pdo_hub.optimizers.recipe import Recipe
+from pdo_hub.optimizers.recipe import FORMAT_NEEDED, Recipe
+from pdo_hub.optimizers.storage import RECIPE_NAME, save_optimized
 
 _FLOAT_ACTIVATIONS = (F.silu, F.gelu, F.mish)
 
@@ -56,7 +58,8 @@ def _calibrated(model: nn.Module, lookups_in_record: bool = True):
     example = torch.randn(1, 3, 16, 16)
     prepared = gq.prepare(copy.deepcopy(model), (example,), "static")
     gq.calibrate(prepared, [torch.randn(4, 3, 16, 16) for _ in range(4)])
-    record = gq.make_record("static", (example,), gq.quantizable_layers(model), {}, flow="ptq")
+    converted = gq.convert(prepared, accelerate=False, lookups=lookups_in_record)
+    record = gq.make_record("static", (example,), converted, gq.quantizable_layers(model), {}, flow="ptq")
     if not lookups_in_record:
         del record[gq.LOOKUP_FIELD]
     return prepared, record
@@ -112,6 +115,18 @@ def test_lookups_save_and_reload_identical(method, tmp_path):
     assert records[-1][gq.LOOKUP_FIELD] is True and len(_lookups(optimized.graph)) == 4
     reloaded = reload_identical(optimized, tmp_path, SwishNet(), torch.randn(4, 3, 16, 16))
     assert len(_lookups(reloaded.graph)) == 4
+
+
+def test_variant_with_tables_needs_recipe_format_3_and_one_without_stays_at_2(tmp_path):
+    """A version-2 reader would rebuild without the tables and fail on their tensors; it must refuse the
+    recipe as newer instead. A variant without tables (no SiLU/GELU/Mish between int8 layers) loads there."""
+    torch.manual_seed(0)
+    with_tables, [record] = apply_method("static", SwishNet().eval(), torch.randn(1, 3, 16, 16))
+    assert record[FORMAT_NEEDED] == 3
+    save_optimized(with_tables, tmp_path / "tables")
+    assert json.loads((tmp_path / "tables" / RECIPE_NAME).read_text())["version"] == 3
+    _, [plain] = apply_method("static", nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(), torch.randn(1, 3, 16, 16))
+    assert FORMAT_NEEDED not in plain and Recipe([plain]).to_dict()["version"] == 2
 
 
 def test_records_from_before_lookups_rebuild_without_them(tmp_path):

@@ -28,7 +28,7 @@ from pdo_hub.hub.flow import Request, load_or_build
 from pdo_hub.optimizers import get_method, load_optimized, save_optimized
 from pdo_hub.optimizers.methods import _eager_static, _int8_isa
 from pdo_hub.optimizers.methods._int8_linear import PORTABLE_MAX, FullRangeDynamicLinear, TokenInt8Linear
-from pdo_hub.optimizers.recipe import RECIPE_VERSION, Recipe
+from pdo_hub.optimizers.recipe import NEW_RECIPE_VERSION, Recipe
 from pdo_hub.optimizers.report import environment
 from pdo_hub.optimizers.storage import read_recipe
 
@@ -148,7 +148,7 @@ def test_recipe_field_round_trips(cpu_flags, tmp_path):
     assert record["int8_isa"]["portable"] is False and set(record["int8_isa"]["needs"]) <= {"fbgemm", "onednn"}
     save_optimized(model, tmp_path)
     recipe = read_recipe(tmp_path)
-    assert recipe.version == RECIPE_VERSION == 2 and recipe.records[0]["int8_isa"] == record["int8_isa"]
+    assert recipe.version == NEW_RECIPE_VERSION == 2 and recipe.records[0]["int8_isa"] == record["int8_isa"]
     assert json.loads((tmp_path / "pdo_recipe.json").read_text())["records"][0]["int8_isa"] == record["int8_isa"]
 
 

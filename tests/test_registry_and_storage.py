@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 import pdo_hub
 from pdo_hub import RecipeError, StorageError, UnknownMethodError
 from pdo_hub.optimizers import Method, Recipe, get_method, register_method
-from pdo_hub.optimizers.recipe import RECIPE_VERSION
+from pdo_hub.optimizers.recipe import FORMAT_NEEDED, RECIPE_VERSION
 from helpers import apply_method
 from tiny_models import build, example
 
@@ -64,6 +64,13 @@ def test_recipe_from_a_newer_version_fails_clearly(tmp_path):
     directory = _saved_svd(tmp_path)
     _rewrite_recipe(directory, lambda recipe: recipe.update(version=RECIPE_VERSION + 1))
     with pytest.raises(RecipeError, match="newer than this pdo-hub"):
+        pdo_hub.load_optimized(directory, build("MLP"))
+
+
+def test_record_needing_a_newer_format_fails_clearly_though_the_recipe_says_an_old_one(tmp_path):
+    directory = _saved_svd(tmp_path)
+    _rewrite_recipe(directory, lambda recipe: recipe["records"][0].update({FORMAT_NEEDED: RECIPE_VERSION + 1}))
+    with pytest.raises(RecipeError, match="needs format version .* newer than this pdo-hub"):
         pdo_hub.load_optimized(directory, build("MLP"))
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pdo_hub.cache import CacheEntry
 from pdo_hub.core.errors import CacheError, UnsupportedCpuError
 from pdo_hub.optimizers import available_methods
-from pdo_hub.optimizers.recipe import RECIPE_VERSION
+from pdo_hub.optimizers.recipe import RECIPE_VERSION, format_needed
 from pdo_hub.optimizers.storage import RECIPE_NAME
 
 _UPGRADE = "upgrade pdo-hub (pip install -U pdo-hub) to use it"
@@ -32,11 +32,12 @@ def incompatibility(entry: CacheEntry) -> str | None:
         return None
     if not isinstance(recipe, dict):
         return None
-    version = recipe.get("version")
+    version, records = recipe.get("version"), recipe.get("records")
+    if isinstance(version, int) and not isinstance(version, bool) and isinstance(records, list):
+        version = format_needed(version, records)
     if isinstance(version, int) and not isinstance(version, bool) and version > RECIPE_VERSION:
         return (f"was written by a newer pdo-hub (recipe format {version}; this one reads up to {RECIPE_VERSION}): "
                 f"{_UPGRADE}")
-    records = recipe.get("records")
     names = [r.get("method") for r in records if isinstance(r, dict)] if isinstance(records, list) else []
     unknown = sorted({name for name in names if isinstance(name, str)} - set(available_methods()))
     if unknown:

@@ -32,6 +32,7 @@ from . import _capped_relu, _int8_isa, _int8_lookup, _warm_up
 from ._fast_graph import QuantizedGraph
 from ._int8_linear import PORTABLE_MAX
 from ._torch_ao import quiet_torch_ao
+from ..recipe import FORMAT_NEEDED
 
 logger = logging.getLogger(__name__)
 
@@ -186,12 +187,17 @@ def convert(prepared: nn.Module, float_layers: Iterable[str] = (), *, qat: bool 
     return QuantizedGraph(graph, accelerate=accelerate)
 
 
-def make_record(method: str, args: tuple[torch.Tensor, ...], quantized: list[str], float_layers: dict[str, Any], *, flow: str) -> dict[str, Any]:
+def make_record(method: str, args: tuple[torch.Tensor, ...], graph: nn.Module, quantized: list[str], float_layers: dict[str, Any], *,
+                flow: str) -> dict[str, Any]:
+    """The record of `graph`, the converted model. One with activation tables needs a reader of recipe
+    format 3: a version-2 reader would rebuild it without them and fail on their tensors."""
     record: dict[str, Any] = {
         "method": method, "backend": BACKEND, "flow": flow, "inputs": input_spec(args),
         "int8_layers": len(quantized), "engine": torch.backends.quantized.engine,
         _int8_isa.FIELD: _int8_isa.portable("7-bit weights"), CLAMPS_FIELD: True, LOOKUP_FIELD: True,
     }
+    if any(isinstance(module, _int8_lookup.Int8Lookup) for module in graph.modules()):
+        record[FORMAT_NEEDED] = 3
     if float_layers:
         record["float_layers"] = float_layers
     return record

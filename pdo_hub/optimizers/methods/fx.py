@@ -50,7 +50,7 @@ class FXQuantization(Method):
         if kept:
             details = ", ".join(f"{path} (loss {loss:.4f} with only it int8)" for path, loss in sorted(kept.items(), key=lambda kv: -kv[1]))
             ctx.note(logger, f"fx: {len(kept)} of {len(layers)} layers kept in float to fit the loss budget {budget:.4f}: {details}")
-        record = gq.make_record(self.name, args, [p for p in layers if p not in kept], {p: round(v, 6) for p, v in kept.items()}, flow="ptq")
+        record = gq.make_record(self.name, args, quantized, [p for p in layers if p not in kept], {p: round(v, 6) for p, v in kept.items()}, flow="ptq")
         if budget is not None:
             record["loss_budget"] = round(budget, 6)
         return quantized, [record]

@@ -63,10 +63,10 @@ class QATQuantization(Method):
             qat_loss, ptq_loss = ctx.measure_loss(trained), ctx.measure_loss(ptq)
             if ptq_loss < qat_loss:
                 ctx.note(logger, f"qat: {steps} fine-tuning steps ({seconds:.1f} s) ended at loss {qat_loss:.4f}, worse than post-training int8 ({ptq_loss:.4f}): kept the post-training model.")
-                return ptq, [dict(gq.make_record(self.name, args, layers, {}, flow="ptq"), steps=0)]
+                return ptq, [dict(gq.make_record(self.name, args, ptq, layers, {}, flow="ptq"), steps=0)]
             ctx.note(logger, f"qat: {steps} fine-tuning steps ({seconds:.1f} s): loss {qat_loss:.4f} vs {ptq_loss:.4f} post-training.")
         objective = "cross_entropy+distillation" if labelled else "distillation"
-        return trained, [dict(gq.make_record(self.name, args, layers, {}, flow="qat"), steps=steps, objective=objective)]
+        return trained, [dict(gq.make_record(self.name, args, trained, layers, {}, flow="qat"), steps=steps, objective=objective)]
 
     @staticmethod
     def _fine_tune(model, teacher, args, batches, labelled, steps, max_seconds) -> tuple[nn.Module, int]:

@@ -55,7 +55,7 @@ class StaticQuantization(Method):
             return quantized, [record]
         quantized = gq.convert(prepared, in_place=True)
         logger.debug("static: %d layers int8 after calibration on %d batches", len(layers), len(ctx.calibration_inputs))
-        return quantized, [gq.make_record(self.name, args, layers, {}, flow="ptq")]
+        return quantized, [gq.make_record(self.name, args, quantized, layers, {}, flow="ptq")]
 
     def restore(self, model: nn.Module, record: dict[str, Any]) -> nn.Module:
         if record.get("flow") == eager.FLOW:
