@@ -33,7 +33,7 @@ def encode_state_dict(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], d
         loaders read).
     """
     tensors: dict[str, torch.Tensor] = {}
-    seen: dict[tuple, str] = {}
+    seen: dict[tuple, tuple[str, torch.Tensor]] = {}
     entries = {key: _encode_value(key, value, tensors, seen) for key, value in state.items()}
     metadata = getattr(state, "_metadata", None)
     return tensors, {"entries": entries, "module_versions": _jsonable_metadata(metadata)}
@@ -56,7 +56,7 @@ def decode_state_dict(tensors: dict[str, torch.Tensor], spec: dict[str, Any]) ->
     return state
 
 
-def _encode_value(name: str, value: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> Any:
+def _encode_value(name: str, value: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, tuple[str, torch.Tensor]]) -> Any:
     if isinstance(value, torch.Tensor):
         if value.is_quantized:
             return _encode_quantized(name, value, tensors, seen)
@@ -78,7 +78,7 @@ def _encode_value(name: str, value: Any, tensors: dict[str, torch.Tensor], seen:
     )
 
 
-def _encode_quantized(name: str, value: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> dict[str, Any]:
+def _encode_quantized(name: str, value: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[tuple, tuple[str, torch.Tensor]]) -> dict[str, Any]:
     record: dict[str, Any] = {"qdtype": str(value.dtype).replace("torch.", ""), "int_repr": _store(name, value.int_repr(), tensors, seen)}
     if value.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
         record.update(scheme="per_tensor", scale=float(value.q_scale()), zero_point=int(value.q_zero_point()))
@@ -92,12 +92,17 @@ def _encode_quantized(name: str, value: torch.Tensor, tensors: dict[str, torch.T
     return {"quantized": record}
 
 
-def _store(name: str, tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> str:
-    """Store once per distinct memory view; a second name for the same view becomes an alias."""
+def _store(name: str, tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[tuple, tuple[str, torch.Tensor]]) -> str:
+    """Store once per distinct memory view; a second name for the same view becomes an alias.
+
+    `seen` keeps each view it names alive until the encoding ends: a temporary (`int_repr()` of a
+    channels-last quantized weight, copied to a contiguous tensor and then dropped) would otherwise free
+    its memory for the next temporary of the same shape, which would then be taken for an alias of it.
+    """
     identity = (tensor.device.type, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tuple(tensor.stride()), tensor.dtype)
     if tensor.numel() and identity in seen:
-        return seen[identity]
-    seen[identity] = name
+        return seen[identity][0]
+    seen[identity] = (name, tensor)
     tensors[name] = tensor.detach().to("cpu").contiguous()
     return name
 
@@ -148,7 +153,7 @@ _LINEAR_PACKED = "__torch__.torch.classes.quantized.LinearPackedParamsBase"
 _CELL_PARAMS = "__torch__.torch.classes.rnn.CellParamsBase"
 
 
-def _encode_script_object(name: str, value: torch.ScriptObject, tensors: dict[str, torch.Tensor], seen: dict[tuple, str]) -> dict[str, Any]:
+def _encode_script_object(name: str, value: torch.ScriptObject, tensors: dict[str, torch.Tensor], seen: dict[tuple, tuple[str, torch.Tensor]]) -> dict[str, Any]:
     kind = value._type().qualified_name()
     state = value.__getstate__()
     if kind == _LINEAR_PACKED:
