@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
+import torch.nn as nn
+from helpers import apply_method, reload_identical
 
 from pdo_hub.core.tensor_codec import decode_state_dict, encode_state_dict
 
@@ -32,3 +35,31 @@ def test_views_of_one_tensor_are_stored_once():
     tensors, spec = encode_state_dict({"a": shared, "b": shared, "c": shared.view(3, 4)})
     decoded = decode_state_dict(tensors, spec)
     assert len(tensors) == 2 and torch.equal(decoded["b"], shared) and torch.equal(decoded["c"], shared.view(3, 4))
+
+
+
+class Stage(nn.Module):
+    """Four 3x3 convolutions of one shape, as in a ResNet stage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 32, 3, padding=1)
+        self.convs = nn.Sequential(*(nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU()) for _ in range(4)))
+        self.head = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x):
+        return self.head(self.convs(self.stem(x)))
+
+
+@pytest.mark.parametrize("engine", ["fbgemm", "x86"])
+def test_static_convolutions_of_one_shape_reload_with_their_own_weights(tmp_path, engine):
+    """On a CPU without AVX512-VNNI torch.ao packs every convolution for FBGEMM (`fbgemm` here makes any CPU
+    do so), which unpacks weights channels-last: each layer must still be saved with its own weights."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = engine
+    try:
+        torch.manual_seed(0)
+        optimized, _ = apply_method("static", Stage().eval(), torch.randn(1, 3, 12, 12))
+        reload_identical(optimized, tmp_path, Stage(), torch.randn(4, 3, 12, 12))
+    finally:
+        torch.backends.quantized.engine = previous
