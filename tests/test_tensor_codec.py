@@ -7,6 +7,7 @@ import torch
 import torch.nn as nn
 from helpers import apply_method, reload_identical
 
+from pdo_hub.core.errors import StorageError
 from pdo_hub.core.tensor_codec import decode_state_dict, encode_state_dict
 
 
@@ -63,3 +64,30 @@ def test_static_convolutions_of_one_shape_reload_with_their_own_weights(tmp_path
         reload_identical(optimized, tmp_path, Stage(), torch.randn(4, 3, 12, 12))
     finally:
         torch.backends.quantized.engine = previous
+
+
+def _per_channel(seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.rand(8, generator=generator) * 0.01 + 0.005
+    return torch.quantize_per_channel(torch.randn(8, 4, generator=generator), scales, torch.zeros(8, dtype=torch.long), 0, torch.qint8)
+
+
+def test_a_file_whose_layer_shares_another_layers_int8_values_but_not_its_scales_is_refused():
+    """What the encoder before b5117f5 could write: loading it would run one layer with another's weights."""
+    tensors, spec = encode_state_dict({"a.weight": _per_channel(0), "b.weight": _per_channel(1)})
+    mixed_up = spec["entries"]["b.weight"]["quantized"]
+    del tensors[mixed_up["int_repr"]]
+    mixed_up["int_repr"] = spec["entries"]["a.weight"]["quantized"]["int_repr"]
+    with pytest.raises(StorageError, match="'b.weight' as a copy of the int8 values of 'a.weight'.*Optimize the model again"):
+        decode_state_dict(tensors, spec)
+
+
+def test_entries_sharing_int8_values_and_scales_decode_as_tied_weights():
+    tied = _per_channel(0)
+    tensors, spec = encode_state_dict({"encoder.weight": tied, "decoder.weight": tied})
+    second = spec["entries"]["decoder.weight"]["quantized"]
+    del tensors[second["int_repr"]]
+    second["int_repr"] = spec["entries"]["encoder.weight"]["quantized"]["int_repr"]  # one copy of the values, two scale tensors
+    decoded = decode_state_dict(tensors, spec)
+    for key in ("encoder.weight", "decoder.weight"):
+        assert torch.equal(decoded[key].int_repr(), tied.int_repr()) and torch.equal(decoded[key].q_per_channel_scales(), tied.q_per_channel_scales())

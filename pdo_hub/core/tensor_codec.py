@@ -43,6 +43,7 @@ def decode_state_dict(tensors: dict[str, torch.Tensor], spec: dict[str, Any]) ->
     """Rebuild the state dict written by `encode_state_dict` (module versions included)."""
     state: OrderedDict[str, Any] = OrderedDict()
     try:
+        _refuse_mixed_up_weights(spec["entries"], tensors)
         for key, entry in spec["entries"].items():
             state[key] = _decode_value(entry, tensors)
         versions = spec.get("module_versions")
@@ -127,6 +128,50 @@ def _decode_value(entry: dict[str, Any], tensors: dict[str, torch.Tensor]) -> An
     if kind == "script_object":
         return _decode_script_object(payload, tensors)
     raise StorageError(f"Unknown entry kind '{kind}' in the weights spec: it was written by a newer pdo-hub.")
+
+
+def _refuse_mixed_up_weights(entries: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a file where two quantized entries share int8 values but not their scales.
+
+    Tied weights share both. Before `_store` kept the tensors it named alive, a layer's weights could be
+    written as an alias of another layer's of the same shape (its own scales kept): such a file loads
+    without error and computes garbage, so it is refused here as damaged, and the cache rebuilds it.
+    """
+    quantizers: dict[str, tuple[str, Any]] = {}
+    for path, record in _quantized_records(entries, ""):
+        values = record["int_repr"]
+        if record["scheme"] == "per_tensor":
+            quantizer: Any = (record["scale"], record["zero_point"])
+        else:
+            quantizer = (record["axis"], tensors[record["scales"]], tensors[record["zero_points"]])
+        if values not in quantizers:
+            quantizers[values] = (path, quantizer)
+            continue
+        first, other = quantizers[values]
+        if not _same_quantizer(other, quantizer):
+            raise StorageError(
+                f"The weights file stores '{path}' as a copy of the int8 values of '{first}', with other scales: it was "
+                "written by a pdo-hub whose encoder could save one layer's weights in place of another's. Optimize the "
+                "model again (the cache rebuilds such an entry by itself when online)."
+            )
+
+
+def _quantized_records(value: Any, path: str):
+    """(path, record) of every quantized tensor in an encoded entry tree."""
+    if isinstance(value, dict):
+        if isinstance(value.get("quantized"), dict):
+            yield path, value["quantized"]
+            return
+        for key, item in value.items():
+            yield from _quantized_records(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _quantized_records(item, f"{path}[{index}]")
+
+
+def _same_quantizer(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) else x == y
+                                    for x, y in zip(a, b))
 
 
 def _decode_quantized(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> torch.Tensor:
