@@ -125,6 +125,36 @@ def test_verify_finds_a_same_size_byte_flip_and_never_deletes_by_default(capsys)
     assert run(capsys, "verify", "--source", "org/good")[0] == 0  # a filter checks only what it selects
 
 
+def _mixed_up_weights_file(path: Path) -> None:
+    """A pdo-hub weights file whose second layer points at the first's int8 values and keeps its own scales:
+    what the encoder before b5117f5 could write for FBGEMM-packed convolutions."""
+    import torch
+
+    from pdo_hub.core.tensor_codec import encode_state_dict
+
+    def weight(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        scales = torch.rand(8, generator=generator) * 0.01 + 0.005
+        return torch.quantize_per_channel(torch.randn(8, 4, generator=generator), scales, torch.zeros(8, dtype=torch.long), 0, torch.qint8)
+
+    tensors, spec = encode_state_dict({"first.weight": weight(0), "second.weight": weight(1)})
+    second = spec["entries"]["second.weight"]["quantized"]
+    del tensors[second["int_repr"]]
+    second["int_repr"] = spec["entries"]["first.weight"]["quantized"]["int_repr"]
+    save_file(tensors, str(path), metadata={"format": "pt", "pdo_state_spec": json.dumps(spec)})
+
+
+def test_verify_reports_an_intact_entry_whose_layer_holds_another_layers_weights(capsys):
+    good = commit("org/good")
+    key = CacheKey("huggingface", "org/mixed", SHA_A, VARIANT)
+    mixed = OptimizedCache().commit(key, lambda folder: _mixed_up_weights_file(folder / "model.safetensors"))
+    code, out = run(capsys, "verify")
+    assert code == 1 and "2 entries checked, 1 damaged" in out
+    assert f"DAMAGED models--org--mixed/entries/{mixed.path.name}" in out
+    assert "'second.weight' as a copy of the int8 values of 'first.weight'" in out and "org--good" not in out
+    assert mixed.path.exists() and good.path.exists()
+
+
 def test_verify_quarantine_and_remove(capsys):
     first, second = commit("org/first"), commit("org/second")
     flip_one_byte(first.path / "model.safetensors")

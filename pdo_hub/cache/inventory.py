@@ -133,7 +133,8 @@ def remove(cache: OptimizedCache, selection: EntryFilter, *, dry_run: bool = Fal
 
 
 def verify(cache: OptimizedCache, selection: EntryFilter = EntryFilter(), *, repair: str | None = None) -> VerifyResult:
-    """Re-hash every file of every selected entry folder against its manifest; never deletes by default.
+    """Re-hash every file of every selected entry folder against its manifest, and check that no layer's
+    weights are stored in another's place (`storage.weights_problem`); never deletes by default.
 
     Args:
         cache: The cache.
@@ -145,6 +146,8 @@ def verify(cache: OptimizedCache, selection: EntryFilter = EntryFilter(), *, rep
     """
     if repair not in (None, *REPAIRS):
         raise ConfigError(f"repair={repair!r}: use None or one of {list(REPAIRS)}.")
+    from pdo_hub.optimizers.storage import WEIGHTS_NAME, weights_problem  # torch: only `verify` needs it
+
     root = cache.root
     checked, damaged, skipped, moved = 0, [], [], {}
     for path in entry_folders(root):
@@ -154,6 +157,10 @@ def verify(cache: OptimizedCache, selection: EntryFilter = EntryFilter(), *, rep
             continue
         if verdict.entry is not None:
             verdict = examine(root, path, Check.FULL)
+        if verdict.entry is not None and WEIGHTS_NAME in verdict.entry.manifest["files"]:
+            problem = weights_problem(path)  # intact bytes that hold one layer's weights in another's place
+            if problem:
+                verdict = Verdict(path, None, (f"{WEIGHTS_NAME}: {problem}",), True, verdict.key)
         checked += 1
         if verdict.damaged:
             damaged.append(verdict)

@@ -10,7 +10,7 @@ are stored once and re-pointed on decode. Nothing is ever pickled.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -43,7 +43,9 @@ def decode_state_dict(tensors: dict[str, torch.Tensor], spec: dict[str, Any]) ->
     """Rebuild the state dict written by `encode_state_dict` (module versions included)."""
     state: OrderedDict[str, Any] = OrderedDict()
     try:
-        _refuse_mixed_up_weights(spec["entries"], tensors)
+        problem = mixed_up_weights(spec["entries"], tensors)
+        if problem:
+            raise StorageError(problem)
         for key, entry in spec["entries"].items():
             state[key] = _decode_value(entry, tensors)
         versions = spec.get("module_versions")
@@ -130,30 +132,27 @@ def _decode_value(entry: dict[str, Any], tensors: dict[str, torch.Tensor]) -> An
     raise StorageError(f"Unknown entry kind '{kind}' in the weights spec: it was written by a newer pdo-hub.")
 
 
-def _refuse_mixed_up_weights(entries: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    """Refuse a file where two quantized entries share int8 values but not their scales.
+def mixed_up_weights(entries: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -> str | None:
+    """Why a file is refused when two quantized entries share int8 values but not their scales; else None.
 
     Tied weights share both. Before `_store` kept the tensors it named alive, a layer's weights could be
     written as an alias of another layer's of the same shape (its own scales kept): such a file loads
-    without error and computes garbage, so it is refused here as damaged, and the cache rebuilds it.
+    without error and computes garbage. `decode_state_dict` refuses it as damaged (the cache then
+    rebuilds it) and `pdo-hub cache verify` reports it. `tensors` is read only for entries that share
+    values, so a lazy mapping over the file keeps this cheap.
     """
-    quantizers: dict[str, tuple[str, Any]] = {}
+    quantizers: dict[str, tuple[str, dict[str, Any]]] = {}
     for path, record in _quantized_records(entries, ""):
         values = record["int_repr"]
-        if record["scheme"] == "per_tensor":
-            quantizer: Any = (record["scale"], record["zero_point"])
-        else:
-            quantizer = (record["axis"], tensors[record["scales"]], tensors[record["zero_points"]])
         if values not in quantizers:
-            quantizers[values] = (path, quantizer)
+            quantizers[values] = (path, record)
             continue
         first, other = quantizers[values]
-        if not _same_quantizer(other, quantizer):
-            raise StorageError(
-                f"The weights file stores '{path}' as a copy of the int8 values of '{first}', with other scales: it was "
-                "written by a pdo-hub whose encoder could save one layer's weights in place of another's. Optimize the "
-                "model again (the cache rebuilds such an entry by itself when online)."
-            )
+        if not _same_quantizer(other, record, tensors):
+            return (f"The weights file stores '{path}' as a copy of the int8 values of '{first}', with other scales: it "
+                    "was written by a pdo-hub whose encoder could save one layer's weights in place of another's. "
+                    "Optimize the model again (the cache rebuilds such an entry by itself when online).")
+    return None
 
 
 def _quantized_records(value: Any, path: str):
@@ -169,9 +168,13 @@ def _quantized_records(value: Any, path: str):
             yield from _quantized_records(item, f"{path}[{index}]")
 
 
-def _same_quantizer(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(torch.equal(x, y) if isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) else x == y
-                                    for x, y in zip(a, b))
+def _same_quantizer(a: dict[str, Any], b: dict[str, Any], tensors: Mapping[str, torch.Tensor]) -> bool:
+    if a["scheme"] != b["scheme"]:
+        return False
+    if a["scheme"] == "per_tensor":
+        return (a["scale"], a["zero_point"]) == (b["scale"], b["zero_point"])
+    return a["axis"] == b["axis"] and all(a[name] == b[name] or torch.equal(tensors[a[name]], tensors[b[name]])
+                                          for name in ("scales", "zero_points"))
 
 
 def _decode_quantized(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -14,14 +14,16 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
+import torch
 import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 
 from ..core._crashpoints import crashpoint
 from ..core.errors import PdoHubError, RecipeError, StorageError
-from ..core.tensor_codec import decode_state_dict, encode_state_dict
+from ..core.tensor_codec import decode_state_dict, encode_state_dict, mixed_up_weights
 from ._canonical_safetensors import write_safetensors
 from .recipe import Recipe
 from .methods import _warm_up
@@ -140,6 +142,37 @@ def load_optimized(directory: str | os.PathLike, skeleton: nn.Module, *, assign:
         except (ValueError, RecursionError) as err:  # also UnicodeDecodeError
             raise StorageError(f"{report_path} is not valid JSON ({err}): the folder is damaged.") from err
     return model
+
+
+def weights_problem(directory: str | os.PathLike) -> str | None:
+    """Why the weights file in `directory` must not be loaded although its bytes are intact: one layer
+    holds another's int8 values (`tensor_codec.mixed_up_weights`). None otherwise, also when there is no
+    readable pdo-hub weights file (its load says what is wrong). Reads only the tensors it compares."""
+    path = Path(directory) / WEIGHTS_NAME
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            spec = json.loads((handle.metadata() or {})[_SPEC_KEY])
+            return mixed_up_weights(spec["entries"], _FileTensors(handle))
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, AttributeError, RuntimeError):
+        return None
+
+
+class _FileTensors(Mapping):
+    """A safetensors file's tensors, each read when first looked up."""
+
+    def __init__(self, handle) -> None:
+        self._handle, self._names = handle, set(handle.keys())
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        return self._handle.get_tensor(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
 
 
 def _read_weights(path: Path, *, tensors: bool) -> tuple[dict, dict[str, str]]:
