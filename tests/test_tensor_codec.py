@@ -38,7 +38,6 @@ def test_views_of_one_tensor_are_stored_once():
     assert len(tensors) == 2 and torch.equal(decoded["b"], shared) and torch.equal(decoded["c"], shared.view(3, 4))
 
 
-
 class Stage(nn.Module):
     """Four 3x3 convolutions of one shape, as in a ResNet stage."""
 
@@ -61,9 +60,19 @@ def test_static_convolutions_of_one_shape_reload_with_their_own_weights(tmp_path
     try:
         torch.manual_seed(0)
         optimized, _ = apply_method("static", Stage().eval(), torch.randn(1, 3, 12, 12))
-        reload_identical(optimized, tmp_path, Stage(), torch.randn(4, 3, 12, 12))
+        reloaded = reload_identical(optimized, tmp_path, Stage(), torch.randn(4, 3, 12, 12))
+        saved, loaded = _conv_weights(optimized), _conv_weights(reloaded)
+        assert len(saved) == 6 and saved.keys() == loaded.keys()
+        for name, weight in saved.items():
+            assert torch.equal(loaded[name], weight), f"{name} came back with other int8 weights"
     finally:
         torch.backends.quantized.engine = previous
+
+
+def _conv_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each int8 convolution's int8 weight values, by layer name."""
+    return {name: module.weight().int_repr() for name, module in model.named_modules()
+            if isinstance(module, torch.ao.nn.quantized.Conv2d)}
 
 
 def _per_channel(seed: int) -> torch.Tensor:

@@ -16,6 +16,8 @@ import torch
 
 from .errors import StorageError
 
+# A memory view's identity -> (the name it is stored under, the tensor itself, kept alive: `_store`).
+_Seen = dict[tuple, tuple[str, torch.Tensor]]
 _SEP = "#"  # never appears in module paths, so encoded names cannot collide with real keys
 _QDTYPES = {"qint8": torch.qint8, "quint8": torch.quint8, "qint32": torch.qint32}
 _DTYPES = {str(dtype): dtype for dtype in (
@@ -33,7 +35,7 @@ def encode_state_dict(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], d
         loaders read).
     """
     tensors: dict[str, torch.Tensor] = {}
-    seen: dict[tuple, tuple[str, torch.Tensor]] = {}
+    seen: _Seen = {}
     entries = {key: _encode_value(key, value, tensors, seen) for key, value in state.items()}
     metadata = getattr(state, "_metadata", None)
     return tensors, {"entries": entries, "module_versions": _jsonable_metadata(metadata)}
@@ -59,7 +61,7 @@ def decode_state_dict(tensors: dict[str, torch.Tensor], spec: dict[str, Any]) ->
     return state
 
 
-def _encode_value(name: str, value: Any, tensors: dict[str, torch.Tensor], seen: dict[tuple, tuple[str, torch.Tensor]]) -> Any:
+def _encode_value(name: str, value: Any, tensors: dict[str, torch.Tensor], seen: _Seen) -> Any:
     if isinstance(value, torch.Tensor):
         if value.is_quantized:
             return _encode_quantized(name, value, tensors, seen)
@@ -81,7 +83,7 @@ def _encode_value(name: str, value: Any, tensors: dict[str, torch.Tensor], seen:
     )
 
 
-def _encode_quantized(name: str, value: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[tuple, tuple[str, torch.Tensor]]) -> dict[str, Any]:
+def _encode_quantized(name: str, value: torch.Tensor, tensors: dict[str, torch.Tensor], seen: _Seen) -> dict[str, Any]:
     record: dict[str, Any] = {"qdtype": str(value.dtype).replace("torch.", ""), "int_repr": _store(name, value.int_repr(), tensors, seen)}
     if value.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
         record.update(scheme="per_tensor", scale=float(value.q_scale()), zero_point=int(value.q_zero_point()))
@@ -95,7 +97,7 @@ def _encode_quantized(name: str, value: torch.Tensor, tensors: dict[str, torch.T
     return {"quantized": record}
 
 
-def _store(name: str, tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: dict[tuple, tuple[str, torch.Tensor]]) -> str:
+def _store(name: str, tensor: torch.Tensor, tensors: dict[str, torch.Tensor], seen: _Seen) -> str:
     """Store once per distinct memory view; a second name for the same view becomes an alias.
 
     `seen` keeps each view it names alive until the encoding ends: a temporary (`int_repr()` of a
@@ -201,7 +203,7 @@ _LINEAR_PACKED = "__torch__.torch.classes.quantized.LinearPackedParamsBase"
 _CELL_PARAMS = "__torch__.torch.classes.rnn.CellParamsBase"
 
 
-def _encode_script_object(name: str, value: torch.ScriptObject, tensors: dict[str, torch.Tensor], seen: dict[tuple, tuple[str, torch.Tensor]]) -> dict[str, Any]:
+def _encode_script_object(name: str, value: torch.ScriptObject, tensors: dict[str, torch.Tensor], seen: _Seen) -> dict[str, Any]:
     kind = value._type().qualified_name()
     state = value.__getstate__()
     if kind == _LINEAR_PACKED:

@@ -33,12 +33,11 @@ def incompatibility(entry: CacheEntry) -> str | None:
     if not isinstance(recipe, dict):
         return None
     version, records = recipe.get("version"), recipe.get("records")
-    if isinstance(version, int) and not isinstance(version, bool) and isinstance(records, list):
-        version = format_needed(version, records)
-    if isinstance(version, int) and not isinstance(version, bool) and version > RECIPE_VERSION:
-        return (f"was written by a newer pdo-hub (recipe format {version}; this one reads up to {RECIPE_VERSION}): "
+    records = records if isinstance(records, list) else []
+    if isinstance(version, int) and not isinstance(version, bool) and (needed := format_needed(version, records)) > RECIPE_VERSION:
+        return (f"was written by a newer pdo-hub (recipe format {needed}; this one reads up to {RECIPE_VERSION}): "
                 f"{_UPGRADE}")
-    names = [r.get("method") for r in records if isinstance(r, dict)] if isinstance(records, list) else []
+    names = [r.get("method") for r in records if isinstance(r, dict)]
     unknown = sorted({name for name in names if isinstance(name, str)} - set(available_methods()))
     if unknown:
         return (f"needs the optimization method(s) {', '.join(map(repr, unknown))}, which this pdo-hub does not "

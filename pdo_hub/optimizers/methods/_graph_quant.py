@@ -28,11 +28,11 @@ import torch.nn as nn
 
 from ...core.errors import OptimizationError, RecipeError
 from ..inputs import Inputs, call_model
+from ..recipe import FORMAT_NEEDED
 from . import _capped_relu, _int8_isa, _int8_lookup, _warm_up
 from ._fast_graph import QuantizedGraph
 from ._int8_linear import PORTABLE_MAX
 from ._torch_ao import quiet_torch_ao
-from ..recipe import FORMAT_NEEDED
 
 logger = logging.getLogger(__name__)
 
